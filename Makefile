@@ -1,0 +1,29 @@
+# projc: two commands on a fresh clone: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: install demo test bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[test,export,mnist]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/projc train models/mlp_digits.onnx -o out/mlp_digits.trained.onnx
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+bench: $(STAMP)
+	$(PY) benchmarks/projections.py
+	$(PY) benchmarks/train.py
+	$(PY) benchmarks/layouts.py
+
+clean:
+	rm -rf $(VENV) out .pytest_cache
