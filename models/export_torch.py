@@ -64,7 +64,9 @@ class ResMLP(nn.Module):
 
     def forward(self, x):
         h = torch.relu(self.fc1(x))
-        return self.out(torch.relu(self.fc2(h)) + h)
+        # A ResNet-style block, relu(fc2(h) + h): the skip closes an odd cycle of constraint
+        # families (relu -> dot -> relu+skip), so training needs the bipartite repair.
+        return self.out(torch.relu(self.fc2(h) + h))
 
 
 class BinaryMLP(nn.Module):

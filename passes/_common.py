@@ -1,0 +1,108 @@
+"""Helpers shared by the passes: emitting ops in place of a matched op, consts, data-ness."""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from projc.ir import DTYPES, Graph, Op, Value
+from projc.ops.constraint import FAMILIES, LAYOUTS, LOSSES, infer_shape
+
+Rule = Callable[["Rewriter", Op], "list[Value] | Value | None"]
+
+
+def src_of(op: Op) -> str:
+    return str(op.annots.get("src", "")) or op.kind
+
+
+class Rewriter:
+    """Builds the replacement of one op: ``emit`` new ops, ``const`` new initializers."""
+
+    def __init__(self, graph: Graph):
+        self.graph = graph
+        self.emitted: list[Op] = []
+        self.current: Op | None = None
+
+    def emit(self, kind: str, inputs: list[Value], params: dict | None = None, *,
+             shape: tuple | None = None, dtype: str | None = None) -> Value:
+        params = dict(params or {})
+        if shape is None:
+            shape = infer_shape(kind, params, [v.shape for v in inputs])
+        out = Value(dtype or inputs[0].dtype, tuple(shape), "tmp")
+        annots = {"src": self.current.annots["src"]} if self.current and "src" in self.current.annots else {}
+        self.emitted.append(Op(kind, list(inputs), [out], params, annots))
+        return out
+
+    def const(self, array, dtype: str, hint: str = "") -> Value:
+        data = np.asarray(array, dtype=DTYPES[dtype])
+        value = Value(dtype, data.shape, "const", hint=hint, data=data)
+        self.graph.initializers.append(value)
+        return value
+
+
+def rewrite(graph: Graph, rules: dict[str, Rule]) -> bool:
+    """One sweep: replace each op matched by ``rules[op.kind]`` by what the rule emits.
+
+    A rule returns None (no match) or the values replacing the op's outputs; when such a value was
+    emitted by the rule, the emitting op adopts the original output Value (keeping its name/type).
+    """
+    rw = Rewriter(graph)
+    changed = False
+    new_ops: list[Op] = []
+    for op in list(graph.ops):
+        rule = rules.get(op.kind)
+        rw.current, rw.emitted = op, []
+        result = rule(rw, op) if rule else None
+        if result is None:
+            new_ops.append(op)
+            continue
+        changed = True
+        results = [result] if isinstance(result, Value) else list(result)
+        emitted_outs = {o: e for e in rw.emitted for o in e.outputs}
+        for old, new in zip(op.outputs, results):
+            if new in emitted_outs:  # adopt the original output value
+                e = emitted_outs[new]
+                e.outputs = [old if o is new else o for o in e.outputs]
+                for later in rw.emitted:
+                    later.inputs = [old if v is new else v for v in later.inputs]
+            else:
+                graph.replace_uses(old, new)
+                if not new.hint and old.hint:
+                    new.hint = old.hint
+        new_ops.extend(rw.emitted)
+    graph.ops = new_ops
+    return changed
+
+
+def const_data(v: Value | None) -> np.ndarray | None:
+    """The data of a const value (None for non-const or elided data)."""
+    return v.data if v is not None and v.role == "const" and v.data is not None else None
+
+
+def data_values(graph: Graph) -> set[Value]:
+    """Values that never move: data inputs, labels, consts and values computed only from them."""
+    fixed = {v for v in graph.inputs} | set(graph.consts)
+    for op in graph.ops:
+        if op.inputs and all(v is None or v in fixed for v in op.inputs):
+            fixed.update(op.outputs)
+    return fixed
+
+
+def is_family(op: Op) -> bool:
+    return op.kind in FAMILIES
+
+
+def is_loss(op: Op) -> bool:
+    return op.kind in LOSSES
+
+
+def is_layout(op: Op) -> bool:
+    return op.kind in LAYOUTS
+
+
+def reshape_param(shape: tuple) -> list[int]:
+    """A reshape target for ``shape``: its one symbolic dim (the batch) becomes -1."""
+    symbolic = [d for d in shape if not isinstance(d, int)]
+    if len(symbolic) > 1:
+        raise ValueError(f"cannot reshape to {shape}: more than one symbolic dim")
+    return [d if isinstance(d, int) else -1 for d in shape]

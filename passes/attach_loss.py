@@ -1,0 +1,74 @@
+"""attach-loss: end training at the logits with a loss op and a label input.
+
+Walks back from each graph output through post-processing (Identity, Cast, Reshape, Flatten,
+Squeeze, ArgMax, ml.ArrayFeatureExtractor, ml.ZipMap and, for classification losses, a trailing
+Softmax/LogSoftmax) to the float value feeding the classification: the logits. Adds a label input
+(i64[B] for cross_entropy/margin, the logits' type for squared_error) and the loss op; the graph's
+outputs become [logits]. ``graph.meta["logits_output"]`` records the ONNX name of the logits (and
+``meta["logits_from"]`` the ONNX output it was found from) so an exporter can keep the original
+graph. Runs first in the training pipeline, so dce then removes the post-processing.
+"""
+from __future__ import annotations
+
+from projc.errors import PassError
+from projc.ir import Graph, Op, Value
+
+from . import Pass, register_pass
+from ._common import is_loss
+
+POSTPROCESS = {"Identity", "Cast", "Reshape", "Flatten", "Squeeze", "ArgMax",
+               "ml.ArrayFeatureExtractor", "ArrayFeatureExtractor", "ml.ZipMap", "ZipMap"}
+CLASSIFIER_HEADS = {"Softmax", "LogSoftmax"}
+LOSS_KINDS = ("cross_entropy", "margin", "squared_error")
+
+
+def find_logits(graph: Graph, strip: set[str]) -> tuple[Value, Value]:
+    producers = graph.producers()
+    fixed = set(graph.consts) | set(graph.params)
+    candidates = []
+    for out in graph.outputs:
+        v = out
+        while v in producers and producers[v].kind in strip:
+            operands = [u for u in producers[v].inputs if u is not None and u not in fixed]
+            if not operands:
+                break
+            v = operands[-1] if producers[v].kind.endswith("ArrayFeatureExtractor") else operands[0]
+        if v.dtype.startswith("f"):
+            candidates.append((v, out))
+    if not candidates:
+        raise PassError(f"@{graph.name}: no float output to train (outputs: "
+                        + ", ".join(f"{o.hint or '?'}: {o.type_str()}" for o in graph.outputs) + ")")
+    return candidates[0]
+
+
+@register_pass("attach-loss")
+class AttachLoss(Pass):
+    loss: str = "cross_entropy"
+    lam: float = 5.0
+
+    def run(self, graph: Graph) -> bool:
+        if self.loss not in LOSS_KINDS:
+            raise PassError(f"attach-loss: unknown loss {self.loss!r}; one of {', '.join(LOSS_KINDS)}")
+        if any(is_loss(op) for op in graph.ops):
+            return False
+        classify = self.loss != "squared_error"
+        logits, origin = find_logits(graph, POSTPROCESS | (CLASSIFIER_HEADS if classify else set()))
+        if classify:
+            if logits.rank != 2:
+                raise PassError(f"attach-loss: {self.loss} needs logits [B, C], got {logits.hint or '?'}: "
+                                f"{logits.type_str()}")
+            label = Value("i64", (logits.shape[0],), "label", hint="y")
+        else:
+            label = Value(logits.dtype, logits.shape, "label", hint="y")
+        params = {"lam": float(self.lam)}
+        if self.loss == "cross_entropy":
+            params["method"] = "newton"
+        elif self.loss == "margin":
+            params = {}
+        graph.inputs.append(label)
+        graph.ops.append(Op(self.loss, [logits, label], [], params, {}))
+        graph.meta["logits_output"] = logits.hint
+        graph.meta["logits_from"] = origin.hint
+        graph.meta["loss"] = self.loss
+        graph.outputs = [logits]
+        return True

@@ -1,0 +1,193 @@
+"""canonicalize: ONNX arithmetic/activation/layout ops -> projc constraint and layout ops.
+
+One rule per ONNX kind (table at the bottom). Conv, MaxPool, GlobalMaxPool and ReduceMax are left
+to ``lower``. BatchNormalization (inference) becomes a mul by a const scale and a sum with a const
+shift: the BN statistics and affine parameters are FROZEN (folded into consts, never trained).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from projc.errors import PassError
+from projc.ir import Op, Value
+
+from . import Pass, register_pass
+from ._common import Rewriter, const_data, reshape_param, rewrite, src_of
+
+
+def _scalar(rw: Rewriter, x: float, like: Value, hint: str = "") -> Value:
+    return rw.const(np.array(x), like.dtype, hint=hint)
+
+
+def gemm(rw: Rewriter, op: Op):
+    a, b, c = (op.inputs + [None])[:3]
+    p = op.params
+    if p.get("transA", 0):
+        a = rw.emit("transpose", [a], {"perm": [1, 0]})
+    if p.get("transB", 0):
+        b = rw.emit("transpose", [b], {"perm": [1, 0]})
+    y = rw.emit("dot", [a, b])
+    if float(p.get("alpha", 1.0)) != 1.0:
+        y = rw.emit("mul", [y, _scalar(rw, p["alpha"], y, "alpha")])
+    if c is not None:
+        if float(p.get("beta", 1.0)) != 1.0:
+            c = rw.emit("mul", [c, _scalar(rw, p["beta"], c, "beta")])
+        y = rw.emit("sum", [y, c])
+    return y
+
+
+def matmul(rw: Rewriter, op: Op):
+    a, b = op.inputs
+    if b.rank != 2 or a.rank < 1:
+        raise PassError(f"MatMul {src_of(op)}: {a.type_str()} x {b.type_str()} is a batch matmul; "
+                        "projc supports MatMul with a 2-D right operand only")
+    return rw.emit("dot", [a, b])
+
+
+def sub(rw: Rewriter, op: Op):
+    a, b = op.inputs
+    if const_data(b) is not None:
+        return rw.emit("sum", [a, rw.const(-const_data(b), b.dtype)], shape=op.outputs[0].shape)
+    return rw.emit("sum", [a, rw.emit("mul", [b, _scalar(rw, -1.0, b, "minus_one")])], shape=op.outputs[0].shape)
+
+
+def div(rw: Rewriter, op: Op):
+    a, b = op.inputs
+    if const_data(b) is None or not a.dtype.startswith("f"):
+        return None
+    return rw.emit("mul", [a, rw.const(1.0 / const_data(b), b.dtype)], shape=op.outputs[0].shape)
+
+
+def to_reshape(rw: Rewriter, op: Op):
+    out = op.outputs[0]
+    try:
+        return rw.emit("reshape", [op.inputs[0]], {"shape": reshape_param(out.shape)}, shape=out.shape)
+    except ValueError as e:
+        raise PassError(f"{op.kind} {src_of(op)}: {e}") from None
+
+
+def remove(rw: Rewriter, op: Op):
+    if op.kind == "Dropout" and len(op.outputs) > 1:
+        return None if _used(rw, op.outputs[1]) else [op.inputs[0], op.outputs[1]]
+    return op.inputs[0]
+
+
+def _used(rw: Rewriter, v: Value) -> bool:
+    return v in rw.graph.outputs or any(v in o.inputs for o in rw.graph.ops)
+
+
+def cast(rw: Rewriter, op: Op):
+    return op.inputs[0] if op.outputs[0].dtype == op.inputs[0].dtype else None
+
+
+def transpose(rw: Rewriter, op: Op):
+    perm = op.params.get("perm") or list(reversed(range(op.inputs[0].rank)))
+    return rw.emit("transpose", [op.inputs[0]], {"perm": [int(i) for i in perm]}, shape=op.outputs[0].shape)
+
+
+def concat(rw: Rewriter, op: Op):
+    axis = int(op.params.get("axis", 0)) % op.outputs[0].rank
+    return rw.emit("concat", list(op.inputs), {"axis": axis}, shape=op.outputs[0].shape)
+
+
+def slice_(rw: Rewriter, op: Op):
+    x, *rest = op.inputs
+    arrays = [const_data(v) if v is not None else None for v in rest]
+    if any(v is not None and a is None for v, a in zip(rest, arrays)):
+        return None  # dynamic slice: left for lower's error report
+    starts, ends = arrays[0], arrays[1]
+    axes = arrays[2] if len(arrays) > 2 and arrays[2] is not None else np.arange(len(starts))
+    steps = arrays[3] if len(arrays) > 3 and arrays[3] is not None else np.ones(len(starts), int)
+    params = {"starts": [int(s) for s in starts], "ends": [int(e) for e in ends],
+              "axes": [int(a) % x.rank for a in axes], "steps": [int(s) for s in steps]}
+    return rw.emit("slice", [x], params, shape=op.outputs[0].shape)
+
+
+def pad(rw: Rewriter, op: Op):
+    x, pads_v, value_v, axes_v = (op.inputs + [None] * 4)[:4]
+    if op.params.get("mode", "constant") not in ("constant", b"constant") or const_data(pads_v) is None:
+        return None
+    if value_v is not None and const_data(value_v) is None:
+        return None
+    pads = [int(p) for p in const_data(pads_v)]
+    if axes_v is not None:
+        axes = [int(a) % x.rank for a in const_data(axes_v)]
+        full = [0] * (2 * x.rank)
+        for i, ax in enumerate(axes):
+            full[ax], full[ax + x.rank] = pads[i], pads[i + len(axes)]
+        pads = full
+    value = float(const_data(value_v).reshape(-1)[0]) if value_v is not None and const_data(value_v).size else 0.0
+    return rw.emit("pad", [x], {"pads": pads, "value": value}, shape=op.outputs[0].shape)
+
+
+def pwl(fn: str, **fixed):
+    def rule(rw: Rewriter, op: Op):
+        return rw.emit("sum_pwl", [op.inputs[0]], {"fn": fn, **fixed})
+    return rule
+
+
+def leaky_relu(rw: Rewriter, op: Op):
+    return rw.emit("sum_pwl", [op.inputs[0]], {"fn": "leaky_relu", "alpha": float(op.params.get("alpha", 0.01))})
+
+
+def clip(rw: Rewriter, op: Op):
+    x, lo_v, hi_v = (op.inputs + [None, None])[:3]
+    lo = op.params.get("min", -np.inf)
+    hi = op.params.get("max", np.inf)
+    for v in (lo_v, hi_v):
+        if v is not None and const_data(v) is None:
+            return None
+    if lo_v is not None:
+        lo = const_data(lo_v).item()
+    if hi_v is not None:
+        hi = const_data(hi_v).item()
+    return rw.emit("sum_pwl", [x], {"fn": "clip", "lo": float(lo), "hi": float(hi)})
+
+
+def batchnorm(rw: Rewriter, op: Op):
+    x, scale, bias, mean, var = op.inputs[:5]
+    if op.params.get("training_mode", 0) or len(op.outputs) > 1:
+        return None
+    arrays = [v.data for v in (scale, bias, mean, var)]
+    if any(a is None for a in arrays):
+        raise PassError(f"BatchNormalization {src_of(op)}: its scale/bias/mean/var need values to be frozen")
+    s = arrays[0] / np.sqrt(arrays[3] + float(op.params.get("epsilon", 1e-5)))
+    shift = arrays[1] - arrays[2] * s
+    bshape = (-1,) + (1,) * (x.rank - 2)
+    y = rw.emit("mul", [x, rw.const(s.reshape(bshape), x.dtype, hint=(scale.hint or "bn") + ".frozen_scale")])
+    return rw.emit("sum", [y, rw.const(shift.reshape(bshape), x.dtype, hint=(bias.hint or "bn") + ".frozen_shift")])
+
+
+RULES = {
+    "Gemm": gemm,                                   # a'b'*alpha + c*beta -> sum(mul(dot(a', b'), alpha), mul(c, beta))
+    "MatMul": matmul,                               # a @ b (b 2-D) -> dot(a, b)
+    "Add": lambda rw, op: rw.emit("sum", op.inputs, shape=op.outputs[0].shape),   # a + b -> sum(a, b)
+    "Sum": lambda rw, op: rw.emit("sum", op.inputs, shape=op.outputs[0].shape),   # a1+..+an -> sum
+    "Mul": lambda rw, op: rw.emit("mul", op.inputs, shape=op.outputs[0].shape),   # a * b -> mul
+    "Sub": sub,                                     # a - b -> sum(a, -b) (b const) | sum(a, mul(b, -1))
+    "Neg": lambda rw, op: rw.emit("mul", [op.inputs[0], _scalar(rw, -1.0, op.inputs[0], "minus_one")]),  # -a -> mul(a, -1)
+    "Div": div,                                     # a / c -> mul(a, 1/c)  (c const)
+    "Flatten": to_reshape,                          # flatten -> reshape to the output shape
+    "Reshape": to_reshape,                          # reshape(x, shape) -> reshape[shape]
+    "Squeeze": to_reshape,                          # squeeze -> reshape
+    "Unsqueeze": to_reshape,                        # unsqueeze -> reshape
+    "Transpose": transpose,                         # transpose -> transpose[perm]
+    "Concat": concat,                               # concat -> concat[axis >= 0]
+    "Slice": slice_,                                # slice(x, consts) -> slice[starts, ends, axes, steps]
+    "Pad": pad,                                     # pad(x, consts, mode=constant) -> pad[pads, value]
+    "Identity": remove,                             # identity(x) -> x
+    "Dropout": remove,                              # dropout(x) (inference) -> x
+    "Cast": cast,                                   # cast(x) to x's dtype -> x
+    "Relu": pwl("relu"),                            # max(x, 0) -> sum_pwl[relu](x)
+    "LeakyRelu": leaky_relu,                        # x<0 ? alpha x : x -> sum_pwl[leaky_relu](x)
+    "Clip": clip,                                   # clip(x, lo, hi) (const) -> sum_pwl[clip](x)
+    "Abs": pwl("abs"),                              # |x| -> sum_pwl[abs](x)
+    "Sign": pwl("sign"),                            # sign(x) -> sum_pwl[sign](x)
+    "BatchNormalization": batchnorm,                # (x-m)/sqrt(v+e)*g+b -> sum(mul(x, s), b - m s), frozen
+}
+
+
+@register_pass("canonicalize")
+class Canonicalize(Pass):
+    def run(self, graph) -> bool:
+        return rewrite(graph, RULES)

@@ -1,0 +1,149 @@
+"""lower: Conv / MaxPool / GlobalMaxPool / ReduceMax -> patches, dot, max and layout ops; then
+report every op left that the solver cannot train (one PassError listing them all).
+
+    Conv(x, W, b)   -> sum(transpose(dot(patches(x), transpose(reshape(W, [OC, C*K])))), reshape(b, [OC,1..]))
+    MaxPool(x)      -> transpose(max(reshape(patches(pad(x, -inf)), [N,*O,C,K]), axis=-1))
+    GlobalMaxPool(x)-> max[axes=spatial, keepdims=1](x)
+    ReduceMax(x)    -> max[axes, keepdims](x)
+
+Grouped convolutions (group > 1) are rejected as unsupported for training.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from projc.errors import PassError
+from projc.ir import Graph, Op
+
+from . import Pass, register_pass
+from ._common import Rewriter, const_data, data_values, reshape_param, rewrite, src_of
+from projc.ops.constraint import CONSTRAINT_KINDS
+
+
+def _window(op: Op, spatial: tuple, kernel: list[int]):
+    """strides, pads (ONNX order), dilations of a Conv/MaxPool with auto_pad resolved."""
+    n = len(kernel)
+    strides = [int(s) for s in (op.params.get("strides") or [1] * n)]
+    dilations = [int(d) for d in (op.params.get("dilations") or [1] * n)]
+    pads = [int(p) for p in (op.params.get("pads") or [0] * (2 * n))]
+    auto = op.params.get("auto_pad", "NOTSET")
+    auto = auto.decode() if isinstance(auto, bytes) else auto
+    if auto in ("SAME_UPPER", "SAME_LOWER"):
+        if not all(isinstance(s, int) for s in spatial):
+            raise PassError(f"{op.kind} {src_of(op)}: auto_pad={auto} needs static spatial dims")
+        pads = [0] * (2 * n)
+        for i in range(n):
+            out = -(-spatial[i] // strides[i])
+            total = max(0, (out - 1) * strides[i] + dilations[i] * (kernel[i] - 1) + 1 - spatial[i])
+            small, big = total // 2, total - total // 2
+            pads[i], pads[i + n] = (small, big) if auto == "SAME_UPPER" else (big, small)
+    elif auto == "VALID":
+        pads = [0] * (2 * n)
+    return strides, pads, dilations
+
+
+def conv(rw: Rewriter, op: Op):
+    x, w, b = (op.inputs + [None])[:3]
+    if int(op.params.get("group", 1)) != 1:
+        raise PassError(f"Conv {src_of(op)}: group={op.params['group']} (grouped/depthwise convolution) "
+                        "is unsupported for training; use group=1")
+    if not w.is_static:
+        raise PassError(f"Conv {src_of(op)}: the weight {w.type_str()} needs a static shape")
+    oc, kernel = w.shape[0], [int(k) for k in (op.params.get("kernel_shape") or w.shape[2:])]
+    n = len(kernel)
+    strides, pads, dilations = _window(op, x.shape[2:], kernel)
+    cols = rw.emit("patches", [x], {"kernel": kernel, "strides": strides, "pads": pads, "dilations": dilations})
+    w2 = rw.emit("reshape", [w], {"shape": [oc, int(np.prod(w.shape[1:]))]})
+    wt = rw.emit("transpose", [w2], {"perm": [1, 0]})
+    y = rw.emit("dot", [cols, wt])                                        # [N, *O, OC]
+    y = rw.emit("transpose", [y], {"perm": [0, n + 1, *range(1, n + 1)]})  # [N, OC, *O]
+    if b is not None:
+        bb = rw.emit("reshape", [b], {"shape": [oc] + [1] * n})
+        y = rw.emit("sum", [y, bb])
+    return y
+
+
+def maxpool(rw: Rewriter, op: Op):
+    (x,) = op.inputs[:1]
+    if len(op.outputs) > 1 and (op.outputs[1] in rw.graph.outputs or any(op.outputs[1] in o.inputs for o in rw.graph.ops)):
+        raise PassError(f"MaxPool {src_of(op)}: its Indices output is not supported for training")
+    kernel = [int(k) for k in op.params["kernel_shape"]]
+    n = len(kernel)
+    strides, pads, dilations = _window(op, x.shape[2:], kernel)
+    if op.params.get("ceil_mode", 0):
+        raise PassError(f"MaxPool {src_of(op)}: ceil_mode=1 is unsupported; export with ceil_mode=0")
+    if any(pads):
+        x = rw.emit("pad", [x], {"pads": [0, 0, *pads[:n], 0, 0, *pads[n:]], "value": -math.inf})
+    cols = rw.emit("patches", [x], {"kernel": kernel, "strides": strides, "pads": [0] * (2 * n),
+                                    "dilations": dilations})                    # [N, *O, C*K]
+    c, k = x.shape[1], math.prod(kernel)
+    split = cols.shape[:-1] + (c, k)
+    cols = rw.emit("reshape", [cols], {"shape": reshape_param(split)}, shape=split)  # [N, *O, C, K]
+    m = rw.emit("max", [cols], {"axes": [n + 2], "keepdims": 0})                  # [N, *O, C]
+    return [rw.emit("transpose", [m], {"perm": [0, n + 1, *range(1, n + 1)]})] + op.outputs[1:]
+
+
+def global_maxpool(rw: Rewriter, op: Op):
+    x = op.inputs[0]
+    return rw.emit("max", [x], {"axes": list(range(2, x.rank)), "keepdims": 1})
+
+
+def reduce_max(rw: Rewriter, op: Op):
+    x = op.inputs[0]
+    axes = op.params.get("axes")
+    if len(op.inputs) > 1 and op.inputs[1] is not None:
+        if const_data(op.inputs[1]) is None:
+            return None
+        axes = const_data(op.inputs[1]).tolist()
+    if not axes:
+        if op.params.get("noop_with_empty_axes", 0):
+            return x
+        axes = list(range(x.rank))
+    axes = sorted(int(a) % x.rank for a in axes)
+    return rw.emit("max", [x], {"axes": axes, "keepdims": int(op.params.get("keepdims", 1))})
+
+
+RULES = {
+    "Conv": conv,
+    "MaxPool": maxpool,
+    "GlobalMaxPool": global_maxpool,
+    "ReduceMax": reduce_max,
+}
+
+ADVICE = {
+    "Softmax": "Softmax is supported only at the end of a classifier, where attach-loss strips it; "
+               "remove it from the middle of the model",
+    "LogSoftmax": "LogSoftmax is supported only at the end of a classifier (attach-loss strips it)",
+    "Gather": "Gather of trained values is not supported; gather only constants or inputs",
+    "RNN": "recurrent ops are not supported yet; unroll the recurrence before export",
+    "LSTM": "recurrent ops are not supported yet; unroll the recurrence before export",
+    "GRU": "recurrent ops are not supported yet; unroll the recurrence before export",
+    "Div": "division by a trained value is not supported; divide by constants only",
+    "Conv": "see the message above",
+}
+
+
+def unsupported(graph: Graph) -> list[str]:
+    fixed = data_values(graph)
+    problems = []
+    for op in graph.ops:
+        if op.kind in CONSTRAINT_KINDS or all(v is None or v in fixed for v in op.inputs):
+            continue  # projc ops, and ops on data/consts only (no training constraint)
+        advice = ADVICE.get(op.kind, "no projection exists for this op; supported: Gemm, MatMul, Conv, "
+                                     "Add/Sub/Mul/Div-by-const, Relu, LeakyRelu, Clip, Abs, Sign, "
+                                     "MaxPool, ReduceMax, BatchNormalization and layout ops")
+        problems.append(f"  {op.kind} (src={src_of(op)!r}): {advice}")
+    return problems
+
+
+@register_pass("lower")
+class Lower(Pass):
+    def run(self, graph: Graph) -> bool:
+        changed = rewrite(graph, RULES)
+        problems = unsupported(graph)
+        if problems:
+            raise PassError(f"@{graph.name}: {len(problems)} op(s) cannot be trained by projection:\n"
+                            + "\n".join(problems))
+        return changed

@@ -1,0 +1,45 @@
+"""schedule: annotate each family and loss with `set` (A/B, the loss's colour is A) and `layer`
+(BFS distance from the loss, or from the output producers when there is no loss)."""
+from __future__ import annotations
+
+from collections import deque
+
+from projc.errors import PassError
+from projc.ir import Graph
+
+from . import Pass, register_pass
+from .bipartite import family_graph, root_order
+from ._common import is_loss
+
+
+@register_pass("schedule")
+class Schedule(Pass):
+    def run(self, graph: Graph) -> bool:
+        g = family_graph(graph)
+        order = root_order(graph, g)
+        losses = [op for op in order if is_loss(op)]
+        layer: dict = {}
+        for start in ([losses] if losses else []) + [[op] for op in order]:
+            start = [op for op in start if op not in layer]
+            if not start:
+                continue
+            base = 0
+            queue = deque(start)
+            for op in start:
+                layer[op] = base
+            while queue:
+                u = queue.popleft()
+                for w in g.neighbors(u):
+                    if w not in layer:
+                        layer[w] = layer[u] + 1
+                        queue.append(w)
+        for u, v in g.edges:
+            if layer[u] % 2 == layer[v] % 2:
+                raise PassError(f"@{graph.name}: schedule needs a bipartite constraint graph; run bipartite first")
+        changed = False
+        for op in g.nodes:
+            annots = {"set": "A" if layer[op] % 2 == 0 else "B", "layer": layer[op]}
+            if any(op.annots.get(k) != a for k, a in annots.items()):
+                op.annots.update(annots)
+                changed = True
+        return changed

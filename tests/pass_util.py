@@ -1,0 +1,100 @@
+"""Helpers for the pass tests: FileCheck-style matching and a reference interpreter over the registry."""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+import jax
+import numpy as np
+
+import projc.ops
+from projc.ir import DTYPES, Graph
+from projc.ops import registry
+from projc.parser import parse_graph
+from projc.passes import PassManager
+from projc.printer import format_graph
+
+for _m in pkgutil.iter_modules(projc.ops.__path__):  # every op module registers its ops on import
+    importlib.import_module("projc.ops." + _m.name)
+
+
+def filecheck(output: str, checks: list[str]) -> None:
+    """Each CHECK must match (substring, stripped) a line after the previous match; CHECK-NOT
+    lines must match no line between the previous and the next CHECK match."""
+    lines = [ln.strip() for ln in output.splitlines()]
+    pos, pending_not = 0, []
+    for kind, pattern in checks:
+        if kind == "CHECK-NOT":
+            pending_not.append(pattern)
+            continue
+        for i in range(pos, len(lines)):
+            if pattern in lines[i]:
+                for bad in pending_not:
+                    hit = [ln for ln in lines[pos:i] if bad in ln]
+                    assert not hit, f"CHECK-NOT: {bad!r} matched {hit[0]!r}\n--- output ---\n{output}"
+                pending_not, pos = [], i + 1
+                break
+        else:
+            raise AssertionError(f"CHECK: {pattern!r} not found after line {pos}\n--- output ---\n{output}")
+    for bad in pending_not:
+        hit = [ln for ln in lines[pos:] if bad in ln]
+        assert not hit, f"CHECK-NOT: {bad!r} matched {hit[0]!r}\n--- output ---\n{output}"
+
+
+def check_lines(text: str) -> list[tuple[str, str]]:
+    out = []
+    for ln in text.splitlines():
+        s = ln.strip()
+        for kind in ("CHECK-NOT:", "CHECK:"):
+            if s.startswith("# " + kind):
+                out.append((kind[:-1], s[len(kind) + 2:].strip()))
+                break
+    return out
+
+
+def run_ir(text: str, pipeline: str) -> tuple[Graph, str]:
+    """Parse IR text (CHECK lines are comments), run the pipeline (verifying), check, return."""
+    graph = parse_graph(text)
+    PassManager(pipeline).run(graph)
+    out = format_graph(graph)
+    filecheck(out, check_lines(text))
+    # the printed result parses back to the same text
+    assert format_graph(parse_graph(out)) == out
+    return graph, out
+
+
+def fill_data(graph: Graph, seed: int = 0) -> None:
+    """Random data for params (and consts whose data the parser elided)."""
+    rng = np.random.default_rng(seed)
+    for v in graph.initializers:
+        if v.data is None:
+            v.data = rng.standard_normal(v.shape).astype(DTYPES[v.dtype])
+
+
+def evaluate(graph: Graph, feeds: dict[str, np.ndarray], opset: int = 17) -> list[np.ndarray]:
+    """Run the graph op by op with the registry functions (data inputs fed by hint)."""
+    env = {}
+    for v in graph.inputs:
+        if v.hint in feeds:
+            env[v] = feeds[v.hint]
+    for v in graph.initializers:
+        env[v] = v.data
+    with jax.default_device(jax.devices("cpu")[0]):
+        for op in graph.ops:
+            if not op.outputs:
+                continue
+            opdef = registry.lookup(op.kind, opset)
+            assert opdef is not None, f"no registry fn for {op.kind}"
+            args = [None if v is None else env[v] for v in op.inputs]
+            res = opdef.fn(*args, **{**opdef.attrs, **op.params})
+            res = list(res) if isinstance(res, (tuple, list)) else [res]
+            for out, r in zip(op.outputs, res):
+                env[out] = np.asarray(r)
+    return [env[v] for v in graph.outputs]
+
+
+def op_counts(graph: Graph) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for op in graph.ops:
+        counts[op.kind] = counts.get(op.kind, 0) + 1
+    return dict(sorted(counts.items()))
