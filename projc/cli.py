@@ -1,0 +1,186 @@
+"""The ``projc`` command line: inspect, compare, train, ops.
+
+Every user error (bad file, unsupported op, bad data) prints one message and exits 2; ``--debug``
+shows the traceback instead. ``compare`` exits 1 when outputs differ.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter
+
+from projc.errors import ProjcError
+
+EPILOG = """examples:
+  projc inspect models/mlp_digits.onnx                  summary and IR dump
+  projc inspect models/resmlp.onnx --print-after-all    IR after every training pass
+  projc compare models/cnn_digits.onnx --batch 8        projc's forward vs onnxruntime
+  projc train models/mlp_digits.onnx -o trained.onnx    train without gradients, export
+  projc ops                                             supported ONNX ops and opsets
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="projc", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Compile ONNX models into gradient-free trainers solved by projection methods.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("inspect", help="print a model summary and its projc IR",
+                       description="Import MODEL, print a summary (opset, inputs/outputs, op counts, "
+                       "trainable and frozen params) and its IR. With a --print-after* or "
+                       "--time-passes flag the training pipeline runs and prints as it goes.")
+    p.add_argument("model", help="an .onnx file")
+    p.add_argument("--print-after-all", action="store_true", help="IR after every training pass")
+    p.add_argument("--print-after", action="append", default=[], metavar="PASS",
+                   help="IR after PASS (repeatable), e.g. lower or bipartite")
+    p.add_argument("--time-passes", action="store_true", help="time each training pass")
+    p.add_argument("--pipeline", default=None, help="pass pipeline string (default: the training pipeline)")
+    p.add_argument("--json", action="store_true", help="the summary and IR as one JSON object")
+
+    p = sub.add_parser("compare", help="check projc's forward against onnxruntime",
+                       description="Run projc's JAX forward and onnxruntime on the same inputs "
+                       "(random and reproducible, or loaded) and compare every output. An element "
+                       "fails only where |projc - ort| > atol + rtol*|ort|. Exit 0: all outputs "
+                       "match; 1: a mismatch; 2: bad usage or unsupported model.")
+    p.add_argument("model")
+    p.add_argument("--atol", type=float, default=1e-5)
+    p.add_argument("--rtol", type=float, default=1e-5)
+    p.add_argument("--seed", type=int, default=1, help="seed of the random inputs")
+    p.add_argument("--batch", type=int, default=None, help="size of symbolic batch dims (default 3)")
+    p.add_argument("--load-inputs", metavar="F.npz", help="inputs keyed by ONNX input names")
+    p.add_argument("--save-inputs", metavar="F.npz", help="write the inputs used")
+    p.add_argument("--save-outputs", metavar="F.npz", help="write projc's outputs")
+
+    from projc.cli_train import add_train_parser
+    add_train_parser(sub)
+
+    sub.add_parser("ops", help="list supported ONNX ops with their opsets")
+    return parser
+
+
+def model_summary(graph) -> dict:
+    """The facts `projc inspect` prints above the IR (also its JSON form)."""
+    def tensor(v):
+        return {"name": v.hint, "dtype": v.dtype, "shape": [d for d in v.shape]}
+    return {
+        "model": graph.meta.get("path", graph.name),
+        "opset": graph.meta.get("opset", {}),
+        "inputs": [tensor(v) for v in graph.inputs],
+        "outputs": [tensor(v) for v in graph.outputs],
+        "op_counts": dict(sorted(Counter(op.kind for op in graph.ops).items())),
+        "trainable": [tensor(v) for v in graph.params],
+        "frozen": [tensor(v) for v in graph.consts],
+        "trainable_count": int(sum(v.data.size for v in graph.params if v.data is not None)),
+    }
+
+
+def format_summary(s: dict) -> str:
+    def shape(t):
+        return f"{t['dtype']}[{','.join(str(d) for d in t['shape'])}]"
+    opset = ", ".join(f"{dom or 'ai.onnx'} {ver}" for dom, ver in sorted(s["opset"].items()))
+    lines = [f"model    {s['model']}", f"opset    {opset}"]
+    lines += [f"input    {t['name']}: {shape(t)}" for t in s["inputs"]]
+    lines += [f"output   {t['name']}: {shape(t)}" for t in s["outputs"]]
+    lines.append("ops      " + ", ".join(f"{k} x{n}" for k, n in s["op_counts"].items()))
+    lines.append(f"params   {len(s['trainable'])} trainable ({s['trainable_count']} values), "
+                 f"{len(s['frozen'])} frozen")
+    lines += [f"  trainable {t['name']}: {shape(t)}" for t in s["trainable"]]
+    lines += [f"  frozen    {t['name']}: {shape(t)}" for t in s["frozen"]]
+    return "\n".join(lines)
+
+
+def cmd_inspect(args) -> int:
+    from projc.onnx_import import load_model
+    from projc.printer import format_graph
+
+    graph = load_model(args.model)
+    summary = model_summary(graph)
+    if args.json:
+        print(json.dumps({**summary, "ir": format_graph(graph)}, indent=2))
+        return 0
+    print(format_summary(summary))
+    print()
+    print(format_graph(graph), end="")
+    if args.print_after_all or args.print_after or args.time_passes or args.pipeline:
+        from projc.passes import TRAINING_PIPELINE, PassManager
+        manager = PassManager(args.pipeline or TRAINING_PIPELINE, print_after_all=args.print_after_all,
+                              print_after=tuple(args.print_after), time_passes=args.time_passes,
+                              out=sys.stdout)
+        manager.run(graph)
+    return 0
+
+
+def cmd_compare(args) -> int:
+    import numpy as np
+
+    from projc.compare import compare_model
+
+    inputs = None
+    if args.load_inputs:
+        inputs = load_npz(args.load_inputs)
+    report = compare_model(args.model, atol=args.atol, rtol=args.rtol, seed=args.seed,
+                           batch=args.batch, inputs=inputs)
+    print(report.format())
+    if args.save_inputs:
+        save_npz(args.save_inputs, report.inputs)
+    if args.save_outputs:
+        save_npz(args.save_outputs, {name: np.asarray(v) for name, v in report.outputs.items()})
+    return 0 if report.ok else 1
+
+
+def load_npz(path: str) -> dict:
+    import numpy as np
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return {k: f[k] for k in f.files}
+    except (OSError, ValueError) as e:
+        raise ProjcError(f"{path}: cannot read inputs ({e}); expected an .npz keyed by ONNX input names")
+
+
+def save_npz(path: str, arrays: dict) -> None:
+    """Atomic: a temp file beside the destination, then a rename."""
+    import os
+    import tempfile
+
+    import numpy as np
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, tmp = tempfile.mkstemp(suffix=".npz", dir=folder)
+    except OSError as e:
+        raise ProjcError(f"{path}: cannot write here ({e.strerror})")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def cmd_ops(args) -> int:
+    from projc.ops import format_supported_ops
+    print(format_supported_ops())
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from projc.cli_train import cmd_train
+    commands = {"inspect": cmd_inspect, "compare": cmd_compare, "train": cmd_train, "ops": cmd_ops}
+    try:
+        return commands[args.command](args)
+    except ProjcError as err:
+        if args.debug:
+            raise
+        print(f"projc {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("projc: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
