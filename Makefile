@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/projc train models/mlp_digits.onnx -o out/mlp_digits.trained.onnx
+	$(VENV)/bin/projc train models/mlp_digits.onnx
 
 test: $(STAMP)
 	$(PY) -m pytest

@@ -1,0 +1,123 @@
+"""JAX forward evaluation of an IR graph (onnx-level or constraint ops alike).
+
+``make_forward(graph)`` returns a pure function ``fn(params, inputs) -> [outputs]``: params keyed
+by the initializer's ONNX name (``Value.hint``) for every ``param``, inputs keyed by the graph
+input's ONNX name. Constants are closed over as numpy arrays; an operand the registry marks
+``static`` is handed to the op function as numpy, so shapes stay compile-time and the function
+jits (``jax.jit(fn)``) for any batch size.
+
+JAX holds int64/float64 as int32/float32 (x64 off, never switched on here): every op output is
+cast to the JAX dtype of its declared IR dtype, and ``run_forward`` casts the outputs back to the
+declared dtypes with numpy.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from projc.errors import DataError, UnsupportedModelError
+from projc.ir import Graph, Op, Value
+from projc.ops import lookup_by_params, lookup_in
+from projc.ops.dtypes import as_jax_array, jax_dtype, np_dtype
+
+Forward = Callable[[dict[str, Any], dict[str, Any]], list[jax.Array]]
+
+
+@dataclass(frozen=True)
+class _Step:
+    """One op, ready to run: its function, keyword arguments and static operands."""
+
+    op: Op
+    fn: Callable[..., Any]
+    kwargs: dict[str, Any]
+    static: dict[int, np.ndarray]  # operand index -> compile-time value
+
+
+def make_forward(graph: Graph) -> Forward:
+    """The graph's forward function (pure, jit-able, batch size free)."""
+    steps = [_plan_step(graph, op) for op in graph.ops]
+    consts = {v: as_jax_array(v.data) for v in graph.consts}
+    _check_no_strings(graph)
+
+    def forward(params: dict[str, Any], inputs: dict[str, Any]) -> list[jax.Array]:
+        env: dict[Value, Any] = dict(consts)
+        for v in graph.inputs:
+            env[v] = _runtime_array(inputs, v, "input")
+        for v in graph.params:
+            env[v] = _runtime_array(params, v, "param")
+        for step in steps:
+            _run_step(step, env)
+        return [env[v] for v in graph.outputs]
+
+    return forward
+
+
+def run_forward(graph: Graph, params: dict[str, Any] | None, inputs: dict[str, Any], *,
+                jit: bool = True) -> list[np.ndarray]:
+    """Evaluate the graph once (jitted unless ``jit=False``); outputs as numpy arrays of their
+    declared dtypes. ``params=None`` uses the graph's own initial parameters."""
+    fn = make_forward(graph)
+    fn = jax.jit(fn) if jit else fn
+    params = graph_param_values(graph) if params is None else params
+    outputs = fn(params, inputs)
+    return [np.asarray(out).astype(np_dtype(v.dtype)) for out, v in zip(outputs, graph.outputs)]
+
+
+def graph_param_values(graph: Graph) -> dict[str, np.ndarray]:
+    """The trainable parameters' initial values, keyed by ONNX initializer name."""
+    return {v.hint: v.data for v in graph.params}
+
+
+# -- internals --------------------------------------------------------------------------------
+
+def _plan_step(graph: Graph, op: Op) -> _Step:
+    opsets = graph.meta.get("opset")
+    opdef = lookup_in(op.kind, opsets) if opsets else lookup_by_params(op.kind, op.params)
+    if opdef is None:
+        raise UnsupportedModelError(f"op {op.kind} ({op.annots.get('src', '?')}) has no "
+                                    "registered forward semantics")
+    static = {}
+    for index in opdef.static:
+        value = op.inputs[index] if index < len(op.inputs) else None
+        if value is None:
+            continue
+        if value.role != "const" or value.data is None:
+            raise UnsupportedModelError(
+                f"op {op.kind} ({op.annots.get('src', '?')}): operand {index} must be a constant")
+        static[index] = np.asarray(value.data)
+    return _Step(op, opdef.fn, {**opdef.attrs, **op.params}, static)
+
+
+def _run_step(step: _Step, env: dict[Value, Any]) -> None:
+    args = [step.static[i] if i in step.static else (None if v is None else env[v])
+            for i, v in enumerate(step.op.inputs)]
+    result = step.fn(*args, **step.kwargs)
+    results = result if isinstance(result, tuple) else (result,)
+    for value, out in zip(step.op.outputs, results):
+        want = jax_dtype(np_dtype(value.dtype))
+        out = jnp.asarray(out)
+        env[value] = out if out.dtype == want else out.astype(want)
+
+
+def _runtime_array(supplied: dict[str, Any], value: Value, what: str):
+    if value.hint not in supplied:
+        raise DataError(f"missing {what} \"{value.hint}\" (expected {value.type_str()}; given: "
+                        f"{', '.join(sorted(supplied)) or 'none'})")
+    array = supplied[value.hint]
+    if not hasattr(array, "dtype"):  # lists, Python scalars
+        array = np.asarray(array)
+    want = jax_dtype(np_dtype(value.dtype))
+    return array if array.dtype == want else array.astype(want)
+
+
+def _check_no_strings(graph: Graph) -> None:
+    for op in graph.ops:
+        for v in list(op.inputs) + list(op.outputs):
+            if v is not None and v.dtype == "str":
+                raise UnsupportedModelError(
+                    f"op {op.kind} ({op.annots.get('src', '?')}) computes on string tensors, "
+                    "which the JAX forward cannot hold (e.g. string class labels)")

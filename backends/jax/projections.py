@@ -1,0 +1,117 @@
+"""Exact projection operators onto the graphs of elementary operations (DESIGN.md §3).
+
+Convention: ``op(*operands, target, **options) -> (*projected_operands, projected_output)``.  The
+operands' current values and the output's target go in; the nearest point (Euclidean over all
+operands and the output together) on the graph {(a, y): y = f(a)} comes out, output last.  Operands
+broadcast against each other over leading dims and the results have the broadcast shape; vector ops
+(linear, bilinear, max) work along the last axis (max: `axis`).  All functions are pure, jit- and
+vmap-able, and compute in the inputs' floating dtype (float32 or float64; ints promote to float32).
+
+Helpers live in sibling modules and are re-exported here: proj_pwl (piecewise-linear tables,
+presets, sum_pwl), proj_bilinear (bilinear, bilinear_root), proj_losses (output constraints).
+"""
+from __future__ import annotations
+
+import builtins
+
+import jax.numpy as jnp
+
+from . import proj_pwl as pwl
+from .proj_common import as_floats
+from .proj_bilinear import bilinear, bilinear_root, bilinear_root_ab
+from .proj_losses import cross_entropy_prox, margin, squared_error
+from .proj_pwl import PRESETS, Pieces, pieces, pwl_eval, sum_pwl
+from .proj_pwl import abs, clip, leaky_relu, quantize, relu, sign, step  # noqa: A004 - presets
+
+__all__ = [
+    "identity", "sum", "sum_reduce", "sum_pwl", "linear", "bilinear", "bilinear_root",
+    "bilinear_root_ab", "max", "cross_entropy_prox", "margin", "squared_error", "Pieces", "pieces",
+    "pwl_eval", "PRESETS", "relu", "leaky_relu", "clip", "abs", "sign", "step", "quantize",
+    "identity_fn", "pwl", "REGISTRY",
+]
+
+identity_fn = pwl.identity  # the piecewise-linear preset φ(x) = x (the name `identity` is the op)
+
+
+
+
+def identity(a, target):
+    """Project (a0, y0) onto {y = a}: a = y = (a0 + y0)/2 (elementwise)."""
+    a, y = as_floats(a, target)
+    m = 0.5 * (a + y)
+    return m, m
+
+
+def sum(*args):  # noqa: A001 - mirrors the op name
+    """Project onto {y = Σ_i a_i} (n elementwise operands): r = Σa0 - y0,
+    a_i = a0_i - r/(n+1), y = y0 + r/(n+1).  Call as sum(a_1, ..., a_n, target)."""
+    if len(args) < 2:
+        raise TypeError("sum(*operands, target) needs at least one operand and a target")
+    xs = as_floats(*args)
+    shape = jnp.broadcast_shapes(*(x.shape for x in xs))
+    xs = [jnp.broadcast_to(x, shape) for x in xs]
+    *ops, y0 = xs
+    d = (builtins.sum(ops[1:], ops[0]) - y0) / (len(ops) + 1)
+    new = [x - d for x in ops]
+    return (*new, builtins.sum(new[1:], new[0]))  # = y0 + d, exactly f(new operands)
+
+
+def sum_reduce(a, target, axis: int = -1):
+    """Project onto {y = Σ_axis a} (y has `axis` removed): with n = a.shape[axis],
+    r = Σa0 - y0, every a entry -= r/(n+1), y += r/(n+1).  Returns (a, y)."""
+    a, y0 = as_floats(a, target)
+    neg = axis % a.ndim - a.ndim  # stable under leading broadcast
+    a = jnp.moveaxis(a, neg, -1)
+    shape = jnp.broadcast_shapes(a.shape[:-1], y0.shape)
+    a = jnp.broadcast_to(a, shape + a.shape[-1:])
+    y0 = jnp.broadcast_to(y0, shape)
+    d = (jnp.sum(a, axis=-1) - y0) / (a.shape[-1] + 1)
+    a = a - d[..., None]
+    return jnp.moveaxis(a, -1, neg), jnp.sum(a, axis=-1)  # = y0 + d
+
+
+def linear(c, w, target):
+    """Project onto {(w, y): y = c·w} with c constant data (dot over the last axis):
+    r = c·w0 - y0, w = w0 - r c/(1+|c|²), y = y0 + r/(1+|c|²).  Returns (c, w, y)."""
+    c, w, y0 = as_floats(c, w, target)
+    cc = jnp.sum(c * c, axis=-1)
+    r = (jnp.sum(c * w, axis=-1) - y0) / (1 + cc)
+    w = w - r[..., None] * c
+    return c, w, jnp.sum(c * w, axis=-1)  # = y0 + r
+
+
+def max(a, target, axis: int = -1):  # noqa: A001 - mirrors the op name
+    """Project onto {y = max_axis a}: sort a0 descending; m_k = (Σ_{j≤k} a0_(j) + y0)/(k+1); the first
+    k with m_k ≥ a0_(k+1) is optimal (cost is convex in the common value m).  Top entries move to m,
+    y = m; if m exceeds max a0 one argmax entry rises to m.  O(n log n).  Returns (a, y)."""
+    a, y0 = as_floats(a, target)
+    neg = axis % a.ndim - a.ndim  # stable under leading broadcast
+    a = jnp.moveaxis(a, neg, -1)
+    n = a.shape[-1]
+    shape = jnp.broadcast_shapes(a.shape[:-1], y0.shape)
+    a = jnp.broadcast_to(a, shape + (n,))
+    y0 = jnp.broadcast_to(y0, shape)
+    srt = -jnp.sort(-a, axis=-1)  # descending
+    k = jnp.arange(1, n + 1, dtype=a.dtype)
+    m = (jnp.cumsum(srt, axis=-1) + y0[..., None]) / (k + 1)
+    nxt = jnp.concatenate([srt[..., 1:], jnp.full(shape + (1,), -jnp.inf, a.dtype)], axis=-1)
+    first = jnp.argmax(m >= nxt, axis=-1)  # the last candidate is always valid
+    mk = jnp.take_along_axis(m, first[..., None], axis=-1)
+    top = jnp.arange(n) == jnp.argmax(a, axis=-1)[..., None]
+    out = jnp.where(top, mk, jnp.minimum(a, mk))
+    return jnp.moveaxis(out, -1, neg), mk[..., 0]
+
+
+# name -> projection, for the backend's emitter (losses take (x, labels) and return one array)
+REGISTRY = {
+    "identity": identity,
+    "sum": sum,
+    "sum_reduce": sum_reduce,
+    "sum_pwl": sum_pwl,
+    "linear": linear,
+    "bilinear": bilinear,
+    "max": max,
+    "cross_entropy": cross_entropy_prox,
+    "margin": margin,
+    "squared_error": squared_error,
+}

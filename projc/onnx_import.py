@@ -1,0 +1,434 @@
+"""ONNX importer: an ONNX model becomes an IR graph of onnx-level ops.
+
+Steps: load and check the file (``ModelLoadError``), check opsets and that every node's
+(op, opset) is registered (one ``UnsupportedModelError`` listing all offenders), run ONNX shape
+inference, then build the graph node by node: constants fold on the spot, shape subgraphs are
+evaluated symbolically (``projc.onnx_symbolic``), every op output gets a dtype and a shape
+(``projc.onnx_eval``), and dead ops/initializers are dropped.
+
+Roles: graph inputs are ``input``; float initializers that feed a computation (not only shapes,
+indices, statistics) are trainable ``param``; every other initializer or folded value is
+``const``. Hints are ONNX names.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from projc import onnx_symbolic as symbolic
+from projc.errors import ModelLoadError, UnsupportedModelError
+from projc.ir import Dim, Graph, Op, Value, dtype_name
+from projc.onnx_eval import BATCH, SymbolSizes, fold, trace
+from projc.ops import MAX_OPSET, MIN_OPSET, OpDef, kind_of, lookup
+from projc.ops.dtypes import ir_dtype_of_onnx, np_dtype, onnx_type_name
+
+FLOAT_DTYPES = ("f16", "f32", "f64")
+SUPPORTED_LIST_HINT = "supported ops: run `projc ops` or see docs/ops.md"
+
+
+def load_model(path, *, bind: dict[str, np.ndarray] | None = None) -> Graph:
+    """Read, check and import the ONNX file at ``path``.
+
+    ``bind`` turns the named graph inputs into constants with the given values (for inputs that
+    projc needs at compile time, e.g. a Reshape shape fed as an input).
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise ModelLoadError(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise ModelLoadError(f"{path}: is a directory, expected an .onnx file")
+    if os.path.getsize(path) == 0:
+        raise ModelLoadError(f"{path}: the file is empty (0 bytes), expected an ONNX model")
+    try:
+        model = onnx.load(path)
+    except Exception as err:  # protobuf raises DecodeError, RuntimeError, ... on bad bytes
+        raise ModelLoadError(f"{path}: not a readable ONNX model, the file is truncated or not "
+                             f"an ONNX protobuf ({_first_line(err)})") from None
+    return from_onnx(model, path=path, bind=bind)
+
+
+def from_onnx(model: onnx.ModelProto, path: str | None = None, *,
+              bind: dict[str, np.ndarray] | None = None) -> Graph:
+    """Import an in-memory ONNX model (``path`` only names it in messages and ``meta``)."""
+    label = path or model.graph.name or "model"
+    check_input_ranks(model, label)  # before the checker, which only says "shape missing"
+    check_model(model, label)
+    opsets = model_opsets(model)
+    check_opset(opsets, label)
+    check_supported(model.graph, opsets, label)
+    inferred = _infer_shapes(model)
+    return _GraphBuilder(model, inferred, opsets, label, path, dict(bind or {})).build()
+
+
+# -- checks -----------------------------------------------------------------------------------
+
+def check_model(model: onnx.ModelProto, label: str) -> None:
+    try:
+        onnx.checker.check_model(model)
+    except (onnx.checker.ValidationError, ValueError, RuntimeError) as err:
+        raise ModelLoadError(f"{label}: onnx.checker rejects the model: "
+                             f"{_first_line(err)}") from None
+
+
+def check_input_ranks(model: onnx.ModelProto, label: str) -> None:
+    initializers = {t.name for t in model.graph.initializer}
+    for vi in model.graph.input:
+        tensor = vi.type.tensor_type
+        if vi.name not in initializers and vi.type.HasField("tensor_type") \
+                and not tensor.HasField("shape"):
+            raise UnsupportedModelError(
+                f"{label}: input \"{vi.name}\" has unknown rank; projc needs the rank of every "
+                "input (export with a fixed-rank example input; mark only sizes dynamic, e.g. "
+                "torch.onnx.export(..., dynamic_axes={name: {0: 'batch'}}))")
+
+
+def model_opsets(model: onnx.ModelProto) -> dict[str, int]:
+    """domain -> opset version ("" for the default domain, also when imported as "ai.onnx")."""
+    opsets = {}
+    for entry in model.opset_import:
+        domain = "" if entry.domain in ("", "ai.onnx") else entry.domain
+        opsets[domain] = int(entry.version)
+    return opsets
+
+
+def check_opset(opsets: dict[str, int], label: str) -> None:
+    version = opsets.get("")
+    if version is not None and version < MIN_OPSET:
+        raise UnsupportedModelError(
+            f"{label}: opset {version} is older than projc supports ({MIN_OPSET}..{MAX_OPSET}); "
+            f"re-export the model with opset_version>={MIN_OPSET} (torch.onnx.export(..., "
+            f"opset_version=17)) or convert it with onnx.version_converter")
+
+
+def check_supported(graph: onnx.GraphProto, opsets: dict[str, int], label: str) -> None:
+    """Raise one UnsupportedModelError naming every node whose op, opset or attribute projc lacks."""
+    problems = []
+    for index, node in enumerate(graph.node):
+        opset = opsets.get(node.domain if node.domain != "ai.onnx" else "", 0)
+        opdef = lookup(kind_of(node.op_type, node.domain), opset)
+        name = node_label(node, index)
+        if opdef is None:
+            domain = f"{node.domain} " if node.domain not in ("", "ai.onnx") else ""
+            problems.append(f"  {domain}{node.op_type} (opset {opset}) at node \"{name}\"")
+            continue
+        unknown = [a.name for a in node.attribute if a.name not in opdef.attrs]
+        if unknown:
+            problems.append(f"  {node.op_type} (opset {opset}) at node \"{name}\": attribute(s) "
+                            f"{', '.join(unknown)} not supported")
+    if problems:
+        raise UnsupportedModelError(
+            f"{label}: {len(problems)} node(s) use ops projc does not support:\n"
+            + "\n".join(problems) + f"\n{SUPPORTED_LIST_HINT}")
+
+
+def node_label(node: onnx.NodeProto, index: int) -> str:
+    """The node's name, or ``OpType_index`` for an unnamed node."""
+    return node.name or f"{node.op_type}_{index}"
+
+
+def _infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    try:
+        return onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+    except Exception:  # inference is an aid: projc infers every shape itself anyway
+        return model
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip() or type(err).__name__
+    return text.splitlines()[0]
+
+
+# -- attributes and types ---------------------------------------------------------------------
+
+def attribute_value(attr: onnx.AttributeProto) -> Any:
+    """An ONNX attribute as a plain Python value (tensors as numpy arrays)."""
+    value = onnx.helper.get_attribute_value(attr)
+    if attr.type == onnx.AttributeProto.FLOAT:
+        return _short_float(value)
+    if attr.type == onnx.AttributeProto.FLOATS:
+        return [_short_float(v) for v in value]
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    if isinstance(value, onnx.TensorProto):
+        return tensor_to_array(value)
+    if isinstance(value, (list, tuple)):
+        return [v.decode("utf-8") if isinstance(v, bytes) else v for v in value]
+    if isinstance(value, (onnx.GraphProto, onnx.SparseTensorProto)):
+        raise UnsupportedModelError(f"attribute {attr.name!r} holds a graph or sparse tensor")
+    return value
+
+
+def _short_float(value: float) -> float:
+    """A float32 attribute as the shortest decimal that rounds to it (0.2, not 0.2000000029...):
+    same float32 value, readable IR."""
+    return float(str(np.float32(value)))
+
+
+def tensor_to_array(tensor: onnx.TensorProto) -> np.ndarray:
+    """A TensorProto as numpy; string tensors become unicode arrays (ONNX stores bytes)."""
+    data = numpy_helper.to_array(tensor)
+    if tensor.data_type == onnx.TensorProto.STRING:
+        data = np.array([b.decode("utf-8") if isinstance(b, bytes) else str(b)
+                         for b in data.reshape(-1)], dtype=np.str_).reshape(data.shape)
+    return data
+
+
+def _sanitize(name: str) -> str:
+    clean = re.sub(r"[^A-Za-z0-9_]", "_", name)
+    return clean if clean[:1].isalpha() else "s" + clean
+
+
+class _GraphBuilder:
+    """Walks the ONNX nodes in order and builds the IR graph."""
+
+    def __init__(self, model, inferred, opsets, label, path, bind):
+        self.model, self.opsets, self.label, self.bind = model, opsets, label, bind
+        self.types = {vi.name: vi.type for vi in _typed_values(inferred.graph)}
+        self.values: dict[str, Value] = {}
+        self.shape_tensors: dict[Value, np.ndarray] = {}  # symbolic values of shape subgraphs
+        self.sizes = SymbolSizes()
+        self.dim_symbols: dict[str, str] = {}
+        meta = {"path": path, "opset": dict(opsets), "ir_version": int(model.ir_version),
+                "producer": f"{model.producer_name} {model.producer_version}".strip()}
+        if bind:
+            meta["bound_inputs"] = sorted(bind)
+        self.graph = Graph(name=model.graph.name or os.path.splitext(
+            os.path.basename(path or "model"))[0], meta=meta)
+
+    def build(self) -> Graph:
+        self._add_initializers()
+        self._add_inputs()
+        for index, node in enumerate(self.model.graph.node):
+            self._add_node(index, node)
+        self.graph.outputs = [self.values[o.name] for o in self.model.graph.output]
+        remove_dead_code(self.graph)
+        return self.graph
+
+    # -- graph inputs and initializers ------------------------------------------------------
+
+    def _add_inputs(self):
+        initializers = {t.name for t in self.model.graph.initializer}
+        inputs = [i for i in self.model.graph.input if i.name not in initializers]
+        for vi in inputs:  # batch symbols first, so that "batch" in a later dim still means B
+            dims = _dims_of(vi)
+            if dims and dims[0].dim_param:
+                self.dim_symbols.setdefault(dims[0].dim_param, BATCH)
+        for vi in inputs:
+            if vi.name in self.bind:
+                self._add_const(vi.name, np.asarray(self.bind[vi.name]),
+                                dtype=self._tensor_dtype(vi.name, vi.type, "input"))
+                continue
+            value = Value(self._tensor_dtype(vi.name, vi.type, "input"), self._input_shape(vi),
+                          "input", hint=vi.name)
+            self.graph.inputs.append(value)
+            self.values[vi.name] = value
+
+    def _input_shape(self, vi) -> tuple[Dim, ...]:
+        tensor = vi.type.tensor_type
+        shape = []
+        for axis, dim in enumerate(tensor.shape.dim):
+            if dim.HasField("dim_value"):
+                shape.append(int(dim.dim_value))
+            elif axis == 0:
+                shape.append(BATCH)
+            else:
+                shape.append(self._symbol(dim.dim_param or f"{vi.name}_{axis}"))
+        return tuple(shape)
+
+    def _symbol(self, dim_param: str) -> str:
+        if dim_param not in self.dim_symbols:
+            symbol = _sanitize(dim_param)
+            while symbol in self.dim_symbols.values():
+                symbol += "_"
+            self.dim_symbols[dim_param] = symbol
+        self.sizes.declare(self.dim_symbols[dim_param])
+        return self.dim_symbols[dim_param]
+
+    def _tensor_dtype(self, name: str, type_proto, what: str) -> str:
+        if not type_proto.HasField("tensor_type"):
+            raise UnsupportedModelError(f"{self.label}: {what} \"{name}\" is not a tensor "
+                                        f"({type_proto.WhichOneof('value')})")
+        elem = type_proto.tensor_type.elem_type
+        dtype = ir_dtype_of_onnx(elem)
+        if dtype is None:
+            raise UnsupportedModelError(f"{self.label}: {what} \"{name}\" has element type "
+                                        f"{onnx_type_name(elem)}, which projc does not support")
+        return dtype
+
+    def _add_initializers(self):
+        trainable = trainable_initializers(self.model.graph, self.opsets)
+        for tensor in self.model.graph.initializer:
+            dtype = ir_dtype_of_onnx(tensor.data_type)
+            if dtype is None:
+                raise UnsupportedModelError(
+                    f"{self.label}: initializer \"{tensor.name}\" has element type "
+                    f"{onnx_type_name(tensor.data_type)}, which projc does not support")
+            data = tensor_to_array(tensor)
+            if tensor.name in trainable and dtype in FLOAT_DTYPES:
+                value = Value(dtype, data.shape, "param", hint=tensor.name, data=data)
+                self.graph.initializers.append(value)
+                self.values[tensor.name] = value
+            else:
+                self._add_const(tensor.name, data)
+
+    def _add_const(self, name: str, data: np.ndarray, *, dtype: str | None = None,
+                   register: bool = True) -> Value:
+        """A new const initializer; ``register`` makes it the value of ONNX name ``name``."""
+        data = np.asarray(data)
+        dtype = dtype or dtype_name(data.dtype)
+        data = data.astype(np_dtype(dtype), copy=False) if dtype != "str" else data
+        value = Value(dtype, data.shape, "const", hint=name, data=data)
+        self.graph.initializers.append(value)
+        if name and register:
+            self.values[name] = value
+        return value
+
+    # -- nodes ------------------------------------------------------------------------------
+
+    def _add_node(self, index: int, node: onnx.NodeProto) -> None:
+        label = node_label(node, index)
+        kind = kind_of(node.op_type, node.domain)
+        opdef = lookup(kind, self.opsets.get(node.domain if node.domain != "ai.onnx" else "", 0))
+        inputs = [self.values[name] if name else None for name in node.input]
+        params = self._params(node, opdef)
+        if opdef.fold and all(v is None or v.role == "const" for v in inputs):
+            with self._context(label, node.op_type):
+                results = fold(opdef, inputs, params)
+            for name, data in zip(node.output, results):
+                if name:
+                    self._add_const(name, data, dtype=self._declared_dtype(name))
+            return
+        with self._context(label, node.op_type):
+            entries = self._shape_tensor(kind, inputs, params)
+        if entries is not None and not symbolic.has_symbols(entries):
+            self._add_const(node.output[0], symbolic.to_int64(entries))
+            return
+        inputs = self._static_inputs(label, kind, opdef, inputs, params)
+        with self._context(label, node.op_type):
+            traced = trace(opdef, inputs, params, self.sizes)
+        outputs = self._outputs(label, node, inputs, traced)
+        if entries is not None:
+            self.shape_tensors[outputs[0]] = entries
+        self.graph.ops.append(Op(kind, inputs, outputs, params, {"src": label}))
+
+    @contextlib.contextmanager
+    def _context(self, label: str, op_type: str):
+        """Errors of an op's function (an unsupported variant) name the file and the node."""
+        try:
+            yield
+        except Exception as err:
+            raise UnsupportedModelError(f"{self.label}: node \"{label}\" ({op_type}) cannot be "
+                                        f"imported: {_first_line(err)}") from err
+
+    def _params(self, node: onnx.NodeProto, opdef: OpDef) -> dict[str, Any]:
+        params = {k: v for k, v in opdef.attrs.items() if v is not None}
+        params.update({a.name: attribute_value(a) for a in node.attribute})
+        if opdef.arity_attr and params.get(opdef.arity_attr) is None:
+            params[opdef.arity_attr] = len(node.output)
+        return params
+
+    def _shape_tensor(self, kind, inputs, params) -> np.ndarray | None:
+        """The symbolic value of a shape-subgraph op, or None."""
+        if kind not in symbolic.SYMBOLIC_KINDS or inputs[0] is None:
+            return None
+        if kind == "Shape":
+            return symbolic.evaluate(kind, [], params, inputs[0].shape)
+        args = []
+        for v in inputs:
+            if v is not None and v.role != "const" and v not in self.shape_tensors:
+                return None
+            args.append(None if v is None else self.shape_tensors.get(v, v.data))
+        if kind != "Concat":  # non-data operands of Gather/Slice/... must be plain constants
+            if any(isinstance(a, np.ndarray) and a.dtype == object for a in args[1:]):
+                return None
+            args[0] = symbolic.as_entries(args[0])
+        return symbolic.evaluate(kind, args, params)
+
+    def _static_inputs(self, label, kind, opdef, inputs, params) -> list[Value | None]:
+        """Inputs with every compile-time operand turned into a constant (or an error)."""
+        inputs = list(inputs)
+        for index in opdef.static:
+            value = inputs[index] if index < len(inputs) else None
+            if value is None or value.role == "const":
+                continue
+            entries = self.shape_tensors.get(value)
+            data_shape = inputs[0].shape if inputs[0] is not None else ()
+            resolved = None if entries is None else symbolic.resolve_static(
+                kind, index, entries, data_shape, params)
+            if resolved is None:
+                raise UnsupportedModelError(
+                    f"{self.label}: node \"{label}\" ({kind}): input {index} (\"{value.hint}\") "
+                    "must be known at compile time, but it depends on runtime values; projc "
+                    "needs static shapes, axes and pads")
+            # only this operand becomes constant: other consumers keep the runtime value
+            inputs[index] = self._add_const(value.hint, resolved, register=False)
+        return inputs
+
+    def _outputs(self, label, node, inputs, traced) -> list[Value]:
+        """One Value per node output: ONNX's declared dtype if any, the traced shape."""
+        strings = any(v is not None and v.dtype == "str" for v in inputs)
+        outputs = []
+        for index, name in enumerate(node.output):
+            if index >= len(traced):
+                if not name:
+                    continue
+                raise UnsupportedModelError(f"{self.label}: node \"{label}\" ({node.op_type}): "
+                                            f"output {index} (\"{name}\") is not supported")
+            traced_dtype, shape = traced[index]
+            dtype = self._declared_dtype(name)
+            if dtype is None and strings:  # traced with int placeholders for the strings
+                raise UnsupportedModelError(f"{self.label}: cannot infer the type of \"{name}\"")
+            value = Value(dtype or dtype_name(traced_dtype), shape, "tmp", hint=name)
+            outputs.append(value)
+            if name:
+                self.values[name] = value
+        return outputs
+
+    def _declared_dtype(self, name: str) -> str | None:
+        type_proto = self.types.get(name)
+        if type_proto is None or not type_proto.HasField("tensor_type"):
+            return None
+        return ir_dtype_of_onnx(type_proto.tensor_type.elem_type) if \
+            type_proto.tensor_type.elem_type else None
+
+
+def _typed_values(graph: onnx.GraphProto):
+    yield from graph.input
+    yield from graph.value_info
+    yield from graph.output
+
+
+def _dims_of(vi) -> list:
+    tensor = vi.type.tensor_type
+    return list(tensor.shape.dim) if tensor.HasField("shape") else []
+
+
+def trainable_initializers(graph: onnx.GraphProto, opsets: dict[str, int]) -> set[str]:
+    """Names of initializers that some node uses as a computed-on operand (not static, frozen)."""
+    names = {t.name for t in graph.initializer}
+    used = set()
+    for node in graph.node:
+        opdef = lookup(kind_of(node.op_type, node.domain),
+                       opsets.get(node.domain if node.domain != "ai.onnx" else "", 0))
+        for index, name in enumerate(node.input):
+            if name in names and index not in opdef.static and index not in opdef.frozen:
+                used.add(name)
+    return used
+
+
+def remove_dead_code(graph: Graph) -> None:
+    """Drop ops none of whose outputs is used, then initializers nothing uses."""
+    live = {v for v in graph.outputs}
+    kept = []
+    for op in reversed(graph.ops):
+        if any(v in live for v in op.outputs):
+            kept.append(op)
+            live.update(v for v in op.inputs if v is not None)
+    graph.ops = kept[::-1]
+    graph.initializers = [v for v in graph.initializers if v in live]

@@ -1,0 +1,134 @@
+"""Symbolic shape arithmetic, so that exported shape subgraphs fold at import.
+
+torch exports ``x.view(x.size(0), -1)`` with a dynamic batch as Shape -> Gather -> Unsqueeze ->
+Concat -> Reshape. With the batch symbolic, none of it is constant, yet Reshape needs a
+compile-time shape. Here a *shape tensor* is a numpy object array whose entries are ints or
+symbol names (``"B"``); the small set of ops that such subgraphs use is evaluated on it, and when
+the result reaches Reshape (or Expand) the symbols are replaced by the placeholder values those
+ops define (0 = copy the input dim, -1 = infer, 1 = broadcast), giving a plain constant.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from projc.ops.layout import _slice_for, ints, normalize_axis
+
+# Ops evaluated on shape tensors (anything else makes a symbolic value a runtime value).
+SYMBOLIC_KINDS = frozenset({"Shape", "Gather", "Unsqueeze", "Squeeze", "Concat", "Slice",
+                            "Identity", "Cast"})
+
+
+def has_symbols(entries: np.ndarray) -> bool:
+    return any(isinstance(e, str) for e in entries.reshape(-1))
+
+
+def as_entries(array) -> np.ndarray:
+    """A constant integer array as an object array of Python ints."""
+    return np.asarray(np.asarray(array).tolist(), dtype=object)
+
+
+def to_int64(entries: np.ndarray) -> np.ndarray:
+    return np.asarray(entries.tolist(), dtype=np.int64)
+
+
+def evaluate(kind: str, args: list, params: dict, input_shape=None) -> np.ndarray | None:
+    """The shape tensor ``kind`` computes (see ``_evaluate``), always as an object array."""
+    result = _evaluate(kind, args, params, input_shape)
+    if result is None or (isinstance(result, np.ndarray) and result.dtype == object):
+        return result
+    out = np.empty((), dtype=object) if np.ndim(result) == 0 else None
+    if out is not None:  # np.take of one index yields the bare entry
+        out[()] = result.item() if isinstance(result, np.ndarray) else result
+        return out
+    return as_entries(result)
+
+
+def _evaluate(kind: str, args: list, params: dict, input_shape=None):
+    """The shape tensor ``kind`` computes from ``args`` (object arrays, numpy constants or None);
+    ``input_shape`` is the IR shape of the first input (for Shape). None when not applicable."""
+    if kind == "Shape":
+        return np.asarray(list(input_shape)[slice(params.get("start", 0), params.get("end"))],
+                          dtype=object)
+    if kind == "Cast" and not _casts_to_integer(params.get("to")):
+        return None
+    if kind in ("Identity", "Cast"):
+        return args[0]
+    if kind == "Concat":
+        parts = [as_entries(a) for a in args if a is not None]
+        return np.concatenate(parts, axis=normalize_axis(params["axis"], parts[0].ndim))
+    data = args[0]
+    if kind == "Gather":
+        axis = normalize_axis(params.get("axis", 0), data.ndim)
+        idx = np.asarray(args[1]).astype(np.int64)
+        idx = np.where(idx < 0, idx + data.shape[axis], idx)
+        return np.take(data, idx, axis=axis)
+    if kind == "Unsqueeze":
+        axes = ints(args[1])
+        rank = data.ndim + len(axes)
+        return np.expand_dims(data, tuple(sorted(normalize_axis(a, rank) for a in axes)))
+    if kind == "Squeeze":
+        axes = args[1] if len(args) > 1 else None
+        if axes is None:
+            return np.squeeze(data)
+        return np.squeeze(data, tuple(normalize_axis(a, data.ndim) for a in ints(axes)))
+    if kind == "Slice":
+        return _slice(data, *args[1:])
+    return None
+
+
+def _casts_to_integer(to) -> bool:
+    return to in (onnx.TensorProto.INT64, onnx.TensorProto.INT32)
+
+
+def _slice(data, starts, ends, axes=None, steps=None):
+    starts, ends = ints(starts), ints(ends)
+    axes = ints(axes) if axes is not None else list(range(len(starts)))
+    steps = ints(steps) if steps is not None else [1] * len(starts)
+    index = [slice(None)] * data.ndim
+    for start, end, axis, step in zip(starts, ends, axes, steps):
+        axis = normalize_axis(axis, data.ndim)
+        index[axis] = _slice_for(start, end, step, data.shape[axis])
+    return data[tuple(index)]
+
+
+def resolve_reshape(entries: np.ndarray, data_shape: tuple, allowzero: int) -> np.ndarray | None:
+    """Reshape's shape with symbols replaced: an entry naming the data's dim at the same position
+    becomes 0 (copy), one remaining symbol becomes -1 (infer). None when that is not possible."""
+    out = list(entries.reshape(-1))
+    for pos, entry in enumerate(out):
+        if isinstance(entry, str) and not allowzero and pos < len(data_shape) \
+                and data_shape[pos] == entry:
+            out[pos] = 0
+    left = [pos for pos, entry in enumerate(out) if isinstance(entry, str)]
+    if len(left) > 1 or (left and -1 in out):
+        return None
+    for pos in left:
+        out[pos] = -1
+    return np.asarray(out, dtype=np.int64)
+
+
+def resolve_expand(entries: np.ndarray, data_shape: tuple) -> np.ndarray | None:
+    """Expand's shape with symbols replaced by 1 where the data already has that dim (numpy
+    broadcasting keeps it). None when a symbol would have to create a new dim."""
+    out = list(entries.reshape(-1))
+    offset = len(out) - len(data_shape)
+    for pos, entry in enumerate(out):
+        if isinstance(entry, str):
+            if pos < offset or data_shape[pos - offset] != entry:
+                return None
+            out[pos] = 1
+    return np.asarray(out, dtype=np.int64)
+
+
+def resolve_static(kind: str, index: int, entries: np.ndarray, data_shape: tuple,
+                   params: dict) -> np.ndarray | None:
+    """A constant for input ``index`` of a ``kind`` op whose value is the shape tensor
+    ``entries``: the entries themselves when they hold no symbols, else Reshape/Expand rules."""
+    if not has_symbols(entries):
+        return to_int64(entries)
+    if kind == "Reshape" and index == 1:
+        return resolve_reshape(entries, data_shape, params.get("allowzero", 0))
+    if kind == "Expand" and index == 1:
+        return resolve_expand(entries, data_shape)
+    return None

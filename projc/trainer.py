@@ -1,0 +1,253 @@
+"""The stable Python API: ``projc.compile(model) -> Trainer``.
+
+    trainer = projc.compile("model.onnx", loss="cross_entropy", solver="dr", steps_per_update=50)
+    params = trainer.init_params()                # {ONNX initializer name: array}, the file's values
+    params, stats = trainer.update(params, x, y)  # one minibatch; x in the model's input shape
+    metrics = trainer.evaluate(params, x, y)      # {"accuracy": ..., "loss": ...}
+    trainer.export(params, "trained.onnx")        # the original graph with trained initializers
+
+The update is jit-compiled once per (model, batch shape). Options: ``lam`` (cross-entropy prox
+weight, 5.0), ``ce_method`` ("newton" | "fixed-point"), ``relaxation`` (DR λ, 0.5), ``beta`` (DM, 1.0),
+``repair`` (bipartite repair, True), ``layout`` ("auto" | "copies" | "consensus"), ``lr`` (Adam,
+1e-3), ``factor_linear`` (exact factored slots for linear dot families, True).
+"""
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, Mapping
+
+import numpy as np
+
+from projc.errors import DataError, DivergenceError, ProjcError
+
+SOLVERS = ("ap", "dr", "ar", "dm", "cp", "cdr", "adam")
+LAYOUTS = ("auto", "copies", "consensus")
+_OPTIONS = ("lam", "ce_method", "relaxation", "beta", "repair", "layout", "lr", "factor_linear")
+
+
+def compile(model: str | os.PathLike, *, loss: str = "cross_entropy", solver: str = "dr",  # noqa: A001
+            steps_per_update: int = 50, **options) -> "Trainer":
+    """Compile an ONNX model file into a Trainer (see the module docstring)."""
+    return Trainer(model, loss=loss, solver=solver, steps_per_update=steps_per_update, **options)
+
+
+def _make_layout(name: str, solver: str, graph, **kw):
+    from projc.backends.jax.layout_copies import CopiesLayout
+
+    if name == "auto":
+        if solver in ("ap", "cp"):
+            try:
+                from projc.backends.jax.layout_consensus import ConsensusLayout  # a later issue
+                return ConsensusLayout(graph, **{k: v for k, v in kw.items() if k != "factor_linear"})
+            except ImportError:
+                pass
+        return CopiesLayout(graph, **kw)
+    if name == "copies":
+        return CopiesLayout(graph, **kw)
+    try:
+        from projc.backends.jax.layout_consensus import ConsensusLayout
+    except ImportError:
+        raise ProjcError("layout 'consensus' is not available in this build; use layout='copies'") from None
+    if solver not in ("ap", "cp"):
+        raise ProjcError(f"layout 'consensus' is exact only for ap and cp, not {solver}; use 'copies'")
+    return ConsensusLayout(graph, **{k: v for k, v in kw.items() if k != "factor_linear"})
+
+
+class Trainer:
+    """A compiled projection trainer for one ONNX model (see the module docstring)."""
+
+    def __init__(self, model: str | os.PathLike, *, loss: str = "cross_entropy", solver: str = "dr",
+                 steps_per_update: int = 50, lam: float = 5.0, ce_method: str = "newton",
+                 relaxation: float = 0.5, beta: float = 1.0, repair: bool = True, layout: str = "auto",
+                 lr: float = 1e-3, factor_linear: bool = True):
+        from projc.onnx_import import load_model
+        from projc.passes import compile_for_training
+
+        if solver not in SOLVERS:
+            raise ProjcError(f"unknown solver {solver!r}; choose one of {', '.join(SOLVERS)}")
+        if layout not in LAYOUTS:
+            raise ProjcError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+        if ce_method not in ("newton", "fixed-point"):
+            raise ProjcError(f"unknown ce_method {ce_method!r}; choose newton or fixed-point")
+        if not isinstance(steps_per_update, int) or steps_per_update < 1:
+            raise ProjcError(f"steps_per_update must be a positive integer, got {steps_per_update!r}")
+        if not (isinstance(lam, (int, float)) and lam > 0):
+            raise ProjcError(f"lam must be a positive number, got {lam!r}")
+        self.model_path = os.fspath(model)
+        self.loss, self.solver_name, self.steps_per_update = loss, solver, steps_per_update
+        self.options = dict(lam=lam, ce_method=ce_method, relaxation=relaxation, beta=beta,
+                            repair=repair, layout=layout, lr=lr, factor_linear=factor_linear)
+        self.source_graph = load_model(self.model_path)
+        self.graph = compile_for_training(self.source_graph, loss=loss, lam=lam, repair=repair)
+        for op in self.graph.ops:
+            if op.kind == "cross_entropy":
+                op.params["method"] = ce_method
+        self.layout = _make_layout(layout, solver, self.graph, ce_method=ce_method, lam=lam,
+                                   factor_linear=factor_linear)
+        data = self.graph.data_inputs
+        if len(data) != 1:
+            raise ProjcError(f"{self.model_path}: projc trains models with one data input, this one "
+                             f"has {len(data)} ({', '.join(v.hint for v in data)})")
+        self._input = data[0]
+        self._label = self.graph.labels[0]
+        self.input_name = self._input.hint
+        self.label_name = self._label.hint
+        self.input_shape = tuple(d if isinstance(d, int) else None for d in self._input.shape)
+        logits = self.layout.logits_value()
+        self.logits_name = self.graph.meta.get("logits_output", logits.hint)
+        self.num_classes = int(logits.shape[-1]) if isinstance(logits.shape[-1], int) else None
+        self.param_names = [v.hint for v in self.graph.params]
+        self._init = {v.hint: np.asarray(v.data) for v in self.graph.params}
+        self._label_dtype = self._label.dtype
+        self._update = None
+        self._forward = None
+        self._adam = None
+        self._adam_state = None
+        if solver != "adam":
+            from projc.backends.jax.emit import make_update
+            from projc.backends.jax.solvers import Solver
+
+            self.solver = Solver(self.layout, solver, relaxation=relaxation, beta=beta)
+            self._update = make_update(self.layout, self.solver, steps_per_update)
+
+    # -- public API ------------------------------------------------------------------------
+    def init_params(self) -> dict[str, np.ndarray]:
+        """{ONNX initializer name: array}: the trainable initializers' values in the file."""
+        self._adam_state = None
+        return {k: v.copy() for k, v in self._init.items()}
+
+    def update(self, params: Mapping[str, Any], x, y) -> tuple[dict[str, Any], dict[str, float]]:
+        """One minibatch update; returns (new params, stats)."""
+        params = self._check_params(params)
+        x, y = self._check_data(x, y)
+        if self.solver_name == "adam":
+            new, stats = self._adam_update(params, x, y)
+        else:
+            new, stats = self._update(params, {self.input_name: x, self.label_name: y})
+        stats = {k: float(v) for k, v in stats.items()}
+        bad = [k for k, v in new.items() if not bool(np.all(np.isfinite(np.asarray(v))))]
+        if bad:
+            raise DivergenceError(
+                f"the {self.solver_name} update produced non-finite values in {', '.join(bad)}; "
+                f"try a smaller relaxation, fewer steps_per_update, or solver='ap'")
+        return new, stats
+
+    def logits(self, params: Mapping[str, Any], x) -> np.ndarray:
+        """The model's logits on ``x`` (the compiled forward)."""
+        import jax
+
+        params = self._check_params(params)
+        x = self._check_x(x)
+        if self._forward is None:
+            layout = self.layout
+            name = self.input_name
+            self._forward = jax.jit(lambda p, xb: layout.forward_logits(p, {name: xb}))
+        return np.asarray(self._forward(params, x))
+
+    def evaluate(self, params: Mapping[str, Any], x, y) -> dict[str, float]:
+        """{"accuracy", "loss"} on (x, y): loss is the mean softmax cross-entropy of the logits."""
+        x, y = self._check_data(x, y)
+        lg = self.logits(params, x).astype(np.float64)
+        m = lg.max(-1, keepdims=True)
+        lse = (m[:, 0] + np.log(np.exp(lg - m).sum(-1)))
+        ce = float(np.mean(lse - lg[np.arange(len(y)), y]))
+        return {"accuracy": float(np.mean(np.argmax(lg, -1) == y)), "loss": ce}
+
+    def export(self, params: Mapping[str, Any], path: str | os.PathLike) -> str:
+        """Write the original ONNX graph with the trained initializers (atomically)."""
+        from projc.export import export_onnx
+
+        params = self._check_params(params)
+        return export_onnx(self.model_path, {k: np.asarray(v) for k, v in params.items()}, path)
+
+    # -- validation ------------------------------------------------------------------------
+    def _check_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        if not isinstance(params, Mapping):
+            raise ProjcError("params must be the dict returned by init_params() or update()")
+        missing = [n for n in self.param_names if n not in params]
+        if missing:
+            raise ProjcError(f"params lack {', '.join(missing)}; start from trainer.init_params()")
+        out = {}
+        for n in self.param_names:
+            v = params[n]
+            if tuple(np.shape(v)) != self._init[n].shape:
+                raise ProjcError(f"param {n} has shape {list(np.shape(v))}, the model needs "
+                                 f"{list(self._init[n].shape)}")
+            out[n] = v
+        return out
+
+    def _check_x(self, x) -> np.ndarray:
+        try:
+            x = np.asarray(x)
+        except Exception:  # noqa: BLE001
+            raise DataError("x must be an array of numbers") from None
+        if not np.issubdtype(x.dtype, np.number) or x.dtype.kind == "c":
+            raise DataError(f"x must hold real numbers, got dtype {x.dtype}")
+        per = [d for d in self.input_shape[1:]]
+        shape_txt = "[B," + ",".join("?" if d is None else str(d) for d in per) + "]"
+        if x.ndim < 1 or len(x) == 0:
+            raise DataError(f"x must be a non-empty batch of shape {shape_txt} for input "
+                            f"{self.input_name!r}, got {list(x.shape)}")
+        known = all(d is not None for d in per)
+        want = math.prod(per) if known else None
+        have = math.prod(x.shape[1:])
+        if tuple(x.shape[1:]) != tuple(per):
+            if known and have == want:
+                x = x.reshape((len(x), *per))
+            else:
+                raise DataError(
+                    f"x has shape {list(x.shape)}: the model's input {self.input_name!r} is "
+                    f"{shape_txt}" + (f" ({want} features per sample, got {have})" if known else "")
+                    + "; reshape the data to the model's input shape")
+        if not np.all(np.isfinite(x)):
+            row = int(np.argwhere(~np.isfinite(x.reshape(len(x), -1)))[0][0])
+            raise DataError(f"x holds NaN or inf (first in sample {row}); clean or impute the data "
+                            f"before training")
+        return x.astype(np.float32, copy=False)
+
+    def _check_data(self, x, y) -> tuple[np.ndarray, np.ndarray]:
+        x = self._check_x(x)
+        y = np.asarray(y)
+        if y.ndim != 1 or len(y) != len(x):
+            raise DataError(f"y must be a vector of {len(x)} integer labels (one per sample of x), "
+                            f"got shape {list(y.shape)}")
+        if y.dtype.kind == "f":
+            if not np.all(np.isfinite(y)) or np.any(y != np.round(y)):
+                raise DataError("y must hold integer class labels (found NaN, inf or fractions)")
+        elif y.dtype.kind not in "iu":
+            raise DataError(f"y must hold integer class labels, got dtype {y.dtype}")
+        y = y.astype(np.int64)
+        c = self.num_classes
+        if c is not None and (y.min() < 0 or y.max() >= c):
+            bad = int(y[(y < 0) | (y >= c)][0])
+            raise DataError(f"label {bad} is out of range: the model has {c} classes, labels must lie "
+                            f"in 0..{c - 1}; remap the labels")
+        return x, y.astype(np.int32)
+
+    # -- adam baseline ---------------------------------------------------------------------
+    def _adam_update(self, params, x, y):
+        import jax
+        import jax.numpy as jnp
+        import optax
+
+        if self._adam is None:
+            opt = optax.adam(self.options["lr"])
+            layout, name = self.layout, self.input_name
+
+            def loss_fn(p, xb, yb):
+                lg = layout.forward_logits(p, {name: xb})
+                return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(lg, yb))
+
+            def step(p, s, xb, yb):
+                loss, g = jax.value_and_grad(loss_fn)(p, xb, yb)
+                upd, s = opt.update(g, s, p)
+                return optax.apply_updates(p, upd), s, loss
+
+            self._adam = (opt, jax.jit(step))
+        opt, step = self._adam
+        p = {k: jnp.asarray(v, jnp.float32) for k, v in params.items()}
+        if self._adam_state is None:
+            self._adam_state = opt.init(p)
+        p, self._adam_state, loss = step(p, self._adam_state, x, y)
+        return p, {"loss": loss}
