@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from projc.backends.jax.forward import graph_param_values, run_forward
-from projc.errors import DataError
+from projc.errors import DataError, ModelLoadError
 from projc.ir import Graph, Value
 from projc.onnx_import import load_model
 from projc.ops.dtypes import np_dtype
@@ -43,7 +43,7 @@ class OutputComparison:
         return [self.name, self.dtype, "[" + ",".join(map(str, self.shape)) + "]",
                 f"{self.max_abs:.3g}", idx(self.max_abs_index), f"{self.max_rel:.3g}",
                 idx(self.max_rel_index),
-                "ok" if self.passed else f"FAIL {self.note}".strip()]
+                "PASSED" if self.passed else f"FAILED {self.note}".strip()]
 
 
 @dataclass
@@ -135,8 +135,12 @@ def run_onnxruntime(path: str, feed: dict[str, np.ndarray], names: list[str]) ->
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-    outputs = session.run(names, feed)
+    try:
+        session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        outputs = session.run(names, feed)
+    except Exception as err:  # onnxruntime raises its own Fail/InvalidArgument/... types
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelLoadError(f"{path}: onnxruntime cannot run the model ({message})") from err
     return [_zipmap_to_array(out) if isinstance(out, list) else np.asarray(out)
             for out in outputs]
 
@@ -177,7 +181,8 @@ def compare_arrays(name: str, ours: np.ndarray, theirs: np.ndarray, *, atol: flo
 
 def _max_at(values: np.ndarray) -> tuple[float, tuple[int, ...]]:
     flat = int(np.argmax(values))
-    return float(values.reshape(-1)[flat]), tuple(int(i) for i in np.unravel_index(flat, values.shape))
+    index = tuple(int(i) for i in np.unravel_index(flat, values.shape))
+    return float(values.reshape(-1)[flat]), index
 
 
 def _failed(result: OutputComparison, note: str) -> OutputComparison:

@@ -3,8 +3,10 @@
 Steps: load and check the file (``ModelLoadError``), check opsets and that every node's
 (op, opset) is registered (one ``UnsupportedModelError`` listing all offenders), run ONNX shape
 inference, then build the graph node by node: constants fold on the spot, shape subgraphs are
-evaluated symbolically (``projc.onnx_symbolic``), every op output gets a dtype and a shape
-(``projc.onnx_eval``), and dead ops/initializers are dropped.
+evaluated symbolically (``projc.onnx_symbolic``), every op output gets a dtype (ONNX's inferred
+type, else the traced one) and a shape (traced with ``jax.eval_shape`` by ``projc.onnx_eval``,
+which also rejects op variants the registry's functions do not support, at import time), and
+dead ops/initializers are dropped.
 
 Roles: graph inputs are ``input``; float initializers that feed a computation (not only shapes,
 indices, statistics) are trainable ``param``; every other initializer or folded value is
@@ -107,10 +109,11 @@ def check_opset(opsets: dict[str, int], label: str) -> None:
 
 
 def check_supported(graph: onnx.GraphProto, opsets: dict[str, int], label: str) -> None:
-    """Raise one UnsupportedModelError naming every node whose op, opset or attribute projc lacks."""
+    """Raise one UnsupportedModelError naming every node whose op, opset or attribute projc
+    lacks."""
     problems = []
     for index, node in enumerate(graph.node):
-        opset = opsets.get(node.domain if node.domain != "ai.onnx" else "", 0)
+        opset = node_opset(node, opsets)
         opdef = lookup(kind_of(node.op_type, node.domain), opset)
         name = node_label(node, index)
         if opdef is None:
@@ -125,6 +128,11 @@ def check_supported(graph: onnx.GraphProto, opsets: dict[str, int], label: str) 
         raise UnsupportedModelError(
             f"{label}: {len(problems)} node(s) use ops projc does not support:\n"
             + "\n".join(problems) + f"\n{SUPPORTED_LIST_HINT}")
+
+
+def node_opset(node: onnx.NodeProto, opsets: dict[str, int]) -> int:
+    """The opset version the model imports for the node's domain (0 when it imports none)."""
+    return opsets.get("" if node.domain == "ai.onnx" else node.domain, 0)
 
 
 def node_label(node: onnx.NodeProto, index: int) -> str:
@@ -198,8 +206,9 @@ class _GraphBuilder:
                 "producer": f"{model.producer_name} {model.producer_version}".strip()}
         if bind:
             meta["bound_inputs"] = sorted(bind)
-        self.graph = Graph(name=model.graph.name or os.path.splitext(
-            os.path.basename(path or "model"))[0], meta=meta)
+        # the file's stem names the graph: exporters use generic names ("main_graph", "torch_jit")
+        stem = os.path.splitext(os.path.basename(path))[0] if path else ""
+        self.graph = Graph(name=stem or model.graph.name or "model", meta=meta)
 
     def build(self) -> Graph:
         self._add_initializers()
@@ -294,7 +303,7 @@ class _GraphBuilder:
     def _add_node(self, index: int, node: onnx.NodeProto) -> None:
         label = node_label(node, index)
         kind = kind_of(node.op_type, node.domain)
-        opdef = lookup(kind, self.opsets.get(node.domain if node.domain != "ai.onnx" else "", 0))
+        opdef = lookup(kind, node_opset(node, self.opsets))
         inputs = [self.values[name] if name else None for name in node.input]
         params = self._params(node, opdef)
         if opdef.fold and all(v is None or v.role == "const" for v in inputs):
@@ -414,8 +423,7 @@ def trainable_initializers(graph: onnx.GraphProto, opsets: dict[str, int]) -> se
     names = {t.name for t in graph.initializer}
     used = set()
     for node in graph.node:
-        opdef = lookup(kind_of(node.op_type, node.domain),
-                       opsets.get(node.domain if node.domain != "ai.onnx" else "", 0))
+        opdef = lookup(kind_of(node.op_type, node.domain), node_opset(node, opsets))
         for index, name in enumerate(node.input):
             if name in names and index not in opdef.static and index not in opdef.frozen:
                 used.add(name)

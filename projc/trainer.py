@@ -38,9 +38,10 @@ def _make_layout(name: str, solver: str, graph, **kw):
     if name == "auto":
         if solver in ("ap", "cp"):
             try:
-                from projc.backends.jax.layout_consensus import ConsensusLayout  # a later issue
-                return ConsensusLayout(graph, **{k: v for k, v in kw.items() if k != "factor_linear"})
-            except ImportError:
+                from projc.backends.jax.layout_consensus import ConsensusLayout
+                return ConsensusLayout(graph, solver=solver,
+                                       **{k: v for k, v in kw.items() if k != "factor_linear"})
+            except (ImportError, ProjcError):  # not exact for this graph: copies is
                 pass
         return CopiesLayout(graph, **kw)
     if name == "copies":
@@ -51,7 +52,7 @@ def _make_layout(name: str, solver: str, graph, **kw):
         raise ProjcError("layout 'consensus' is not available in this build; use layout='copies'") from None
     if solver not in ("ap", "cp"):
         raise ProjcError(f"layout 'consensus' is exact only for ap and cp, not {solver}; use 'copies'")
-    return ConsensusLayout(graph, **{k: v for k, v in kw.items() if k != "factor_linear"})
+    return ConsensusLayout(graph, solver=solver, **{k: v for k, v in kw.items() if k != "factor_linear"})
 
 
 class Trainer:

@@ -105,7 +105,8 @@ CASES = [
                                          strides=[2, 2]), [["N", 2, 4, 6]], [], [4, 4], 17),
     ("avgpool_include_pad_ceil", helper.make_node("AveragePool", ["x"], ["y"], kernel_shape=[3, 3],
                                                   strides=[2, 2], pads=[1, 1, 1, 1], ceil_mode=1,
-                                                  count_include_pad=1), [["N", 3, 8, 7]], [], [4], 17),
+                                                  count_include_pad=1),
+     [["N", 3, 8, 7]], [], [4], 17),
     ("avgpool_exclude_pad", helper.make_node("AveragePool", ["x"], ["y"], kernel_shape=[2, 3],
                                              pads=[1, 1, 1, 1]), [["N", 3, 5, 5]], [], [4], 17),
     ("avgpool_1d_same", helper.make_node("AveragePool", ["x"], ["y"], kernel_shape=[3],
@@ -118,7 +119,8 @@ CASES = [
                                    epsilon=1e-3), [["N", 3, 4, 2]],
      [_weights("s", (3,)), _weights("b", (3,), 1), _weights("m", (3,), 2),
       _init("v", [0.5, 1.0, 2.0])], [4], 15),
-    ("softmax_axis1", helper.make_node("Softmax", ["x"], ["y"], axis=1), [["N", 4, 3]], [], [3], 13),
+    ("softmax_axis1", helper.make_node("Softmax", ["x"], ["y"], axis=1), [["N", 4, 3]], [], [3],
+     13),
     ("logsoftmax", helper.make_node("LogSoftmax", ["x"], ["y"]), [["N", 5]], [], [2], 13),
     ("leaky_relu", helper.make_node("LeakyRelu", ["x"], ["y"], alpha=0.2), [["N", 5]], [], [2], 16),
     ("clip_bounds", helper.make_node("Clip", ["x", "lo", "hi"], ["y"]), [["N", 5]],
@@ -182,8 +184,9 @@ def _op_model(node, input_shapes, initializers, output_ranks, opset):
     inits = {t.name for t in initializers}
     data_inputs = [name for name in node.input if name and name not in inits]
     inputs = [helper.make_tensor_value_info(n, F32, s) for n, s in zip(data_inputs, input_shapes)]
+    names = [o for o in node.output if o]
     outputs = [helper.make_tensor_value_info(n, TensorProto.UNDEFINED, [f"{n}{i}" for i in range(r)])
-               for n, r in zip([o for o in node.output if o], output_ranks)]
+               for n, r in zip(names, output_ranks)]
     graph = helper.make_graph([node], "op", inputs, outputs, initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     inferred = onnx.shape_inference.infer_shapes(model)  # fill in the outputs' element types

@@ -12,6 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 from projc.errors import ModelLoadError, UnsupportedModelError
 from projc.ir import DTYPES
 from projc.onnx_import import from_onnx, load_model
+from projc.verify import verify
 from projc.ops import OpDef, format_supported_ops, lookup, register, supported_ops
 from projc.ops.registry import _REGISTRY
 
@@ -55,6 +56,7 @@ def test_every_model_imports_with_types_everywhere(path):
         assert op.annots["src"]
         assert all(v in set(graph.values()) for v in op.inputs if v is not None)
     assert graph.params, "every bundled model has trainable weights"
+    verify(graph)
 
 
 def test_mlp_digits_shapes_and_roles():
@@ -62,7 +64,8 @@ def test_mlp_digits_shapes_and_roles():
     (x,) = graph.inputs
     assert (x.hint, x.type_str(), x.role) == ("x", "f32[B,64]", "input")
     assert [v.hint for v in graph.params] == ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"]
-    assert [v.type_str() for v in graph.params] == ["f32[32,64]", "f32[32]", "f32[10,32]", "f32[10]"]
+    assert [v.type_str() for v in graph.params] == [
+        "f32[32,64]", "f32[32]", "f32[10,32]", "f32[10]"]
     assert graph.consts == []
     assert [op.kind for op in graph.ops] == ["Gemm", "Relu", "Gemm"]
     assert graph.ops[0].params == {"alpha": 1.0, "beta": 1.0, "transA": 0, "transB": 1}
@@ -138,8 +141,8 @@ def test_all_unsupported_ops_listed_once(tmp_path):
 
 
 def test_unnamed_unsupported_node_gets_a_label(tmp_path):
-    model = make_model([helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Hardmax", ["r"], ["y"])],
-                       [tensor_info("x", [2, 3])], [tensor_info("y", [2, 3])])
+    nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Hardmax", ["r"], ["y"])]
+    model = make_model(nodes, [tensor_info("x", [2, 3])], [tensor_info("y", [2, 3])])
     with pytest.raises(UnsupportedModelError, match='node "Hardmax_1"'):
         load_model(save(tmp_path, model))
 
@@ -162,7 +165,8 @@ def test_input_of_unknown_rank(tmp_path):
 
 def test_runtime_value_in_a_static_operand(tmp_path):
     nodes = [helper.make_node("Reshape", ["x", "shape"], ["y"], name="rs")]
-    model = make_model(nodes, [tensor_info("x", [2, 6]), tensor_info("shape", [2], TensorProto.INT64)],
+    inputs = [tensor_info("x", [2, 6]), tensor_info("shape", [2], TensorProto.INT64)]
+    model = make_model(nodes, inputs,
                        [tensor_info("y", [3, 4])])
     with pytest.raises(UnsupportedModelError, match=r'node "rs" \(Reshape\): input 1 \("shape"\) '
                                                     "must be known at compile time"):

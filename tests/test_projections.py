@@ -239,10 +239,12 @@ def pwl_oracle(tab, S0, y0, n):
     return best
 
 
-def pwl_feasible(tab, S, y, tol):
+def pwl_feasible(tab, S, y, tol, mag=None):
+    """(S, y) on a closed piece up to tol relative to mag (Σ|a_i|, default |S|) + |y|."""
     S = np.asarray(S, np.float64)[..., None]
     y = np.asarray(y, np.float64)[..., None]
-    scale = np.abs(S) + np.abs(y) + 1.0
+    mag = np.abs(S) if mag is None else np.asarray(mag, np.float64)[..., None]
+    scale = mag + np.abs(y) + 1e-30
     inside = (S >= tab.lo - tol * scale) & (S <= tab.hi + tol * scale)
     on = np.abs(tab.slope * S + tab.intercept - y) <= tol * scale * (1 + np.abs(tab.slope))
     return np.all(np.any(inside & on, axis=-1))
@@ -260,7 +262,7 @@ def test_sum_pwl_oracle(c, n, fname):
         y0 = target(rng, (B,), scale, mode)
         *a, y = np64(*P.sum_pwl(*ops, y0, fn=fn))
         S0, S = np.sum(ops, 0), np.sum(a, 0)
-        assert pwl_feasible(tab, S, y, 1e-12)
+        assert pwl_feasible(tab, S, y, 1e-12, sum(np.abs(ai) for ai in a))
         # only the sum moves, spread evenly
         for ai, oi in zip(a, ops):
             assert np.allclose(ai - oi, (S - S0) / n, rtol=1e-9, atol=1e-12 * (np.abs(S0) + np.abs(S) + 1))
@@ -444,7 +446,7 @@ def feas_gap(name, args, outs):
     if name.startswith("pwl_"):
         *a, y = o
         tab = P.pwl.resolve(FNS[name[4:]])
-        return 0.0 if pwl_feasible(tab, np.sum(a, 0), y, FEAS_TOL) else np.inf
+        return 0.0 if pwl_feasible(tab, np.sum(a, 0), y, FEAS_TOL, np.sum(np.abs(a), 0)) else np.inf
     if name == "margin":
         x, lab = o[0], np.asarray(args[1])
         oh = np.eye(x.shape[-1])[lab] > 0

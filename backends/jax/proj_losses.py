@@ -11,7 +11,7 @@ import jax.numpy as jnp
 
 from .proj_common import as_floats
 
-_BACKTRACK = 6  # step sizes 1, 1/2, ..., 1/32 tried in parallel
+_INNER = 2  # Lambert-W Newton steps per outer step (warm-started); 3 more at the end
 
 
 def _prep(x, labels):
@@ -24,20 +24,32 @@ def _prep(x, labels):
 def _default_steps(method: str, dtype) -> int:
     if method == "fixed-point":
         return 10
-    return 12 if jnp.finfo(dtype).bits > 32 else 8
+    return 10 if jnp.finfo(dtype).bits > 32 else 8
 
 
-def _ce_objective(x, x0, oh, lam):
-    d = x - x0
-    return 0.5 * jnp.sum(d * d, axis=-1) / lam + jax.nn.logsumexp(x, axis=-1) - jnp.sum(oh * x, -1)
+def _log_w(w, ell, iters):
+    """Solve ω + e^ω = ℓ (ω = log W(e^ℓ), Lambert W) by Newton from the right of the root.
+
+    f(ω) = ω + e^ω - ℓ is convex increasing, so Newton from any ω ≥ root decreases monotonically
+    to it; ub = ℓ (ℓ ≤ 1) or log ℓ (ℓ > 1) is such a point, and clipping at ub keeps every iterate
+    there (a warm start left of the root overshoots once and is clipped back).
+    """
+    ub = jnp.where(ell <= 1, ell, jnp.log(jnp.maximum(ell, 1)))
+    w = jnp.minimum(w, ub)
+    for _ in range(iters):
+        e = jnp.exp(w)
+        w = jnp.minimum(w - (w + e - ell) / (1 + e), ub)
+    return w
 
 
 @partial(jax.jit, static_argnames=("method", "steps"))
 def cross_entropy_prox(x, labels, lam: float = 5.0, method: str = "newton", steps: int | None = None):
-    """Proximal point argmin_x ‖x - x0‖²/(2λ) + CE(x, label) of the cross-entropy loss.
+    """Proximal point argmin_x ‖x - x0‖²/(2λ) + CE(x, label): the root of (x - x0)/λ + softmax(x) - onehot.
 
-    "newton": damped Newton on F(x) = (x - x0)/λ + softmax(x) - onehot, Hessian I/λ + diag(s) - ssᵀ
-    inverted in O(C) by Sherman–Morrison, Armijo backtracking; "fixed-point": x ← x0 + λ(onehot - s).
+    "newton" (exact): x = x0 + λ(onehot - s) with s_i = W(λ e^(c_i - L))/λ, c = x0 + λ onehot, and L
+    the root of Σ s_i(L) = 1 (convex decreasing, bracketed in [lse(c) - λ, lse(c)]), found by Newton
+    from the left; its derivative -Σ s/(1 + λs) is the Sherman–Morrison denominator of the full
+    Newton system.  "fixed-point": `steps` iterations x ← x0 + λ(onehot - softmax(x)) (default 10).
     """
     x0, oh = _prep(x, labels)
     dt = x0.dtype
@@ -50,30 +62,27 @@ def cross_entropy_prox(x, labels, lam: float = 5.0, method: str = "newton", step
         return jax.lax.fori_loop(0, steps, fp, x0)
     if method != "newton":
         raise ValueError(f"unknown cross_entropy_prox method {method!r} (newton | fixed-point)")
-    eps = jnp.finfo(dt).eps
-    etas = jnp.asarray([0.5 ** i for i in range(_BACKTRACK)], dt)
+    # Stationarity: log s_i = x_i - L with x = c - λ s, i.e. ω_i + e^ω_i = ℓ_i := log λ + c_i - L
+    # for ω_i = log(λ s_i); s_i ≤ e^(c_i - L) and s_i ≤ 1 bracket L.
+    c = x0 + lam * oh
+    hi = jax.nn.logsumexp(c, axis=-1, keepdims=True)
+    lo = hi - lam
+    loglam = jnp.log(lam)
 
-    def newton(_, x):
-        s = jax.nn.softmax(x, axis=-1)
-        g = (x - x0) / lam + s - oh
-        dinv = lam / (1 + lam * s)  # (1/λ + s)⁻¹
-        Dg = dinv * g
-        Ds = dinv * s
-        denom = jnp.sum(s / (1 + lam * s), axis=-1, keepdims=True)  # = 1 - sᵀD⁻¹s > 0
-        d = Dg + Ds * (jnp.sum(s * Dg, axis=-1, keepdims=True) / denom)
-        f = _ce_objective(x, x0, oh, lam)
-        slope = jnp.sum(g * d, axis=-1)  # predicted decrease per unit step, ≥ 0
-        trial = x[None] - etas.reshape((-1,) + (1,) * x.ndim) * d[None]
-        ft = _ce_objective(trial, x0[None], oh[None], lam)
-        armijo = ft <= f[None] - 1e-4 * etas.reshape((-1,) + (1,) * f.ndim) * slope[None]
-        # below rounding of f the test is meaningless; we are in Newton's quadratic region then
-        scale = jnp.abs(f) + jnp.sum(jnp.abs(x - x0) ** 2, -1) / lam + jnp.max(jnp.abs(x), -1) + 1
-        tiny = slope <= 64 * eps * scale
-        armijo = armijo.at[0].set(armijo[0] | tiny)
-        k = jnp.where(jnp.any(armijo, axis=0), jnp.argmax(armijo, axis=0), _BACKTRACK - 1)
-        return x - etas[k][..., None] * d
+    def outer(_, state):
+        L, w = state
+        w = _log_w(w, loglam + c - L, _INNER)
+        s = jnp.exp(w) / lam
+        phi = jnp.sum(s, axis=-1, keepdims=True) - 1
+        dphi = jnp.sum(s / (1 + lam * s), axis=-1, keepdims=True)  # = -φ'(L) > 0
+        L = jnp.clip(L + phi / jnp.maximum(dphi, jnp.finfo(dt).tiny), lo, hi)
+        return L, w
 
-    return jax.lax.fori_loop(0, steps, newton, x0)
+    w0 = jnp.full_like(c, jnp.inf)  # clipped to the upper bound on first use
+    L, w = jax.lax.fori_loop(0, steps, outer, (lo, w0))
+    s = jnp.exp(_log_w(w, loglam + c - L, 3)) / lam
+    s = s / jnp.sum(s, axis=-1, keepdims=True)
+    return x0 + lam * (oh - s)
 
 
 def margin(x, labels):

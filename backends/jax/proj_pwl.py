@@ -182,5 +182,7 @@ def sum_pwl(*args, fn: Any = "relu"):
     Snew = new[0]
     for x in new[1:]:
         Snew = Snew + x
-    # y = s S* + c of the chosen piece, evaluated at the new operands' actual sum
-    return (*new, s[k[..., 0]] * Snew + c[k[..., 0]])
+    # y = s S* + c of the chosen piece, at the new operands' actual sum (clipped into the piece
+    # against rounding, so that e.g. abs never returns -0.0000001)
+    kk = k[..., 0]
+    return (*new, s[kk] * jnp.clip(Snew, lo[kk], hi[kk]) + c[kk])

@@ -21,5 +21,5 @@ def format_supported_ops() -> str:
 
 
 __all__ = ["DOMAIN_PREFIX", "MAX_OPSET", "MIN_OPSET", "OpDef", "format_supported_ops", "kind_of",
-           "lookup", "lookup_by_params", "lookup_in", "op_family", "opset_for", "register", "render_supported_ops",
-           "supported_ops"]
+           "lookup", "lookup_by_params", "lookup_in", "op_family", "opset_for", "register",
+           "render_supported_ops", "supported_ops"]

@@ -197,7 +197,8 @@ def global_average_pool(x):
 def _batch_norm(x, scale, bias, mean, var, epsilon):
     shape = (1, -1) + (1,) * (x.ndim - 2)
     inv = lax.rsqrt(jnp.reshape(var, shape).astype(x.dtype) + epsilon)
-    return (x - jnp.reshape(mean, shape)) * inv * jnp.reshape(scale, shape) + jnp.reshape(bias, shape)
+    centered = x - jnp.reshape(mean, shape)
+    return centered * inv * jnp.reshape(scale, shape) + jnp.reshape(bias, shape)
 
 
 @register("BatchNormalization", since=9, attrs={"epsilon": 1e-5, "momentum": 0.9},

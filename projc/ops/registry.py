@@ -26,7 +26,7 @@ DOMAIN_PREFIX = {"": "", "ai.onnx": "", "ai.onnx.ml": "ml.", "projc": "projc."}
 
 @dataclass(frozen=True)
 class OpDef:
-    """One registration: ``fn`` implements ``kind`` for opsets ``since`` .. (next registration - 1)."""
+    """One registration: ``fn`` implements ``kind`` from opset ``since`` to the next one's."""
 
     kind: str
     since: int
