@@ -180,6 +180,30 @@ def test_max_ties_and_raise():
         assert np.allclose(np.asarray(a), [1.0, 1.0, 0.0]) and float(y) == 1.0
 
 
+def test_max_newton_matches_sort_and_falls_back():
+    """The Newton level search equals the sort-based one; after its cap it reports non-convergence
+    (P.max then uses the sort)."""
+    from projc.backends.jax.projections import _max_level_newton, _max_level_sort
+
+    rng = np.random.default_rng(3)
+    newton = jax.jit(_max_level_newton, static_argnums=3)
+    sort = jax.jit(_max_level_sort)
+    ys = np.array([-1e4, -3.0, 0.0, 2.0, 1e4])
+    with x64():
+        for n in (1, 2, 5, 64, 1000):
+            rows = [rng.normal(size=n), -np.exp(np.arange(n) * 0.5), -np.arange(n) ** 2.0, np.zeros(n),
+                    rng.integers(0, 3, n).astype(float)]
+            a = jnp.asarray(np.repeat(np.stack(rows), len(ys), axis=0))
+            y0 = jnp.asarray(np.tile(ys, len(rows)))
+            top = jnp.arange(n) == jnp.argmax(a, -1)[:, None]
+            m, unconv = newton(a, y0, top, n + 2)
+            assert not bool(unconv)
+            assert np.allclose(np.asarray(m), np.asarray(sort(a, y0)), rtol=1e-12, atol=1e-12)
+        a = jnp.asarray(-np.exp(np.arange(64) * 0.5)[None])
+        _, unconv = _max_level_newton(a, jnp.array([-1e3]), jnp.arange(64)[None] == 0, 2)
+        assert bool(unconv)
+
+
 def test_max_large_n_no_quadratic_memory():
     x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 100_000)), jnp.float32)
     a, y = jax.jit(P.max)(x, jnp.full((2,), 10.0))

@@ -268,6 +268,24 @@ class ConsensusLayout(CopiesLayout):
             return int(out[-1])
         return int(math.prod(out[:-1]))
 
+    def _project_family(self, fam: Family, slots, y0, ctx):
+        """The copies projection, except ``mul``: the copies layout passes the target as
+        ``y0[..., None]`` to the library, whose targets have the lead shape (a broadcast error for
+        every mul family); here the target goes in as is."""
+        if fam.kind != "mul":
+            return super()._project_family(fam, slots, y0, ctx)
+        from . import projections as P
+
+        full = self._full_slots(fam, slots, ctx)
+        if fam.mode == "linear":
+            ci, wi = (0, 1) if not fam.free[0] else (1, 0)
+            _, w_new, y = P.linear(full[ci], full[wi], y0)
+            return (w_new,), y
+        kw = {} if self.bilinear_iters is None else {"iters": self.bilinear_iters}
+        a2, b2, y = P.bilinear(full[0], full[1], y0, **kw)
+        new = {0: a2, 1: b2}
+        return tuple(new[i] for i in fam.free_idx), y
+
     # -- state ----------------------------------------------------------------------------------
     def init_state(self, ctx) -> dict:
         env = self.forward_values(ctx)

@@ -476,20 +476,15 @@ class CopiesLayout:
             d = 1.0 / (1.0 + cc)
             return ((g, alpha - r * d),), y0 + r * d
         if kind in ("dot", "mul"):
-            a, b = full[0], full[1]
+            a, b = full[0], full[1]  # mul slots carry a trailing axis of length 1: a dot over it
             if fam.mode == "linear":
                 ci, wi = (0, 1) if not fam.free[0] else (1, 0)
-                res = P.linear(full[ci], full[wi], y0[..., None] if kind == "mul" else y0)
-                w_new, y = res[-2], res[-1]
-                y = y[..., 0] if kind == "mul" and y.ndim == full[wi].ndim else y
+                w_new, y = P.linear(full[ci], full[wi], y0)[-2:]
                 return (w_new,), y
-            yy = y0[..., None] if kind == "mul" else y0
             if self.bilinear_iters is not None:
-                a2, b2, y = P.bilinear(a, b, yy, iters=self.bilinear_iters)
+                a2, b2, y = P.bilinear(a, b, y0, iters=self.bilinear_iters)
             else:
-                a2, b2, y = P.bilinear(a, b, yy)
-            if kind == "mul" and y.ndim == a.ndim:
-                y = y[..., 0]
+                a2, b2, y = P.bilinear(a, b, y0)
             new = {0: a2, 1: b2}
             return tuple(new[i] for i in free), y
         if kind == "sum":

@@ -48,8 +48,9 @@ def cross_entropy_prox(x, labels, lam: float = 5.0, method: str = "newton", step
 
     "newton" (exact): x = x0 + λ(onehot - s) with s_i = W(λ e^(c_i - L))/λ, c = x0 + λ onehot, and L
     the root of Σ s_i(L) = 1 (convex decreasing, bracketed in [lse(c) - λ, lse(c)]), found by Newton
-    from the left; its derivative -Σ s/(1 + λs) is the Sherman–Morrison denominator of the full
-    Newton system.  "fixed-point": `steps` iterations x ← x0 + λ(onehot - softmax(x)) (default 10).
+    from the left (stops when |Σs - 1| is at rounding level, at most `steps`); its derivative
+    -Σ s/(1 + λs) is the Sherman–Morrison denominator of the full Newton system in x.
+    "fixed-point": `steps` iterations x ← x0 + λ(onehot - softmax(x)) (default 10).
     """
     x0, oh = _prep(x, labels)
     dt = x0.dtype
@@ -69,17 +70,22 @@ def cross_entropy_prox(x, labels, lam: float = 5.0, method: str = "newton", step
     lo = hi - lam
     loglam = jnp.log(lam)
 
-    def outer(_, state):
-        L, w = state
+    tol = 8 * c.shape[-1] * jnp.finfo(dt).eps  # |Σs - 1| at rounding level
+
+    def outer(state):
+        L, w, _, it = state
         w = _log_w(w, loglam + c - L, _INNER)
         s = jnp.exp(w) / lam
         phi = jnp.sum(s, axis=-1, keepdims=True) - 1
         dphi = jnp.sum(s / (1 + lam * s), axis=-1, keepdims=True)  # = -φ'(L) > 0
         L = jnp.clip(L + phi / jnp.maximum(dphi, jnp.finfo(dt).tiny), lo, hi)
-        return L, w
+        return L, w, jnp.all(jnp.abs(phi) <= tol), it + 1
+
+    def more(state):
+        return (~state[2]) & (state[3] < steps)
 
     w0 = jnp.full_like(c, jnp.inf)  # clipped to the upper bound on first use
-    L, w = jax.lax.fori_loop(0, steps, outer, (lo, w0))
+    L, w, _, _ = jax.lax.while_loop(more, outer, (lo, w0, jnp.asarray(False), 0))
     s = jnp.exp(_log_w(w, loglam + c - L, 3)) / lam
     s = s / jnp.sum(s, axis=-1, keepdims=True)
     return x0 + lam * (oh - s)
