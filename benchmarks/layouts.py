@@ -91,7 +91,10 @@ def _memory(trainer, x, y) -> int:
 
 
 def measure(model_path, solver, layout, steps, batch, repeats, run=True) -> dict:
-    kw = {} if solver == "adam" else {"layout": layout}
+    # "copies-materialized": every slot stored, the reference library's cost structure (PAPER.md)
+    kw = {} if solver == "adam" else {"layout": layout.replace("-materialized", "")}
+    if layout == "copies-materialized":
+        kw["factor_linear"] = False
     tr = projc.compile(model_path, solver=solver, steps_per_update=steps, **kw)
     x, y = _data(tr, batch)
     p = tr.init_params()
@@ -103,16 +106,19 @@ def measure(model_path, solver, layout, steps, batch, repeats, run=True) -> dict
     if solver == "adam":
         call()  # builds the jitted step
     sec = median_seconds(call, repeats) if run else float("nan")
-    return {"solver": solver, "layout": tr.layout.name if solver != "adam" else "-", "steps": steps,
+    shown = layout if layout == "copies-materialized" else tr.layout.name if solver != "adam" else "-"
+    return {"solver": solver, "layout": shown, "steps": steps,
             "batch": batch, "s_per_update": sec, "mem_bytes": _memory(tr, x, y)}
 
 
-def bench_model(name, path, batch, repeats, steps=50, copies_repeats=None) -> list[dict]:
+def bench_model(name, path, batch, repeats, steps=50, copies_repeats=None, materialized=False) -> list[dict]:
     rows = []
     cr = copies_repeats or repeats
-    for solver, layout, st, reps in (("ap", "copies", steps, cr), ("ap", "consensus", steps, repeats),
-                                     ("dr", "copies", steps, cr), ("ap", "consensus", 1, repeats),
-                                     ("adam", None, 1, repeats)):
+    configs = [("ap", "copies", steps, cr), ("ap", "consensus", steps, repeats),
+               ("dr", "copies", steps, cr), ("ap", "consensus", 1, repeats), ("adam", None, 1, repeats)]
+    if materialized:
+        configs.insert(0, ("ap", "copies-materialized", steps, 3))
+    for solver, layout, st, reps in configs:
         r = measure(path, solver, layout, st, batch, reps)
         r["model"] = name
         rows.append(r)
@@ -130,7 +136,9 @@ def ratios(rows) -> dict:
             "consensus_update_per_step_over_adam_step": con["s_per_update"] / 50 / adam["s_per_update"],
             "copies_dr_over_consensus_ap": by[("dr", "copies", 50)]["s_per_update"] / con["s_per_update"],
             "consensus_mem_over_adam_mem": con["mem_bytes"] / adam["mem_bytes"],
-            "copies_mem_over_consensus_mem": cop["mem_bytes"] / con["mem_bytes"]}
+            "copies_mem_over_consensus_mem": cop["mem_bytes"] / con["mem_bytes"],
+            **({"materialized_copies_ap_over_consensus_ap": by[("ap", "copies-materialized", 50)]["s_per_update"]
+                / con["s_per_update"]} if ("ap", "copies-materialized", 50) in by else {})}
 
 
 def sweep(tmp, repeats, batches=(64, 256, 1024), widths=(128, 256, 512, 1024)) -> list[dict]:
@@ -167,7 +175,8 @@ def main(argv=None) -> None:
                  "mlp512": mlp_onnx(os.path.join(tmp, "mlp512.onnx"))}
         for name in args.models.split(","):
             rows = bench_model(name, paths[name], args.batch, args.repeats,
-                               copies_repeats=3 if name == "mlp512" else None)
+                               copies_repeats=3 if name == "mlp512" else None,
+                               materialized=name == "mlp_mnist")
             out["models"][name] = {"rows": rows, "ratios": ratios(rows)}
             tables.append(format_table(
                 ["model", "config", "steps", "s/update (median)", "memory MiB"],
