@@ -47,35 +47,37 @@ import jax.numpy as jnp
 from projc.errors import ProjcError
 
 from .layout_copies import LOSSES, CopiesLayout, Family
-from .layout_consensus_root import root_parts
-from .proj_bilinear import _default_iters
+from .proj_bilinear import _default_iters, _root_parts
 
 EXACT_SOLVERS = ("ap", "cp")
 
 
 # -- the dot family in consensus form -----------------------------------------------------------
 
-def bilinear_coeffs(nx, nw, p, y0, n: int, iters: int | None = None):
-    """Coefficients of the exact bilinear projection of (a0, b0, y0) onto {y = a·b}.
-
-    Inputs per pair: nx = |a0|², nw = |b0|², p = a0·b0 (broadcasting), n = the vector length.
-    Returns (ca, cb, cea, ceb, t): a = ca a0 + cb b0 + cea 1, b = cb a0 + ca b0 + ceb 1, and the
-    projected output is y0 - t. Mirrors ``proj_bilinear.bilinear`` branch by branch.
-    """
+def _coeff_parts(nx, nw, p, y0, iters):
     nx, nw, p, y0 = jnp.broadcast_arrays(nx, nw, p, y0)
     dt = nx.dtype
     iters = _default_iters(dt) if iters is None else int(iters)
     half = 0.5 * (nx + nw)
     U = jnp.maximum(half + p, 0)  # = ½|a0 + b0|²
     V = jnp.maximum(half - p, 0)  # = ½|a0 - b0|²
-    mirrored, ts, al, amin, Us, Vs, ys = root_parts(U, V, y0, iters)
+    mirrored, ts, al, amin, Us, Vs, ys = _root_parts(U, V, y0, iters)
     sg = jnp.where(mirrored, -1.0, 1.0).astype(dt)
+    return sg, ts, al, amin, Us, Vs, ys
+
+
+def _coeffs_nonfloor(sg, ts, al):
+    """(ca, cb) of branches (1) |t| <= ½ and (2) |t| > ½: a = (a0 + t b0)/(1 - t²), with the
+    cancellation-free 1 - |t| = α."""
+    inv = 1 / (al * (2 - al))
+    cb = sg * jnp.where(al <= 0.5, 1 - al, ts) * inv
+    return inv, cb
+
+
+def _coeffs_all(sg, ts, al, amin, Us, Vs, ys, n):
+    """(ca, cb, cea, ceb) in every branch, (3) α at its floor included."""
     q = 2 - al
-    den = al * q
-    inv = 1 / den
-    # (1) |t| <= ½ and (2) |t| > ½: a = (a0 + t b0)/(1 - t²), cancellation-free 1 - |t| = α
-    cb_mid = sg * ts * inv
-    cb_pole = sg * (1 - al) * inv
+    inv, cb_np = _coeffs_nonfloor(sg, ts, al)
     # (3) α at its floor: |P|² = E from the constraint, direction P0/|P0| (or uniform when P0 = 0)
     E = jnp.maximum(2 * (ys - 1 + al) + Vs / (q * q), 0)
     nP = jnp.sqrt(Us)
@@ -87,13 +89,23 @@ def bilinear_coeffs(nx, nw, p, y0, n: int, iters: int | None = None):
     cea_floor = jnp.where(has, 0, c)
     ceb_floor = jnp.where(has, 0, sg * c)
     floor = al <= 2 * amin
-    pole = al <= 0.5
     zero = jnp.zeros_like(inv)
     ca = jnp.where(floor, ca_floor, inv)
-    cb = jnp.where(floor, cb_floor, jnp.where(pole, cb_pole, cb_mid))
+    cb = jnp.where(floor, cb_floor, cb_np)
     cea = jnp.where(floor, cea_floor, zero)
     ceb = jnp.where(floor, ceb_floor, zero)
-    return ca, cb, cea, ceb, sg * ts
+    return ca, cb, cea, ceb
+
+
+def bilinear_coeffs(nx, nw, p, y0, n: int, iters: int | None = None):
+    """Coefficients of the exact bilinear projection of (a0, b0, y0) onto {y = a·b}.
+
+    Inputs per pair: nx = |a0|², nw = |b0|², p = a0·b0 (broadcasting), n = the vector length.
+    Returns (ca, cb, cea, ceb, t): a = ca a0 + cb b0 + cea 1, b = cb a0 + ca b0 + ceb 1, and the
+    projected output is y0 - t. Mirrors ``proj_bilinear.bilinear`` branch by branch.
+    """
+    sg, ts, al, amin, Us, Vs, ys = _coeff_parts(nx, nw, p, y0, iters)
+    return _coeffs_all(sg, ts, al, amin, Us, Vs, ys, n) + (sg * ts,)
 
 
 def dot_project_means(a, b, y0, free: tuple[bool, bool], mode: str, iters: int | None = None,
@@ -127,14 +139,30 @@ def dot_project_means(a, b, y0, free: tuple[bool, bool], mode: str, iters: int |
         return ma.reshape(lead + (K,)), mb, (y + r).reshape(lead + (M,))
     nx = jnp.sum(a2 * a2, -1, keepdims=True)
     nw = jnp.sum(b * b, 0, keepdims=True)
-    ca, cb, cea, ceb, t = bilinear_coeffs(nx, nw, p, y, K, iters)
-    ma = mb = None
-    if free[0]:
-        ma = a2 * jnp.mean(ca, -1, keepdims=True) + (cb @ b.T) / M + jnp.mean(cea, -1, keepdims=True)
+    parts = _coeff_parts(nx, nw, p, y, iters)
+    sg, ts, al, amin = parts[:4]
+
+    def means(ca, cb, cea, ceb):
+        ma = mb = None
+        if free[0]:
+            ma = a2 * jnp.mean(ca, -1, keepdims=True) + (cb @ b.T) / M
+            if cea is not None:
+                ma = ma + jnp.mean(cea, -1, keepdims=True)
+        if free[1]:
+            mb = b * jnp.mean(ca, 0, keepdims=True) + (a2.T @ cb) / R
+            if ceb is not None:
+                mb = mb + jnp.mean(ceb, 0, keepdims=True)
+        return ma, mb
+
+    # α at its floor (U = 0 with a large target, or a root within eps² of the pole) is rare: the
+    # floor branch and its constant terms only run when some element needs them (where none does,
+    # both paths give the same values: cea = ceb = 0 and ca, cb from the other branches)
+    ma, mb = jax.lax.cond(jnp.any(al <= 2 * amin),
+                          lambda: means(*_coeffs_all(*parts, K)),
+                          lambda: means(*_coeffs_nonfloor(sg, ts, al), None, None))
+    if ma is not None:
         ma = ma.reshape(lead + (K,))
-    if free[1]:
-        mb = b * jnp.mean(ca, 0, keepdims=True) + (a2.T @ cb) / R + jnp.mean(ceb, 0, keepdims=True)
-    return ma, mb, (y - t).reshape(lead + (M,))
+    return ma, mb, (y - sg * ts).reshape(lead + (M,))
 
 
 # -- the layout ---------------------------------------------------------------------------------

@@ -35,11 +35,12 @@ def _default_iters(dtype) -> int:
     return 20 if jnp.finfo(dtype).bits > 32 else 16
 
 
-def _solve_alpha(U, V, y0, iters):
+def _solve_alpha(U, V, y0, iters, early: bool = True):
     """Root α ∈ (0, 1] of h(α) = 1 - α - y0 + U/(2α²) - V/(2(2-α)²), assuming h(1) ≤ 0.
 
     Returns (α, α_min); α is clamped to [α_min, 1] with α_min = eps² (the U = 0 limit).  Runs until
-    every element has converged, at most `iters` iterations (each: two Newton candidates, two h).
+    every element has converged, at most `iters` iterations (each: two Newton candidates, two h);
+    ``early=False`` runs all `iters` (same result: converged elements are frozen).
     """
     dt = U.dtype
     eps = jnp.finfo(dt).eps
@@ -64,7 +65,10 @@ def _solve_alpha(U, V, y0, iters):
         return jnp.where(inside, c, jnp.sqrt(lo) * jnp.sqrt(hi))
 
     def body(state):
-        a, h, lo, hi, _, it = state
+        # the four per-element arrays travel stacked in one [4, ...] array: XLA then emits the
+        # iteration as a single fused pass instead of one kernel per output (same arithmetic)
+        S, _, it = state
+        a, h, lo, hi = S[0], S[1], S[2], S[3]
         a2 = a * a
         a3 = a2 * a
         q = 2 - a
@@ -85,22 +89,24 @@ def _solve_alpha(U, V, y0, iters):
         use1 = jnp.abs(h1) <= jnp.abs(h2)
         an = jnp.where(use1, c1, c2)
         hn = jnp.where(use1, h1, h2)
-        return jnp.where(done, a, an), jnp.where(done, h, hn), lo, hi, jnp.all(done), it + 1
+        S = jnp.stack([jnp.where(done, a, an), jnp.where(done, h, hn), lo, hi])
+        return S, jnp.all(done), it + 1
 
     def cond(state):
-        return (~state[4]) & (state[5] < iters)
+        return (~(state[1] & early)) & (state[2] < iters)
 
     # no root above the floor (U = 0, or a root within eps² of the pole): α = α_min
     h_floor = h_of(amin)
     floor = h_floor <= 0
     a0 = jnp.where(floor, amin, hi)
     h0 = jnp.where(floor, 0.0, h_of(hi))  # h = 0 marks the floor rows as converged
-    state = (a0, h0, lo, hi, jnp.asarray(False), jnp.asarray(0))
-    a, _, _, _, _, _ = jax.lax.while_loop(cond, body, state)
+    state = (jnp.stack([a0, h0, lo, hi]), jnp.asarray(False), jnp.asarray(0))
+    S, _, _ = jax.lax.while_loop(cond, body, state)
+    a = S[0]
     return a, amin
 
 
-def _root_parts(U, V, y0, iters):
+def _root_parts(U, V, y0, iters, early: bool = True):
     """Solve in the orientation with a root in [0, 1): returns (mirrored, ts, α, α_min, U', V', y0').
 
     The root of the original problem is t = ts (not mirrored) or -ts (mirrored); α = 1 - ts.  Both ts
@@ -111,7 +117,7 @@ def _root_parts(U, V, y0, iters):
     Us = jnp.where(mirrored, V, U)
     Vs = jnp.where(mirrored, U, V)
     ys = jnp.where(mirrored, -y0, y0)
-    a, amin = _solve_alpha(Us, Vs, ys, iters)
+    a, amin = _solve_alpha(Us, Vs, ys, iters, early)
     far = a > 0.5
     ts = jnp.where(far, 1 - a, 0.0)
     for _ in range(2):
