@@ -24,6 +24,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/projections.py
 	$(PY) benchmarks/train.py
 	$(PY) benchmarks/layouts.py
+	$(PY) benchmarks/time_to_accuracy.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

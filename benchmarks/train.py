@@ -36,7 +36,7 @@ def run_one(model: str, solver: str, updates: int, batch: int, steps: int, seed:
         if i:
             times.append(time.perf_counter() - t0)
     acc = trainer.evaluate(params, data.x_test, data.y_test)["accuracy"]
-    return {"model": model, "solver": solver, "layout": getattr(trainer, "layout", "-"),
+    return {"model": model, "solver": solver, "layout": "-" if solver == "adam" else trainer.layout.name,
             "updates": updates, "batch": batch, "steps": steps,
             "s_per_update": statistics.median(times), "test_accuracy": float(acc)}
 
