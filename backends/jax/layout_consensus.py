@@ -365,30 +365,9 @@ class ConsensusLayout(CopiesLayout):
         finally:
             self._out_how = {}
 
-    def _overwrite(self, new_state, state, ctx, known, S=None):
-        wanted, todo = [], []
-        for fam in self.families:
-            if S is not None and fam.op in S:
-                continue
-            idx = [i for i in fam.free_idx if S is None or (fam.sources[i] & S)]
-            if idx:
-                todo.append((fam, idx))
-                wanted += [fam.op.inputs[i] for i in idx]
-        env = self.forward_values(ctx, known=known, wanted=wanted,
-                                  fam_out=lambda f: self.family_output(f, state[f.key], ctx))
-        for fam, idx in todo:
-            slots = list(new_state[fam.key])
-            if fam.kind == "dot":
-                for j, i in enumerate(fam.free_idx):
-                    if i in idx:
-                        slots[j] = env[fam.op.inputs[i]]
-            else:
-                out_shape = self._fam_out_shape_from_slots(fam, state[fam.key])
-                for j, i in enumerate(fam.free_idx):
-                    if i in idx:
-                        slots[j] = self._expand(fam, i, env[fam.op.inputs[i]], out_shape)
-            new_state[fam.key] = tuple(slots)
-        return new_state
+    def _slot_from_forward(self, fam, i, value, out_shape):
+        # a dot family keeps the mean of its slots, and every copy of a forward value is the value
+        return value if fam.kind == "dot" else super()._slot_from_forward(fam, i, value, out_shape)
 
     # -- diagnostics ----------------------------------------------------------------------------
     def sq_dist(self, x, y, ctx):

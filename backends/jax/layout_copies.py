@@ -562,9 +562,13 @@ class CopiesLayout:
             out_shape = self._fam_out_shape_from_slots(fam, state[fam.key])
             for j, i in enumerate(fam.free_idx):
                 if i in idx:
-                    slots[j] = self._expand(fam, i, env[fam.op.inputs[i]], out_shape)
+                    slots[j] = self._slot_from_forward(fam, i, env[fam.op.inputs[i]], out_shape)
             new_state[fam.key] = tuple(slots)
         return new_state
+
+    def _slot_from_forward(self, fam: Family, i: int, value, out_shape):
+        """What a slot holds when it copies the forward value of its producer."""
+        return self._expand(fam, i, value, out_shape)
 
     # -- readout, diagnostics ----------------------------------------------------------------
     def readout(self, state, ctx) -> dict[str, Any]:
