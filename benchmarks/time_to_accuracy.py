@@ -67,7 +67,7 @@ def main(argv=None) -> None:
     ap.add_argument("--target", type=float, default=0.90)
     ap.add_argument("--cap", type=float, default=150.0)
     ap.add_argument("--eval-every", type=int, default=5)
-    ap.add_argument("--configs", default="consensus-ap:256:10,copies-dr:256:50")
+    ap.add_argument("--configs", default="consensus-cp:128:50,consensus-ap:256:50,copies-dr:256:50")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     rows = []
