@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass, field
 from typing import Any
 
 import jax
@@ -35,58 +34,12 @@ import numpy as np
 from projc.errors import PassError, ProjcError
 from projc.ir import Graph, Op, Value
 from projc.ops import constraint as C
-from projc.ops.registry import lookup
+
+from .layout_family import Family, _forward_op, _last, _P, _pwl_preset
 
 FAMILIES = C.FAMILIES
 LAYOUTS = C.LAYOUTS
 LOSSES = C.LOSSES
-
-
-def _P():
-    from projc.backends.jax import projections
-    return projections
-
-
-def _forward_op(op: Op, *xs, linear_part: bool = False):
-    """The registered JAX forward of a projc op (pad's fill value dropped for the linear part)."""
-    opdef = lookup(op.kind, 1)
-    if opdef is None:
-        raise ProjcError(f"no forward registered for op {op.kind!r}")
-    kw = {k: op.params.get(k, d) for k, d in opdef.attrs.items()}
-    if linear_part and op.kind == "pad":
-        kw["value"] = 0.0
-    return opdef.fn(*xs, **kw)
-
-
-def _pwl_fn(op: Op):
-    p = op.params
-    return lambda s: C.pwl(s, p["fn"], p.get("alpha", 0.01), p.get("lo", -math.inf), p.get("hi", math.inf))
-
-
-@dataclass(eq=False)
-class Family:
-    """One constraint family (or the loss) and how its slots are laid out."""
-
-    key: str
-    op: Op
-    set: str | None
-    layer: int | None
-    free: list[bool]                 # per operand: does it move (depends on a param or family)?
-    mode: str = ""                   # dot/mul: "linear" | "bilinear" | "bilinear_reset"
-    factored: bool = False           # linear dot/mul with the free slot stored as (G, alpha)
-    sources: list[frozenset] = field(default_factory=list)  # per operand: producer nodes
-
-    @property
-    def kind(self) -> str:
-        return self.op.kind
-
-    @property
-    def out(self) -> Value | None:
-        return self.op.outputs[0] if self.op.outputs else None
-
-    @property
-    def free_idx(self) -> list[int]:
-        return [i for i, f in enumerate(self.free) if f]
 
 
 class CopiesLayout:
@@ -271,7 +224,6 @@ class CopiesLayout:
         """The map operand value -> slot (a broadcast), for operand i of fam."""
         kind = fam.kind
         if kind == "dot":
-            k = fam.op.inputs[0].shape[-1] if isinstance(fam.op.inputs[0].shape[-1], int) else None
 
             def f(v):
                 kk = v.shape[-1] if i == 0 else v.shape[0]
@@ -302,7 +254,7 @@ class CopiesLayout:
     def init_state(self, ctx) -> dict:
         """Slots from a forward pass with ctx's params."""
         env = self.forward_values(ctx)
-        state, fixed, shapes = {}, {}, {}
+        state = {}
         for fam in self.families:
             vals = [env[u] for u in fam.op.inputs]
             out_shape = self._out_shape(fam, vals)
@@ -618,23 +570,3 @@ class CopiesLayout:
     def state_size(self, ctx) -> int:
         st = jax.eval_shape(self.init_state, ctx)
         return sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(st))
-
-
-def _leaves(t):
-    return jax.tree_util.tree_leaves(t)
-
-
-def _last(res):
-    return res[-1] if isinstance(res, (tuple, list)) else res
-
-
-def _pwl_preset(P, params: dict):
-    """The projection library's piece table for a sum_pwl op's ``fn`` (and alpha / lo / hi)."""
-    fn = params["fn"]
-    if fn == "leaky_relu":
-        return P.leaky_relu(params.get("alpha", 0.01))
-    if fn == "clip":
-        lo, hi = params.get("lo", -math.inf), params.get("hi", math.inf)
-        return P.clip(None if lo is None or lo == -math.inf else lo,
-                      None if hi is None or hi == math.inf else hi)
-    return P.PRESETS[fn]()
