@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from projc.ops.layout import _slice_for, ints, normalize_axis
+from projc.ops.layout import ints, normalize_axis, slice_
 
 # Ops evaluated on shape tensors (anything else makes a symbolic value a runtime value).
 SYMBOLIC_KINDS = frozenset({"Shape", "Gather", "Unsqueeze", "Squeeze", "Concat", "Slice",
@@ -73,23 +73,12 @@ def _evaluate(kind: str, args: list, params: dict, input_shape=None):
             return np.squeeze(data)
         return np.squeeze(data, tuple(normalize_axis(a, data.ndim) for a in ints(axes)))
     if kind == "Slice":
-        return _slice(data, *args[1:])
+        return slice_(data, *args[1:])
     return None
 
 
 def _casts_to_integer(to) -> bool:
     return to in (onnx.TensorProto.INT64, onnx.TensorProto.INT32)
-
-
-def _slice(data, starts, ends, axes=None, steps=None):
-    starts, ends = ints(starts), ints(ends)
-    axes = ints(axes) if axes is not None else list(range(len(starts)))
-    steps = ints(steps) if steps is not None else [1] * len(starts)
-    index = [slice(None)] * data.ndim
-    for start, end, axis, step in zip(starts, ends, axes, steps):
-        axis = normalize_axis(axis, data.ndim)
-        index[axis] = _slice_for(start, end, step, data.shape[axis])
-    return data[tuple(index)]
 
 
 def resolve_reshape(entries: np.ndarray, data_shape: tuple, allowzero: int) -> np.ndarray | None:
