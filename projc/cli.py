@@ -53,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--load-inputs", metavar="F.npz", help="inputs keyed by ONNX input names")
     p.add_argument("--save-inputs", metavar="F.npz", help="write the inputs used")
     p.add_argument("--save-outputs", metavar="F.npz", help="write projc's outputs")
+    p.add_argument("--max-input-mb", type=float, default=1024, metavar="MB",
+                   help="refuse random inputs larger than this in all (default 1024)")
 
     from projc.cli_train import add_train_parser
     add_train_parser(sub)
@@ -121,8 +123,11 @@ def cmd_compare(args) -> int:
     inputs = None
     if args.load_inputs:
         inputs = load_npz(args.load_inputs)
+    if not args.max_input_mb > 0:
+        raise ProjcError(f"--max-input-mb {args.max_input_mb}: give a size > 0")
     report = compare_model(args.model, atol=args.atol, rtol=args.rtol, seed=args.seed,
-                           batch=args.batch, inputs=inputs)
+                           batch=args.batch, inputs=inputs,
+                           max_input_bytes=int(min(args.max_input_mb, 2.0**53) * 2**20))
     print(report.format())
     if args.save_inputs:
         save_npz(args.save_inputs, report.inputs)

@@ -5,19 +5,21 @@ NaN); integer and boolean outputs must match exactly. A shape or dtype mismatch 
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from projc.backends.jax.forward import graph_param_values, run_forward
-from projc.errors import DataError, ModelLoadError
+from projc.errors import DataError, ModelLoadError, ProjcError
 from projc.ir import Graph, Value
 from projc.onnx_import import load_model
 from projc.ops.dtypes import np_dtype
 
 DEFAULT_BATCH = 3
 OTHER_SYMBOL_SIZE = 3  # size given to symbolic dims other than the batch
+DEFAULT_MAX_INPUT_BYTES = 1 << 30  # random inputs above 1 GiB in all are refused
 
 
 @dataclass
@@ -80,18 +82,25 @@ class CompareReport:
 
 def compare_model(path, *, atol: float = 1e-5, rtol: float = 1e-5, seed: int = 1,
                   batch: int | None = None, inputs: dict[str, np.ndarray] | None = None,
-                  graph: Graph | None = None) -> CompareReport:
+                  graph: Graph | None = None,
+                  max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES) -> CompareReport:
     """Run projc's forward and onnxruntime on the model at ``path`` and compare every output.
 
     Inputs are ``inputs`` (keyed by ONNX input name) or random and reproducible from ``seed``:
     floats standard normal, integers in [0, 5), the batch dim ``batch`` (default 3). ``graph``
     evaluates an already imported (e.g. modified) graph of that model instead of importing it.
+    Random inputs larger than ``max_input_bytes`` in all are refused before any allocation.
     """
+    check_options(atol=atol, rtol=rtol, seed=seed, batch=batch)
     path = os.fspath(path)
     graph = load_model(path) if graph is None else graph
     batch = DEFAULT_BATCH if batch is None else int(batch)
-    feed = _check_inputs(graph, inputs) if inputs is not None else random_inputs(graph, batch, seed)
-    ours = run_forward(graph, graph_param_values(graph), feed)
+    if inputs is not None:
+        feed = _check_inputs(graph, inputs)
+    else:
+        _check_input_size(graph, batch, max_input_bytes)
+        feed = random_inputs(graph, batch, seed)
+    ours = _projc_forward(path, graph, feed)
     theirs = run_onnxruntime(path, feed, [v.hint for v in graph.outputs])
     report = CompareReport(path, atol, rtol, batch, seed, feed,
                            {v.hint: o for v, o in zip(graph.outputs, ours)},
@@ -101,6 +110,57 @@ def compare_model(path, *, atol: float = 1e-5, rtol: float = 1e-5, seed: int = 1
     return report
 
 
+def check_options(*, atol: float, rtol: float, seed: int, batch: int | None) -> None:
+    """Tolerances finite and >= 0, seed >= 0, batch >= 1 (ProjcError naming the option)."""
+    for name, value in (("atol", atol), ("rtol", rtol)):
+        if not (isinstance(value, (int, float)) and np.isfinite(value) and value >= 0):
+            raise ProjcError(f"--{name} {value}: give a finite tolerance >= 0 (e.g. 1e-5)")
+    if not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ProjcError(f"--seed {seed}: give an integer >= 0")
+    if batch is not None and (not isinstance(batch, (int, np.integer)) or batch < 1):
+        raise ProjcError(f"--batch {batch}: give the batch size as an integer >= 1")
+
+
+def _input_shape(value: Value, batch: int) -> tuple[int, ...]:
+    return tuple(d if isinstance(d, int) else (batch if d == "B" else OTHER_SYMBOL_SIZE)
+                 for d in value.shape)
+
+
+def _check_input_size(graph: Graph, batch: int, limit: int) -> None:
+    """Refuse random inputs that would not fit in memory, before allocating them."""
+    sizes = {v.hint: math.prod(_input_shape(v, batch)) * np_dtype(v.dtype).itemsize
+             for v in graph.inputs if v.dtype != "str"}
+    total = sum(sizes.values())
+    if total > limit:
+        name = max(sizes, key=sizes.get)
+        shape = _input_shape(next(v for v in graph.inputs if v.hint == name), batch)
+        raise ProjcError(
+            f"the random inputs would take {_bytes(total)} (input \"{name}\" of shape "
+            f"{list(shape)} alone {_bytes(sizes[name])}), above the {_bytes(limit)} limit; use a "
+            "smaller --batch, raise the limit with --max-input-mb, or pass --load-inputs")
+
+
+def _bytes(count: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if count < 1024 or unit == "PiB":
+            return f"{count:.4g} {unit}" if unit != "B" else f"{count} B"
+        count /= 1024
+    return f"{count} B"
+
+
+def _projc_forward(path: str, graph: Graph, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """projc's outputs; a failure inside JAX/XLA (out of memory, a shape XLA refuses) is
+    reported as the model's error, not as a mismatch."""
+    try:
+        return run_forward(graph, graph_param_values(graph), feed)
+    except ProjcError:
+        raise
+    except Exception as err:  # XlaRuntimeError, TypeError from jax, MemoryError, ...
+        text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise ModelLoadError(f"{path}: projc's forward cannot evaluate the model "
+                             f"({type(err).__name__}: {text[:300]})") from err
+
+
 def random_inputs(graph: Graph, batch: int, seed: int) -> dict[str, np.ndarray]:
     """Reproducible random inputs for every data input of ``graph``."""
     rng = np.random.default_rng(seed)
@@ -108,8 +168,7 @@ def random_inputs(graph: Graph, batch: int, seed: int) -> dict[str, np.ndarray]:
 
 
 def _random_array(rng: np.random.Generator, value: Value, batch: int) -> np.ndarray:
-    shape = tuple(d if isinstance(d, int) else (batch if d == "B" else OTHER_SYMBOL_SIZE)
-                  for d in value.shape)
+    shape = _input_shape(value, batch)
     dtype = np_dtype(value.dtype)
     if dtype.kind == "f":
         return rng.standard_normal(shape).astype(dtype)
@@ -125,8 +184,21 @@ def _check_inputs(graph: Graph, inputs: dict[str, np.ndarray]) -> dict[str, np.n
     if missing:
         raise DataError(f"inputs missing: {', '.join(missing)} (expected "
                         f"{', '.join(v.hint + ': ' + v.type_str() for v in graph.inputs)})")
-    return {v.hint: np.asarray(inputs[v.hint]).astype(np_dtype(v.dtype), copy=False)
-            for v in graph.inputs}
+    sizes: dict[str, int] = {}  # symbolic dim -> the size the given arrays give it
+    feed = {}
+    for v in graph.inputs:
+        array = np.asarray(inputs[v.hint])
+        want = np_dtype(v.dtype)
+        if array.dtype.kind not in "biuf" or (want.kind in "biu" and array.dtype.kind == "f"):
+            raise DataError(f"input \"{v.hint}\" holds {array.dtype} values; the model expects "
+                            f"{v.type_str()}")
+        if array.ndim != len(v.shape) or any(
+                sizes.setdefault(d, n) != n if isinstance(d, str) else d != n
+                for d, n in zip(v.shape, array.shape)):
+            raise DataError(f"input \"{v.hint}\" has shape {list(array.shape)}; the model "
+                            f"expects {v.type_str()} (symbolic dims the same size in every input)")
+        feed[v.hint] = array.astype(want, copy=False)
+    return feed
 
 
 def run_onnxruntime(path: str, feed: dict[str, np.ndarray], names: list[str]) -> list[np.ndarray]:

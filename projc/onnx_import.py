@@ -17,14 +17,17 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import sys
+import warnings
 from typing import Any
 
 import numpy as np
 import onnx
+import onnx.version_converter
 from onnx import numpy_helper
 
 from projc import onnx_symbolic as symbolic
-from projc.errors import ModelLoadError, UnsupportedModelError
+from projc.errors import ModelLoadError, ProjcError, UnsupportedModelError
 from projc.ir import Dim, Graph, Op, Value, dtype_name
 from projc.onnx_eval import BATCH, SymbolSizes, fold, trace
 from projc.ops import MAX_OPSET, MIN_OPSET, OpDef, kind_of, lookup
@@ -57,15 +60,28 @@ def load_model(path, *, bind: dict[str, np.ndarray] | None = None) -> Graph:
 
 def from_onnx(model: onnx.ModelProto, path: str | None = None, *,
               bind: dict[str, np.ndarray] | None = None) -> Graph:
-    """Import an in-memory ONNX model (``path`` only names it in messages and ``meta``)."""
+    """Import an in-memory ONNX model (``path`` only names it in messages and ``meta``).
+
+    A model older than opset ``MIN_OPSET`` is upgraded in memory (``upgrade_opset``, one note on
+    stderr); the caller's ModelProto is never modified.
+    """
     label = path or model.graph.name or "model"
-    check_input_ranks(model, label)  # before the checker, which only says "shape missing"
-    check_model(model, label)
-    opsets = model_opsets(model)
-    check_opset(opsets, label)
-    check_supported(model.graph, opsets, label)
-    inferred = _infer_shapes(model)
-    return _GraphBuilder(model, inferred, opsets, label, path, dict(bind or {})).build()
+    try:
+        model = list_initializers_as_inputs(model)
+        check_input_ranks(model, label)  # before the checker, which only says "shape missing"
+        check_model(model, label)
+        check_opset(model_opsets(model), label)
+        model = upgrade_opset(model, label)
+        opsets = model_opsets(model)
+        check_supported(model.graph, opsets, label)
+        inferred = _infer_shapes(model)
+        return _GraphBuilder(model, inferred, opsets, label, path, dict(bind or {})).build()
+    except ProjcError:
+        raise
+    except Exception as err:  # a malformed model reaching code that trusts the checker
+        raise ModelLoadError(
+            f"{label}: cannot import the model ({type(err).__name__}: {_first_line(err)}); if "
+            "onnxruntime runs it, this is a projc bug: rerun with --debug and report it") from err
 
 
 # -- checks -----------------------------------------------------------------------------------
@@ -100,12 +116,54 @@ def model_opsets(model: onnx.ModelProto) -> dict[str, int]:
 
 
 def check_opset(opsets: dict[str, int], label: str) -> None:
-    version = opsets.get("")
-    if version is not None and version < MIN_OPSET:
+    """Refuse opsets no released onnx defines (onnxruntime refuses them too)."""
+    newest = {"": onnx.defs.onnx_opset_version(), "ai.onnx.ml": max(
+        s.since_version for s in onnx.defs.get_all_schemas_with_history()
+        if s.domain == "ai.onnx.ml")}
+    for domain, version in opsets.items():
+        if domain in newest and not 1 <= version <= newest[domain]:
+            raise UnsupportedModelError(
+                f"{label}: opset {version} of domain {domain or 'ai.onnx'} does not exist (the "
+                f"installed onnx knows 1..{newest[domain]}); re-export the model with a released "
+                "opset")
+
+
+def upgrade_opset(model: onnx.ModelProto, label: str) -> onnx.ModelProto:
+    """``model`` converted to opset ``MIN_OPSET`` with onnx.version_converter when older (a copy;
+    one note on stderr), else ``model`` itself."""
+    version = model_opsets(model).get("")
+    if version is None or version >= MIN_OPSET:
+        return model
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            converted = onnx.version_converter.convert_version(model, MIN_OPSET)
+        converted = list_initializers_as_inputs(converted)
+        onnx.checker.check_model(converted)
+    except Exception as err:  # the converter raises RuntimeError/ValidationError/... on gaps
         raise UnsupportedModelError(
-            f"{label}: opset {version} is older than projc supports ({MIN_OPSET}..{MAX_OPSET}); "
-            f"re-export the model with opset_version>={MIN_OPSET} (torch.onnx.export(..., "
-            f"opset_version=17)) or convert it with onnx.version_converter")
+            f"{label}: opset {version} is older than projc supports ({MIN_OPSET}..{MAX_OPSET}) "
+            f"and onnx.version_converter cannot upgrade it ({_first_line(err)}); re-export the "
+            f"model with opset_version>={MIN_OPSET}") from None
+    print(f"projc: note: {label}: opset {version} upgraded to {MIN_OPSET} in memory with "
+          "onnx.version_converter", file=sys.stderr)
+    return converted
+
+
+def list_initializers_as_inputs(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Before IR version 4 every initializer had to be a graph input; files (and the version
+    converter) that leave some out are accepted by onnxruntime. A copy listing them, or
+    ``model`` itself when nothing is missing."""
+    listed = {vi.name for vi in model.graph.input}
+    missing = [t for t in model.graph.initializer if t.name not in listed]
+    if model.ir_version >= 4 or not missing:
+        return model
+    fixed = onnx.ModelProto()
+    fixed.CopyFrom(model)
+    for tensor in missing:
+        fixed.graph.input.append(onnx.helper.make_tensor_value_info(
+            tensor.name, tensor.data_type, list(tensor.dims)))
+    return fixed
 
 
 def check_supported(graph: onnx.GraphProto, opsets: dict[str, int], label: str) -> None:
@@ -278,13 +336,22 @@ class _GraphBuilder:
                 raise UnsupportedModelError(
                     f"{self.label}: initializer \"{tensor.name}\" has element type "
                     f"{onnx_type_name(tensor.data_type)}, which projc does not support")
-            data = tensor_to_array(tensor)
+            data = self._initializer_data(tensor)
             if tensor.name in trainable and dtype in FLOAT_DTYPES:
                 value = Value(dtype, data.shape, "param", hint=tensor.name, data=data)
                 self.graph.initializers.append(value)
                 self.values[tensor.name] = value
             else:
                 self._add_const(tensor.name, data)
+
+    def _initializer_data(self, tensor: onnx.TensorProto) -> np.ndarray:
+        """The initializer's values; data that does not fill its dims is the file's error."""
+        try:
+            return tensor_to_array(tensor)
+        except Exception as err:  # numpy's reshape error, a missing external file, ...
+            raise ModelLoadError(
+                f"{self.label}: initializer \"{tensor.name}\" (dims {list(tensor.dims)}) holds "
+                f"data that does not match its dims or type ({_first_line(err)})") from None
 
     def _add_const(self, name: str, data: np.ndarray, *, dtype: str | None = None,
                    register: bool = True) -> Value:
@@ -306,6 +373,7 @@ class _GraphBuilder:
         opdef = lookup(kind, node_opset(node, self.opsets))
         inputs = [self.values[name] if name else None for name in node.input]
         params = self._params(node, opdef)
+        self._validate(label, node, opdef, inputs, params)
         if opdef.fold and all(v is None or v.role == "const" for v in inputs):
             with self._context(label, node.op_type):
                 results = fold(opdef, inputs, params)
@@ -325,6 +393,17 @@ class _GraphBuilder:
         if entries is not None:
             self.shape_tensors[outputs[0]] = entries
         self.graph.ops.append(Op(kind, inputs, outputs, params, {"src": label}))
+
+    def _validate(self, label, node, opdef, inputs, params) -> None:
+        """Refuse what onnxruntime refuses: input types outside the op's schema, attributes
+        and shapes the registry's checker rejects."""
+        try:
+            check_input_types(node, inputs, node_opset(node, self.opsets))
+            if opdef.check is not None:
+                opdef.check(inputs, {**opdef.attrs, **params})
+        except (ValueError, TypeError, IndexError) as err:
+            raise ModelLoadError(f"{self.label}: node \"{label}\" ({node.op_type}) is invalid: "
+                                 f"{_first_line(err)}") from None
 
     @contextlib.contextmanager
     def _context(self, label: str, op_type: str):
@@ -405,6 +484,40 @@ class _GraphBuilder:
             return None
         return ir_dtype_of_onnx(type_proto.tensor_type.elem_type) if \
             type_proto.tensor_type.elem_type else None
+
+
+_ONNX_TYPE_NAMES = {"f16": "float16", "f32": "float", "f64": "double", "i8": "int8",
+                    "i16": "int16", "i32": "int32", "i64": "int64", "u8": "uint8",
+                    "u16": "uint16", "u32": "uint32", "u64": "uint64", "bool": "bool",
+                    "str": "string"}
+
+
+def check_input_types(node: onnx.NodeProto, inputs, opset: int) -> None:
+    """Each input's element type is one the op's ONNX schema allows, and inputs sharing a type
+    parameter (Gemm's A, B, C: T) share one type, as onnxruntime's type check demands."""
+    try:
+        schema = onnx.defs.get_schema(node.op_type, opset, node.domain or "")
+    except onnx.defs.SchemaError:
+        return
+    allowed = {c.type_param_str: set(c.allowed_type_strs) for c in schema.type_constraints}
+    formal = list(schema.inputs)
+    bound: dict[str, tuple[int, str]] = {}
+    for index, value in enumerate(inputs):
+        if value is None or not formal:
+            continue
+        param = formal[min(index, len(formal) - 1)]
+        if index >= len(formal) and param.option != param.option.Variadic:
+            raise ValueError(f"{len(inputs)} inputs given, the op takes at most {len(formal)}")
+        actual = f"tensor({_ONNX_TYPE_NAMES[value.dtype]})"
+        expected = allowed.get(param.type_str, {param.type_str})
+        if actual not in expected:
+            raise ValueError(f"input {index} ({param.name}) has type {actual}; allowed: "
+                             f"{', '.join(sorted(expected))}")
+        if param.type_str in allowed and (index < len(formal) or param.is_homogeneous):
+            first = bound.setdefault(param.type_str, (index, actual))
+            if first[1] != actual:
+                raise ValueError(f"inputs {first[0]} and {index} must have the same type "
+                                 f"({param.type_str}), got {first[1]} and {actual}")
 
 
 def _typed_values(graph: onnx.GraphProto):

@@ -113,3 +113,74 @@ def test_zipmap_output_compares_as_a_probability_table(tmp_path):
     report = compare_model(path, batch=6)
     assert report.ok, report.format()
     assert report.outputs["output_probability"].shape == (6, 3)
+
+
+# -- exit 2 (bad usage or a model projc and onnxruntime refuse), never 1 (a mismatch) --------
+
+def _conv_model(strides, *, w_dims=(2, 1, 3, 3), claimed_dims=None):
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.ones(w_dims, np.float32), "w")
+    if claimed_dims is not None:  # dims that the data does not fill
+        w.ClearField("dims")
+        w.dims.extend(claimed_dims)
+    node = helper.make_node("Conv", ["x", "w"], ["y"], strides=list(strides))
+    graph = helper.make_graph([node], "conv", [helper.make_tensor_value_info(
+        "x", TensorProto.FLOAT, ["N", 1, 8, 8])], [helper.make_tensor_value_info(
+            "y", TensorProto.FLOAT, ["N", 2, "H", "W"])], [w])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _huge_input_model():
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "huge",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                             ["N", 1_000_000_000])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT,
+                                                             ["N", 1_000_000_000])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _exit_2_with_one_line(capsys, *argv) -> str:
+    from projc.cli import main
+
+    code = main(["compare", *argv])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2, err
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_compare_refuses_bad_models_with_exit_2(capsys, tmp_path):
+    zero_stride = str(tmp_path / "zero_stride.onnx")
+    onnx.save(_conv_model([0, 1]), zero_stride)
+    line = _exit_2_with_one_line(capsys, zero_stride)
+    assert "Conv" in line and "strides=[0, 1]" in line and ">= 1" in line
+
+    short_data = str(tmp_path / "short_data.onnx")
+    onnx.save(_conv_model([1, 1], w_dims=(4, 3, 3, 3), claimed_dims=(3, 3, 3, 3)), short_data)
+    line = _exit_2_with_one_line(capsys, short_data)
+    assert 'initializer "w" (dims [3, 3, 3, 3])' in line
+
+    huge = str(tmp_path / "huge.onnx")
+    onnx.save(_huge_input_model(), huge)
+    line = _exit_2_with_one_line(capsys, huge)
+    assert "11.18 GiB" in line and "--max-input-mb" in line and '"x"' in line
+
+
+def test_compare_refuses_bad_options_with_exit_2(capsys, tmp_path):
+    mlp = model_path("mlp_digits")
+    assert "--batch 0" in _exit_2_with_one_line(capsys, mlp, "--batch", "0")
+    assert "--batch -1" in _exit_2_with_one_line(capsys, mlp, "--batch", "-1")
+    assert "--atol nan" in _exit_2_with_one_line(capsys, mlp, "--atol", "nan")
+    assert "--rtol -1" in _exit_2_with_one_line(capsys, mlp, "--rtol", "-1")
+    assert "--max-input-mb" in _exit_2_with_one_line(capsys, mlp, "--max-input-mb", "0")
+    wrong_shape, strings = str(tmp_path / "shape.npz"), str(tmp_path / "strings.npz")
+    np.savez(wrong_shape, x=np.zeros((2, 63), np.float32))
+    np.savez(strings, x=np.array([["a"] * 64]))
+    line = _exit_2_with_one_line(capsys, mlp, "--load-inputs", wrong_shape)
+    assert 'input "x" has shape [2, 63]' in line and "f32[B,64]" in line
+    line = _exit_2_with_one_line(capsys, mlp, "--load-inputs", strings)
+    assert 'input "x" holds <U1 values' in line

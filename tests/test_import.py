@@ -147,12 +147,33 @@ def test_unnamed_unsupported_node_gets_a_label(tmp_path):
         load_model(save(tmp_path, model))
 
 
-def test_old_opset(tmp_path):
+def test_old_opset_is_upgraded_in_memory_with_a_note(tmp_path, capfd):
     model = make_model([helper.make_node("Relu", ["x"], ["y"])], [tensor_info("x", ["N", 4])],
                        [tensor_info("y", ["N", 4])], opset=7)
-    with pytest.raises(UnsupportedModelError, match=r"opset 7 is older than projc supports "
-                                                    r"\(13\.\.21\); re-export .*opset_version>=13"):
+    path = save(tmp_path, model)
+    graph = load_model(path)
+    assert graph.meta["opset"][""] == 13 and [op.kind for op in graph.ops] == ["Relu"]
+    err = capfd.readouterr().err.strip().splitlines()
+    assert err == [f"projc: note: {path}: opset 7 upgraded to 13 in memory with "
+                   "onnx.version_converter"]
+    assert onnx.load(path).opset_import[0].version == 7  # the file is left alone
+
+
+def test_opset_no_onnx_defines_is_refused(tmp_path):
+    model = make_model([helper.make_node("Relu", ["x"], ["y"])], [tensor_info("x", ["N", 4])],
+                       [tensor_info("y", ["N", 4])], opset=99)
+    with pytest.raises(UnsupportedModelError, match=r"opset 99 of domain ai.onnx does not exist"):
         load_model(save(tmp_path, model))
+
+
+def test_old_ir_initializer_missing_from_inputs_is_accepted(tmp_path):
+    w = numpy_helper.from_array(np.eye(4, dtype=np.float32), "w")
+    model = make_model([helper.make_node("MatMul", ["x", "w"], ["y"])],
+                       [tensor_info("x", ["N", 4])], [tensor_info("y", ["N", 4])],
+                       opset=13, initializers=[w])
+    model.ir_version = 3  # before IR 4 every initializer had to be listed as an input
+    graph = load_model(save(tmp_path, model))
+    assert [v.hint for v in graph.params] == ["w"] and [v.hint for v in graph.inputs] == ["x"]
 
 
 def test_input_of_unknown_rank(tmp_path):

@@ -8,6 +8,7 @@ from jax import lax
 
 from projc.errors import UnsupportedModelError
 
+from .checks import check_batch_norm, check_conv, check_gemm, check_pool
 from .dtypes import jax_dtype
 from .layout import normalize_axis
 from .registry import register
@@ -17,7 +18,8 @@ from .registry import register
 PRECISION = lax.Precision.HIGHEST
 
 
-@register("Gemm", since=13, attrs={"alpha": 1.0, "beta": 1.0, "transA": 0, "transB": 0})
+@register("Gemm", since=13, attrs={"alpha": 1.0, "beta": 1.0, "transA": 0, "transB": 0},
+          check=check_gemm)
 def gemm(a, b, c=None, *, alpha, beta, transA, transB):
     """alpha * A' @ B' + beta * C, with A' = A.T if transA (same for B) and C broadcast."""
     a = a.T if transA else a
@@ -66,8 +68,8 @@ _CONV_ATTRS = {"auto_pad": "NOTSET", "dilations": None, "group": 1, "kernel_shap
                "pads": None, "strides": None}
 
 
-@register("Conv", since=11, attrs=_CONV_ATTRS)
-@register("Conv", since=22, attrs=_CONV_ATTRS)
+@register("Conv", since=11, attrs=_CONV_ATTRS, check=check_conv)
+@register("Conv", since=22, attrs=_CONV_ATTRS, check=check_conv)
 def conv(x, w, b=None, *, auto_pad, dilations, group, kernel_shape, pads, strides):
     """N-D convolution (cross-correlation), NCHW layout, weights [M, C/group, k...]."""
     n = x.ndim - 2
@@ -116,8 +118,8 @@ _MAXPOOL_ATTRS = {"auto_pad": "NOTSET", "ceil_mode": 0, "dilations": None, "kern
                   "pads": None, "storage_order": 0, "strides": None}
 
 
-@register("MaxPool", since=12, attrs=_MAXPOOL_ATTRS)
-@register("MaxPool", since=22, attrs=_MAXPOOL_ATTRS)
+@register("MaxPool", since=12, attrs=_MAXPOOL_ATTRS, check=check_pool)
+@register("MaxPool", since=22, attrs=_MAXPOOL_ATTRS, check=check_pool)
 def max_pool(x, *, auto_pad, ceil_mode, dilations, kernel_shape, pads, storage_order, strides):
     """Max over sliding windows (padding never wins); outputs (Y, Indices), Indices being the
     flat position of each maximum in x (row-major, or column-major over the spatial axes when
@@ -157,9 +159,9 @@ _AVGPOOL_ATTRS = {"auto_pad": "NOTSET", "ceil_mode": 0, "count_include_pad": 0,
                   "kernel_shape": None, "pads": None, "strides": None}
 
 
-@register("AveragePool", since=11, attrs=_AVGPOOL_ATTRS)
-@register("AveragePool", since=19, attrs={**_AVGPOOL_ATTRS, "dilations": None})
-@register("AveragePool", since=22, attrs={**_AVGPOOL_ATTRS, "dilations": None})
+@register("AveragePool", since=11, attrs=_AVGPOOL_ATTRS, check=check_pool)
+@register("AveragePool", since=19, attrs={**_AVGPOOL_ATTRS, "dilations": None}, check=check_pool)
+@register("AveragePool", since=22, attrs={**_AVGPOOL_ATTRS, "dilations": None}, check=check_pool)
 def average_pool(x, *, auto_pad, ceil_mode, count_include_pad, kernel_shape, pads, strides,
                  dilations=None):
     """Mean over sliding windows; explicit pads count only with count_include_pad, the
@@ -202,16 +204,18 @@ def _batch_norm(x, scale, bias, mean, var, epsilon):
 
 
 @register("BatchNormalization", since=9, attrs={"epsilon": 1e-5, "momentum": 0.9},
-          frozen=(3, 4))
+          frozen=(3, 4), check=check_batch_norm)
 def batch_norm_9(x, scale, bias, mean, var, *, epsilon, momentum):
     """Inference batch normalization over axis 1 with the running statistics."""
     return _batch_norm(x, scale, bias, mean, var, epsilon)
 
 
 @register("BatchNormalization", since=14,
-          attrs={"epsilon": 1e-5, "momentum": 0.9, "training_mode": 0}, frozen=(3, 4))
+          attrs={"epsilon": 1e-5, "momentum": 0.9, "training_mode": 0}, frozen=(3, 4),
+          check=check_batch_norm)
 @register("BatchNormalization", since=15,
-          attrs={"epsilon": 1e-5, "momentum": 0.9, "training_mode": 0}, frozen=(3, 4))
+          attrs={"epsilon": 1e-5, "momentum": 0.9, "training_mode": 0}, frozen=(3, 4),
+          check=check_batch_norm)
 def batch_norm(x, scale, bias, mean, var, *, epsilon, momentum, training_mode):
     """Inference batch normalization; training_mode=1 (batch statistics) is unsupported."""
     if training_mode:

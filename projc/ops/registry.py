@@ -39,6 +39,10 @@ class OpDef:
     # Attribute that receives the node's output count when the model leaves it implicit
     # (Split before opset 18 splits into as many pieces as the node has outputs).
     arity_attr: str | None = None
+    # Validation of one node before import: ``check(inputs, params)`` with the input Values
+    # (None for omitted ones) and the attributes (defaults filled in); raises ValueError naming
+    # the attribute or input that onnxruntime would reject (see ``projc.ops.checks``).
+    check: Callable[..., None] | None = None
 
     def is_static(self, index: int) -> bool:
         return index in self.static
@@ -49,15 +53,16 @@ _REGISTRY: dict[str, list[OpDef]] = {}  # kind -> registrations sorted by since
 
 def register(kind: str, since: int, attrs: dict[str, Any] | None = None, *,
              static: tuple[int, ...] = (), frozen: tuple[int, ...] = (), fold: bool = True,
-             arity_attr: str | None = None):
+             arity_attr: str | None = None, check: Callable[..., None] | None = None):
     """Decorator: register ``fn`` as the semantics of ``kind`` from opset ``since`` on.
 
     Stack several decorators on one function when the semantics are shared between versions.
+    ``check`` validates a node's attributes and input shapes at import (``OpDef.check``).
     """
 
     def decorate(fn):
         opdef = OpDef(kind, since, fn, dict(attrs or {}), tuple(static), tuple(frozen), fold,
-                      _summary(fn), arity_attr)
+                      _summary(fn), arity_attr, check)
         versions = _REGISTRY.setdefault(kind, [])
         if any(d.since == since for d in versions):
             raise ValueError(f"{kind} is registered twice for opset {since}")
