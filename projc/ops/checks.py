@@ -130,8 +130,10 @@ def check_pool(inputs, params) -> None:
 def check_gemm(inputs, params) -> None:
     """Gemm: 2-D operands whose inner dims agree; C broadcasts to [M, N]."""
     a, b, c = (list(inputs) + [None, None, None])[:3]
-    flag(params, "transA")
-    flag(params, "transB")
+    for name in ("transA", "transB"):  # any nonzero int32 transposes, as in onnxruntime
+        value = params.get(name, 0)
+        if not isinstance(value, int) or not -2**31 <= value < 2**31:
+            raise ValueError(f"attribute {name}={value!r} is out of range (0 or 1)")
     for index, value in ((0, a), (1, b)):
         if value is not None and value.rank != 2:
             raise ValueError(f"input {index} {value.type_str()} must be 2-D")
