@@ -17,7 +17,8 @@ from . import Pass, register_pass
 from ._common import is_loss
 
 POSTPROCESS = {"Identity", "Cast", "Reshape", "Flatten", "Squeeze", "ArgMax",
-               "ml.ArrayFeatureExtractor", "ArrayFeatureExtractor", "ml.ZipMap", "ZipMap"}
+               "ml.ArrayFeatureExtractor", "ArrayFeatureExtractor", "ml.ZipMap", "ZipMap",
+               "ml.Normalizer"}
 CLASSIFIER_HEADS = {"Softmax", "LogSoftmax"}
 LOSS_KINDS = ("cross_entropy", "margin", "squared_error")
 

@@ -158,6 +158,30 @@ def batchnorm(rw: Rewriter, op: Op):
     return rw.emit("sum", [y, rw.const(shift.reshape(bshape), x.dtype, hint=(bias.hint or "bn") + ".frozen_shift")])
 
 
+# post_transforms that keep the order of each row's scores: the argmax label stays the same, so
+# training the raw scores (the logits) and keeping the transform in the export is sound
+_ORDER_KEEPING = ("NONE", "SOFTMAX", "LOGISTIC")
+
+
+def linear_classifier(rw: Rewriter, op: Op):
+    """ai.onnx.ml LinearClassifier(x; W, b) -> sum(dot(x, transpose(reshape(W))), b): the raw
+    scores; the label output and the post_transform stay in the export only."""
+    x, coefficients, intercepts = (op.inputs + [None, None])[:3]
+    transform = op.params.get("post_transform", "NONE")
+    if transform not in _ORDER_KEEPING or x.rank != 2 or not isinstance(x.shape[1], int):
+        raise PassError(f"LinearClassifier {src_of(op)}: training needs a [B, features] input and "
+                        f"post_transform NONE, SOFTMAX or LOGISTIC (got {x.type_str()}, {transform})")
+    rows = coefficients.shape[0] // x.shape[1]
+    if rows < 2:
+        raise PassError(f"LinearClassifier {src_of(op)}: a binary classifier with one coefficient "
+                        "row is not supported for training (export it with two score columns)")
+    w = rw.emit("reshape", [coefficients], {"shape": [rows, x.shape[1]]})
+    scores = rw.emit("dot", [x, rw.emit("transpose", [w], {"perm": [1, 0]})])
+    if intercepts is not None:
+        scores = rw.emit("sum", [scores, intercepts])
+    return [op.outputs[0], scores]
+
+
 RULES = {
     "Gemm": gemm,                                   # a'b'*alpha + c*beta -> sum(mul(dot(a', b'), alpha), mul(c, beta))
     "MatMul": matmul,                               # a @ b (b 2-D) -> dot(a, b)
@@ -184,6 +208,7 @@ RULES = {
     "Abs": pwl("abs"),                              # |x| -> sum_pwl[abs](x)
     "Sign": pwl("sign"),                            # sign(x) -> sum_pwl[sign](x)
     "BatchNormalization": batchnorm,                # (x-m)/sqrt(v+e)*g+b -> sum(mul(x, s), b - m s), frozen
+    "ml.LinearClassifier": linear_classifier,       # scores x W^T + b -> sum(dot(x, W^T), b)
 }
 
 

@@ -235,7 +235,8 @@ def compare_arrays(name: str, ours: np.ndarray, theirs: np.ndarray, *, atol: flo
     if ours.dtype.kind not in "fc":
         atol = rtol = 0.0
     a, b = ours.astype(np.float64), theirs.astype(np.float64)
-    diff = np.abs(a - b)
+    with np.errstate(invalid="ignore", over="ignore"):  # inf - inf is NaN, handled below
+        diff = np.abs(a - b)
     diff[np.isnan(a) & np.isnan(b)] = 0.0
     diff[np.isnan(diff)] = np.inf  # NaN on one side only, or inf - inf
     with np.errstate(divide="ignore", invalid="ignore"):

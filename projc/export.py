@@ -34,8 +34,14 @@ def with_trained_initializers(model, params: Mapping[str, Any]):
 
     model = _load(model)
     inits = {init.name: i for i, init in enumerate(model.graph.initializer)}
+    from projc.onnx_import import set_weight_attribute
+
     for name, value in params.items():
         if name not in inits:
+            if not np.all(np.isfinite(np.asarray(value))):
+                raise ProjcError(f"export: parameter {name!r} holds non-finite values; not writing")
+            if set_weight_attribute(model, name, np.asarray(value)):
+                continue  # a weight held in a node attribute (ai.onnx.ml LinearClassifier)
             raise ProjcError(f"export: the model has no initializer named {name!r}")
         old = model.graph.initializer[inits[name]]
         ref = numpy_helper.to_array(old)

@@ -178,7 +178,8 @@ def check_supported(graph: onnx.GraphProto, opsets: dict[str, int], label: str) 
             domain = f"{node.domain} " if node.domain not in ("", "ai.onnx") else ""
             problems.append(f"  {domain}{node.op_type} (opset {opset}) at node \"{name}\"")
             continue
-        unknown = [a.name for a in node.attribute if a.name not in opdef.attrs]
+        unknown = [a.name for a in node.attribute
+                   if a.name not in opdef.attrs and a.name not in opdef.weight_attrs]
         if unknown:
             problems.append(f"  {node.op_type} (opset {opset}) at node \"{name}\": attribute(s) "
                             f"{', '.join(unknown)} not supported")
@@ -374,6 +375,7 @@ class _GraphBuilder:
         inputs = [self.values[name] if name else None for name in node.input]
         params = self._params(node, opdef)
         self._validate(label, node, opdef, inputs, params)
+        inputs, params = self._hoist_weights(label, opdef, inputs, params)
         if opdef.fold and all(v is None or v.role == "const" for v in inputs):
             with self._context(label, node.op_type):
                 results = fold(opdef, inputs, params)
@@ -404,6 +406,24 @@ class _GraphBuilder:
         except (ValueError, TypeError, IndexError) as err:
             raise ModelLoadError(f"{self.label}: node \"{label}\" ({node.op_type}) is invalid: "
                                  f"{_first_line(err)}") from None
+
+    def _hoist_weights(self, label, opdef, inputs, params):
+        """The op's weight attributes (``OpDef.weight_attrs``) become trainable parameters
+        appended to its inputs, named ``weight_attribute_name(label, attribute)``."""
+        if not opdef.weight_attrs:
+            return inputs, params
+        inputs, params = list(inputs), dict(params)
+        for name in opdef.weight_attrs:
+            values = params.pop(name, None)
+            if values is None:
+                inputs.append(None)
+                continue
+            data = np.asarray(values, np.float32)
+            value = Value("f32", data.shape, "param", hint=weight_attribute_name(label, name),
+                          data=data)
+            self.graph.initializers.append(value)
+            inputs.append(value)
+        return inputs, params
 
     @contextlib.contextmanager
     def _context(self, label: str, op_type: str):
@@ -518,6 +538,27 @@ def check_input_types(node: onnx.NodeProto, inputs, opset: int) -> None:
             if first[1] != actual:
                 raise ValueError(f"inputs {first[0]} and {index} must have the same type "
                                  f"({param.type_str}), got {first[1]} and {actual}")
+
+
+def weight_attribute_name(label: str, attribute: str) -> str:
+    """The parameter name of weight attribute ``attribute`` of the node labelled ``label``."""
+    return f"{label}.{attribute}"
+
+
+def set_weight_attribute(model: onnx.ModelProto, name: str, values: np.ndarray) -> bool:
+    """Write ``values`` into the weight attribute that parameter ``name`` came from (export of
+    a trained ai.onnx.ml LinearClassifier); False when no node attribute has that name."""
+    for index, node in enumerate(model.graph.node):
+        for attr in node.attribute:
+            if weight_attribute_name(node_label(node, index), attr.name) != name:
+                continue
+            if attr.type != onnx.AttributeProto.FLOATS or len(attr.floats) != values.size:
+                raise UnsupportedModelError(f"export: attribute {name!r} holds "
+                                            f"{len(attr.floats)} values, the trained {values.size}")
+            del attr.floats[:]
+            attr.floats.extend(float(v) for v in np.asarray(values, np.float32).reshape(-1))
+            return True
+    return False
 
 
 def _typed_values(graph: onnx.GraphProto):

@@ -25,7 +25,7 @@ from onnx import TensorProto
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODELS = sorted(glob.glob(os.path.join(ROOT, "models", "*.onnx")))
 SEED = 20261130
-MUTANTS = int(os.environ.get("PROJC_FUZZ_MUTANTS", "60"))
+MUTANTS = int(os.environ.get("PROJC_FUZZ_MUTANTS", "200"))
 FUZZ_SECONDS = float(os.environ.get("PROJC_FUZZ_SECONDS", "50"))
 PER_COMMAND_SECONDS = 60  # a single command past this is a hang
 

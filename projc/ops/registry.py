@@ -43,6 +43,9 @@ class OpDef:
     # (None for omitted ones) and the attributes (defaults filled in); raises ValueError naming
     # the attribute or input that onnxruntime would reject (see ``projc.ops.checks``).
     check: Callable[..., None] | None = None
+    # Float-list attributes that hold weights (ai.onnx.ml LinearClassifier's coefficients): the
+    # importer turns each into a trainable 1-D parameter appended to the op's inputs, in order.
+    weight_attrs: tuple[str, ...] = ()
 
     def is_static(self, index: int) -> bool:
         return index in self.static
@@ -53,7 +56,8 @@ _REGISTRY: dict[str, list[OpDef]] = {}  # kind -> registrations sorted by since
 
 def register(kind: str, since: int, attrs: dict[str, Any] | None = None, *,
              static: tuple[int, ...] = (), frozen: tuple[int, ...] = (), fold: bool = True,
-             arity_attr: str | None = None, check: Callable[..., None] | None = None):
+             arity_attr: str | None = None, check: Callable[..., None] | None = None,
+             weight_attrs: tuple[str, ...] = ()):
     """Decorator: register ``fn`` as the semantics of ``kind`` from opset ``since`` on.
 
     Stack several decorators on one function when the semantics are shared between versions.
@@ -62,7 +66,7 @@ def register(kind: str, since: int, attrs: dict[str, Any] | None = None, *,
 
     def decorate(fn):
         opdef = OpDef(kind, since, fn, dict(attrs or {}), tuple(static), tuple(frozen), fold,
-                      _summary(fn), arity_attr, check)
+                      _summary(fn), arity_attr, check, tuple(weight_attrs))
         versions = _REGISTRY.setdefault(kind, [])
         if any(d.since == since for d in versions):
             raise ValueError(f"{kind} is registered twice for opset {since}")
