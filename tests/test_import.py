@@ -326,3 +326,92 @@ def test_register_is_generic_and_rejects_duplicates():
             register("projc_test.twice", since=1)(twice)
     finally:
         del _REGISTRY["projc_test.twice"]
+
+
+# -- per-op validation: what onnxruntime refuses is refused at import, naming node and attribute
+
+def _conv(**attrs):
+    w = numpy_helper.from_array(np.ones((2, 1, 3, 3), np.float32), "w")
+    node = helper.make_node("Conv", ["x", "w"], ["y"], name="conv1", **attrs)
+    return make_model([node], [tensor_info("x", ["N", 1, 8, 8])],
+                      [tensor_info("y", ["N", 2, "H", "W"])], initializers=[w])
+
+
+def _pool(op_type="MaxPool", **attrs):
+    node = helper.make_node(op_type, ["x"], ["y"], name="pool1", **attrs)
+    return make_model([node], [tensor_info("x", ["N", 1, 8, 8])],
+                      [tensor_info("y", ["N", 1, "H", "W"])])
+
+
+@pytest.mark.parametrize("model,message", [
+    (_conv(strides=[0, 1]), r'node "conv1" \(Conv\) is invalid: attribute strides=\[0, 1\]: '
+                            r"every entry must be an integer >= 1"),
+    (_conv(kernel_shape=[-3, 3]), r"attribute kernel_shape=\[-3, 3\]: every entry must be"),
+    (_conv(kernel_shape=[2, 2]), r"kernel_shape=\[2, 2\] does not match the weight's spatial "
+                                 r"shape \[3, 3\]"),
+    (_conv(pads=[1, 1, -1, 1]), r"attribute pads=\[1, 1, -1, 1\]: every entry must be an "
+                                r"integer >= 0"),
+    (_conv(dilations=[1]), r"attribute dilations=\[1\] has 1 entries, expected 2"),
+    (_conv(dilations=[5, 5]), r"the window \(kernel 3, dilation 5\) is larger than spatial axis"),
+    (_conv(group=2), r"the input has 1 channels, the weight expects 1 x group 2 = 2"),
+    (_pool(kernel_shape=[0, 2]), r'node "pool1" \(MaxPool\) is invalid: attribute '
+                                 r"kernel_shape=\[0, 2\]"),
+    (_pool(), r"Required attribute .kernel_shape. is missing"),  # onnx.checker
+    (_pool("AveragePool", kernel_shape=[2, 2], pads=[2, 0, 0, 0]),
+     r"each pad must be smaller than the kernel"),
+])
+def test_invalid_attributes_are_refused_naming_node_and_attribute(tmp_path, model, message):
+    with pytest.raises(ModelLoadError, match=message):
+        load_model(save(tmp_path, model))
+
+
+def test_inputs_of_one_type_parameter_must_share_a_type(tmp_path):
+    w = numpy_helper.from_array(np.ones((4, 3), np.float64), "w")  # float64 weight, f32 input
+    model = make_model([helper.make_node("Gemm", ["x", "w"], ["y"], name="fc")],
+                       [tensor_info("x", ["N", 4])], [tensor_info("y", ["N", 3])],
+                       initializers=[w])
+    with pytest.raises(ModelLoadError, match=r'node "fc" \(Gemm\) is invalid: inputs 0 and 1 '
+                                             r"must have the same type \(T\), got "
+                                             r"tensor\(float\) and tensor\(double\)"):
+        load_model(save(tmp_path, model))
+
+
+def test_initializer_data_not_filling_its_dims_is_refused(tmp_path):
+    w = numpy_helper.from_array(np.ones((4, 3), np.float32), "w")
+    del w.dims[:]
+    w.dims.extend([4, 2])  # 12 values for 8 places (onnx.checker only catches too few)
+    model = make_model([helper.make_node("MatMul", ["x", "w"], ["y"])],
+                       [tensor_info("x", ["N", 4])], [tensor_info("y", ["N", 2])],
+                       initializers=[w])
+    with pytest.raises(ModelLoadError, match=r'initializer "w" \(dims \[4, 2\]\) holds data that '
+                                             r"does not match its dims"):
+        load_model(save(tmp_path, model))
+
+
+def test_float64_model_computes_in_float64(tmp_path):
+    from projc.backends.jax.forward import run_forward
+
+    c = numpy_helper.from_array(np.array([1e300, 1.0], np.float64), "c")
+    model = make_model([helper.make_node("Add", ["x", "c"], ["y"])],
+                       [tensor_info("x", ["N", 2], TensorProto.DOUBLE)],
+                       [tensor_info("y", ["N", 2], TensorProto.DOUBLE)], initializers=[c])
+    graph = load_model(save(tmp_path, model))
+    x = np.array([[1e300, 1e-300]], np.float64)
+    (y,) = run_forward(graph, None, {"x": x})
+    assert y.dtype == np.float64
+    np.testing.assert_array_equal(y, x + np.array([1e300, 1.0]))  # float32 would give inf, 1.0
+
+
+def test_float32_model_is_unchanged_by_the_float64_path():
+    import jax
+
+    from projc.backends.jax.forward import needs_x64, run_forward
+
+    graph = load_model(model_path("mlp_digits"))
+    assert not needs_x64(graph)
+    x = np.random.default_rng(0).standard_normal((4, 64)).astype(np.float32)
+    (ours,) = run_forward(graph, None, {"x": x})
+    with jax.enable_x64(False):
+        (reference,) = run_forward(graph, None, {"x": x})
+    assert ours.dtype == np.float32 and not jax.config.jax_enable_x64
+    np.testing.assert_array_equal(ours, reference)

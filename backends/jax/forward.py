@@ -6,12 +6,15 @@ input's ONNX name. Constants are closed over as numpy arrays; an operand the reg
 ``static`` is handed to the op function as numpy, so shapes stay compile-time and the function
 jits (``jax.jit(fn)``) for any batch size.
 
-JAX holds int64/float64 as int32/float32 (x64 off, never switched on here): every op output is
-cast to the JAX dtype of its declared IR dtype, and ``run_forward`` casts the outputs back to the
-declared dtypes with numpy.
+JAX holds int64/float64 as int32/float32 (x64 off): every op output is cast to the JAX dtype of
+its declared IR dtype, and ``run_forward`` casts the outputs back to the declared dtypes with
+numpy. A graph that holds float64 anywhere is evaluated by ``run_forward`` under
+``jax.enable_x64(True)`` (a context, for that call only), so it computes in float64 as ONNX asks;
+graphs without float64 run exactly as before, bit for bit.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -60,11 +63,19 @@ def run_forward(graph: Graph, params: dict[str, Any] | None, inputs: dict[str, A
                 jit: bool = True) -> list[np.ndarray]:
     """Evaluate the graph once (jitted unless ``jit=False``); outputs as numpy arrays of their
     declared dtypes. ``params=None`` uses the graph's own initial parameters."""
-    fn = make_forward(graph)
-    fn = jax.jit(fn) if jit else fn
-    params = graph_param_values(graph) if params is None else params
-    outputs = fn(params, inputs)
-    return [np.asarray(out).astype(np_dtype(v.dtype)) for out, v in zip(outputs, graph.outputs)]
+    with jax.enable_x64(True) if needs_x64(graph) else contextlib.nullcontext():
+        fn = make_forward(graph)
+        fn = jax.jit(fn) if jit else fn
+        params = graph_param_values(graph) if params is None else params
+        outputs = fn(params, inputs)
+        return [np.asarray(out).astype(np_dtype(v.dtype))
+                for out, v in zip(outputs, graph.outputs)]
+
+
+def needs_x64(graph: Graph) -> bool:
+    """True when a value of the graph is float64 (JAX must then hold 64-bit types)."""
+    values = [*graph.inputs, *graph.initializers, *(v for op in graph.ops for v in op.outputs)]
+    return any(v is not None and v.dtype == "f64" for v in values)
 
 
 def graph_param_values(graph: Graph) -> dict[str, np.ndarray]:
