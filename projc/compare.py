@@ -207,6 +207,8 @@ def run_onnxruntime(path: str, feed: dict[str, np.ndarray], names: list[str]) ->
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    # onnxruntime's own error log would add lines to the one-line error reported below
+    ort.set_default_logger_severity(4)
     try:
         session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         outputs = session.run(names, feed)
