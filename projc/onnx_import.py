@@ -15,6 +15,7 @@ indices, statistics) are trainable ``param``; every other initializer or folded 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import sys
@@ -31,6 +32,7 @@ from projc.errors import ModelLoadError, ProjcError, UnsupportedModelError
 from projc.ir import Dim, Graph, Op, Value, dtype_name
 from projc.onnx_eval import BATCH, SymbolSizes, fold, trace
 from projc.ops import MAX_OPSET, MIN_OPSET, OpDef, kind_of, lookup
+from projc.ops.checks import check_input_types
 from projc.ops.dtypes import ir_dtype_of_onnx, np_dtype, onnx_type_name
 
 FLOAT_DTYPES = ("f16", "f32", "f64")
@@ -115,11 +117,17 @@ def model_opsets(model: onnx.ModelProto) -> dict[str, int]:
     return opsets
 
 
-def check_opset(opsets: dict[str, int], label: str) -> None:
-    """Refuse opsets no released onnx defines (onnxruntime refuses them too)."""
-    newest = {"": onnx.defs.onnx_opset_version(), "ai.onnx.ml": max(
+@functools.lru_cache(maxsize=None)
+def _newest_opsets() -> dict[str, int]:
+    """The newest opset of each standard domain the installed onnx defines."""
+    return {"": onnx.defs.onnx_opset_version(), "ai.onnx.ml": max(
         s.since_version for s in onnx.defs.get_all_schemas_with_history()
         if s.domain == "ai.onnx.ml")}
+
+
+def check_opset(opsets: dict[str, int], label: str) -> None:
+    """Refuse opsets no released onnx defines (onnxruntime refuses them too)."""
+    newest = _newest_opsets()
     for domain, version in opsets.items():
         if domain in newest and not 1 <= version <= newest[domain]:
             raise UnsupportedModelError(
@@ -504,40 +512,6 @@ class _GraphBuilder:
             return None
         return ir_dtype_of_onnx(type_proto.tensor_type.elem_type) if \
             type_proto.tensor_type.elem_type else None
-
-
-_ONNX_TYPE_NAMES = {"f16": "float16", "f32": "float", "f64": "double", "i8": "int8",
-                    "i16": "int16", "i32": "int32", "i64": "int64", "u8": "uint8",
-                    "u16": "uint16", "u32": "uint32", "u64": "uint64", "bool": "bool",
-                    "str": "string"}
-
-
-def check_input_types(node: onnx.NodeProto, inputs, opset: int) -> None:
-    """Each input's element type is one the op's ONNX schema allows, and inputs sharing a type
-    parameter (Gemm's A, B, C: T) share one type, as onnxruntime's type check demands."""
-    try:
-        schema = onnx.defs.get_schema(node.op_type, opset, node.domain or "")
-    except onnx.defs.SchemaError:
-        return
-    allowed = {c.type_param_str: set(c.allowed_type_strs) for c in schema.type_constraints}
-    formal = list(schema.inputs)
-    bound: dict[str, tuple[int, str]] = {}
-    for index, value in enumerate(inputs):
-        if value is None or not formal:
-            continue
-        param = formal[min(index, len(formal) - 1)]
-        if index >= len(formal) and param.option != param.option.Variadic:
-            raise ValueError(f"{len(inputs)} inputs given, the op takes at most {len(formal)}")
-        actual = f"tensor({_ONNX_TYPE_NAMES[value.dtype]})"
-        expected = allowed.get(param.type_str, {param.type_str})
-        if actual not in expected:
-            raise ValueError(f"input {index} ({param.name}) has type {actual}; allowed: "
-                             f"{', '.join(sorted(expected))}")
-        if param.type_str in allowed and (index < len(formal) or param.is_homogeneous):
-            first = bound.setdefault(param.type_str, (index, actual))
-            if first[1] != actual:
-                raise ValueError(f"inputs {first[0]} and {index} must have the same type "
-                                 f"({param.type_str}), got {first[1]} and {actual}")
 
 
 def weight_attribute_name(label: str, attribute: str) -> str:

@@ -4,13 +4,50 @@ onnxruntime refuses a model whose Conv has a zero stride or a kernel that does n
 weight; without these checks projc would import it and fail later, deep in XLA or in a training
 pass. A checker receives the node's input Values (None for omitted ones) and its attributes
 (registry defaults filled in) and raises ``ValueError`` with a message naming the attribute or
-input; the importer adds the file and node.
+input; the importer adds the file and node. ``check_input_types`` applies every op's ONNX schema
+type constraints the same way.
 """
 from __future__ import annotations
 
 from typing import Any, Sequence
 
+import onnx
+
 AUTO_PADS = ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID", "")
+
+
+_ONNX_TYPE_NAMES = {"f16": "float16", "f32": "float", "f64": "double", "i8": "int8",
+                    "i16": "int16", "i32": "int32", "i64": "int64", "u8": "uint8",
+                    "u16": "uint16", "u32": "uint32", "u64": "uint64", "bool": "bool",
+                    "str": "string"}
+
+
+def check_input_types(node: onnx.NodeProto, inputs, opset: int) -> None:
+    """Each input's element type is one the op's ONNX schema allows, and inputs sharing a type
+    parameter (Gemm's A, B, C: T) share one type, as onnxruntime's type check demands."""
+    try:
+        schema = onnx.defs.get_schema(node.op_type, opset, node.domain or "")
+    except onnx.defs.SchemaError:
+        return
+    allowed = {c.type_param_str: set(c.allowed_type_strs) for c in schema.type_constraints}
+    formal = list(schema.inputs)
+    bound: dict[str, tuple[int, str]] = {}
+    for index, value in enumerate(inputs):
+        if value is None or not formal:
+            continue
+        param = formal[min(index, len(formal) - 1)]
+        if index >= len(formal) and param.option != param.option.Variadic:
+            raise ValueError(f"{len(inputs)} inputs given, the op takes at most {len(formal)}")
+        actual = f"tensor({_ONNX_TYPE_NAMES[value.dtype]})"
+        expected = allowed.get(param.type_str, {param.type_str})
+        if actual not in expected:
+            raise ValueError(f"input {index} ({param.name}) has type {actual}; allowed: "
+                             f"{', '.join(sorted(expected))}")
+        if param.type_str in allowed and (index < len(formal) or param.is_homogeneous):
+            first = bound.setdefault(param.type_str, (index, actual))
+            if first[1] != actual:
+                raise ValueError(f"inputs {first[0]} and {index} must have the same type "
+                                 f"({param.type_str}), got {first[1]} and {actual}")
 
 
 def _known(dim) -> bool:
