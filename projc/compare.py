@@ -206,8 +206,8 @@ def run_onnxruntime(path: str, feed: dict[str, np.ndarray], names: list[str]) ->
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.log_severity_level = 3
     # onnxruntime's own error log would add lines to the one-line error reported below
+    options.log_severity_level = 4
     ort.set_default_logger_severity(4)
     try:
         session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])

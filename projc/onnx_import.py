@@ -72,6 +72,8 @@ def from_onnx(model: onnx.ModelProto, path: str | None = None, *,
         model = list_initializers_as_inputs(model)
         check_input_ranks(model, label)  # before the checker, which only says "shape missing"
         check_model(model, label)
+        if not model.graph.output:  # onnx.checker lets it pass, onnxruntime refuses it
+            raise ModelLoadError(f"{label}: the graph has no outputs, so nothing to compute")
         check_opset(model_opsets(model), label)
         model = upgrade_opset(model, label)
         opsets = model_opsets(model)

@@ -415,3 +415,9 @@ def test_float32_model_is_unchanged_by_the_float64_path():
         (reference,) = run_forward(graph, None, {"x": x})
     assert ours.dtype == np.float32 and not jax.config.jax_enable_x64
     np.testing.assert_array_equal(ours, reference)
+
+
+def test_graph_without_outputs_is_refused(tmp_path):
+    model = make_model([], [tensor_info("x", ["N", 4])], [])
+    with pytest.raises(ModelLoadError, match="the graph has no outputs"):
+        load_model(save(tmp_path, model))
