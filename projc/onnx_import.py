@@ -1,16 +1,20 @@
 """ONNX importer: an ONNX model becomes an IR graph of onnx-level ops.
 
-Steps: load and check the file (``ModelLoadError``), check opsets and that every node's
+Steps: load and check the file (``ModelLoadError``), check opsets, upgrade a model older than
+opset 13 in memory with ``onnx.version_converter`` (one note on stderr), check that every node's
 (op, opset) is registered (one ``UnsupportedModelError`` listing all offenders), run ONNX shape
-inference, then build the graph node by node: constants fold on the spot, shape subgraphs are
-evaluated symbolically (``projc.onnx_symbolic``), every op output gets a dtype (ONNX's inferred
-type, else the traced one) and a shape (traced with ``jax.eval_shape`` by ``projc.onnx_eval``,
-which also rejects op variants the registry's functions do not support, at import time), and
-dead ops/initializers are dropped.
+inference, then build the graph node by node: each node is first validated as onnxruntime would
+(input types against the op's ONNX schema, attributes and shapes by the registry's ``check``
+hook; ``ModelLoadError`` naming node and attribute), constants fold on the spot, shape subgraphs
+are evaluated symbolically (``projc.onnx_symbolic``), every op output gets a dtype (ONNX's
+inferred type, else the traced one) and a shape (traced with ``jax.eval_shape`` by
+``projc.onnx_eval``, which also rejects op variants the registry's functions do not support, at
+import time), and dead ops/initializers are dropped.
 
 Roles: graph inputs are ``input``; float initializers that feed a computation (not only shapes,
-indices, statistics) are trainable ``param``; every other initializer or folded value is
-``const``. Hints are ONNX names.
+indices, statistics) are trainable ``param``; so are the weight attributes an op registers
+(``OpDef.weight_attrs``: LinearClassifier's coefficients, named ``NODE.coefficients``); every
+other initializer or folded value is ``const``. Hints are ONNX names.
 """
 from __future__ import annotations
 
