@@ -6,7 +6,8 @@ to undefined names, attributes set to zero/negative/huge/mis-sized values, odd o
 element types of inputs and initializers, dims that the data does not fill, an empty graph.
 Each mutant runs ``projc inspect`` and ``projc compare`` in-process (``projc.cli.main``) under an
 alarm. The run is bounded by ``FUZZ_SECONDS`` (the mutants are drawn up front from the seed; the
-budget only cuts the list short); ``PROJC_FUZZ_MUTANTS=N PROJC_FUZZ_SECONDS=S`` runs more.
+budget only cuts the list short); ``PROJC_FUZZ_MUTANTS=N PROJC_FUZZ_SECONDS=S`` runs more,
+``PROJC_FUZZ_SEED`` others.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from onnx import TensorProto
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODELS = sorted(glob.glob(os.path.join(ROOT, "models", "*.onnx")))
-SEED = 20261130
+SEED = int(os.environ.get("PROJC_FUZZ_SEED", "20261130"))
 MUTANTS = int(os.environ.get("PROJC_FUZZ_MUTANTS", "200"))
 FUZZ_SECONDS = float(os.environ.get("PROJC_FUZZ_SECONDS", "50"))
 PER_COMMAND_SECONDS = 60  # a single command past this is a hang
