@@ -130,7 +130,7 @@ def cmd_train(args) -> int:
         raise ProjcError(f"--batch {args.batch} does not divide over {nproc} processes; choose a "
                          f"multiple of {nproc}")
     if rank != 0:  # process 0 logs and writes the exported file; the others only train
-        sys.stdout = open(os.devnull, "w")
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # also silences gloo's C++ log
     options = dict(lam=args.lam, relaxation=args.relaxation, layout=args.layout, lr=args.lr,
                    repair=not args.no_repair)
     trainer = projc.compile(args.model, loss=args.loss, solver=args.solver,
