@@ -59,6 +59,7 @@ def measure(model: str, solver: str, steps: int, devices: int, batch: int, repea
             "s_per_update": seconds, "compile_s": compile_s, "bytes_per_device": per_device,
             "all_reduce_ops": comm["ops"], "all_reduce_bytes": comm["bytes"],
             "loops_with_unknown_trips": comm["unknown_loops"],
+            "other_collectives": comm["other_collectives"],
             "platform": jax.devices()[0].platform}
 
 

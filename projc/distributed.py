@@ -158,6 +158,7 @@ _DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "u16
 _SHAPE = re.compile(r"\b(pred|[fsu]\d+|bf16)\[([\d,]*)\]")
 _HEADER = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s*\(.*\)\s*->.*\{\s*$")
 _ALL_REDUCE = re.compile(r"=\s*(.*?)\s+all-reduce(?:-start)?\(")
+_OTHER_COLLECTIVE = re.compile(r"\s(?:all-gather|reduce-scatter|collective-permute|all-to-all)(?:-start)?\(")
 _WHILE = re.compile(r"\swhile\(.*?condition=%([\w.\-]+),\s*body=%([\w.\-]+)")
 _TRIP = re.compile(r'"known_trip_count":\{"n":"(\d+)"\}')
 _CALLS = re.compile(r"\bcalls=%([\w.\-]+)")
@@ -174,7 +175,8 @@ def all_reduce_stats(hlo_text: str) -> dict[str, int]:
 
     ``ops``: all-reduce instructions in the text; ``bytes``: payload bytes per device per
     execution, counting a loop body once per known trip; ``unknown_loops``: loops with a
-    data-dependent trip count (their all-reduces are counted once, so ``bytes`` is a lower bound).
+    data-dependent trip count (their all-reduces are counted once, so ``bytes`` is a lower bound);
+    ``other_collectives``: all-gathers, reduce-scatters, permutes (none expected for data parallelism).
     """
     comps: dict[str, list[str]] = {}
     entry, current = None, None
@@ -214,7 +216,8 @@ def all_reduce_stats(hlo_text: str) -> dict[str, int]:
 
     nbytes = total(entry) if entry else 0
     ops = sum(1 for line in hlo_text.splitlines() if _ALL_REDUCE.search(line))
-    return {"ops": ops, "bytes": nbytes, "unknown_loops": len(unknown)}
+    others = sum(1 for line in hlo_text.splitlines() if _OTHER_COLLECTIVE.search(line))
+    return {"ops": ops, "bytes": nbytes, "unknown_loops": len(unknown), "other_collectives": others}
 
 
 def update_hlo(trainer, x, y) -> str:

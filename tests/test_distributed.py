@@ -119,7 +119,7 @@ def test_devices_give_one_device_weights(solver, layout, expect):
         assert res["sharding"][n] == [f"replicated=True/{n}"]
     if solver == "ap":
         hlo = res["hlo"]
-        assert hlo["ops"] > 0
+        assert hlo["ops"] > 0 and hlo["other_collectives"] == 0
         # every step averages every parameter's target over the whole (sharded) batch
         assert hlo["bytes"] >= res["steps"] * res["param_bytes"], hlo
 
@@ -206,7 +206,8 @@ ENTRY %main (a: f32[8]) -> f32[8] {
   %ar2 = (f32[2,3]{1,0}, pred[]) all-reduce(%u, %v), to_apply=%add
 }
 """
-    assert all_reduce_stats(hlo) == {"ops": 2, "bytes": 10 * 32 + 24 + 1, "unknown_loops": 0}
+    assert all_reduce_stats(hlo) == {"ops": 2, "bytes": 10 * 32 + 24 + 1, "unknown_loops": 0,
+                                     "other_collectives": 0}
 
 
 if __name__ == "__main__":
