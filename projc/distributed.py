@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections import Counter
 from typing import Any, Mapping
 
 import numpy as np
@@ -70,8 +71,12 @@ class DataParallel:
         self.replicated = NamedSharding(mesh, PartitionSpec())
         self.batch = NamedSharding(mesh, PartitionSpec(self.axis))
         self.size = int(mesh.devices.size)
+        per_process = Counter(d.process_index for d in mesh.devices.flat)
+        if process_index() not in per_process or len(set(per_process.values())) > 1:
+            raise ProjcError(f"every process must own the same number of the mesh's devices (here "
+                             f"{dict(per_process)}); use devices='all' in a multi-process run")
         # the mesh devices this process feeds: its slice of the batch spreads over these
-        self.local_size = sum(1 for d in mesh.devices.flat if d.process_index == process_index())
+        self.local_size = per_process[process_index()]
 
     @classmethod
     def from_spec(cls, devices) -> "DataParallel | None":
@@ -93,10 +98,6 @@ class DataParallel:
                     f"({available[0].platform}); on CPU set XLA_FLAGS="
                     f"--xla_force_host_platform_device_count={devices} before JAX starts")
             chosen = available[:devices]
-            if jax.process_count() > 1 and {d.process_index for d in chosen} != set(
-                    range(jax.process_count())):
-                raise ProjcError(f"devices={devices} leaves some processes without a device; use "
-                                 f"devices='all' in a multi-process run")
         else:
             raise ProjcError(f"devices must be a positive integer, 'all' or a jax Mesh, got "
                              f"{devices!r}")
