@@ -44,6 +44,35 @@ def add_train_parser(sub) -> None:
                    help="fail on non-bipartite graphs instead of inserting identity constraints")
     p.add_argument("--seed", type=int, default=0, help="data split and shuffling seed")
     p.add_argument("-o", "--output", default=None, help="trained model path (default MODEL.trained.onnx)")
+    add_scaling_args(p)
+
+
+def add_scaling_args(p) -> None:
+    """Data parallelism (projc.distributed): a device count, and optionally several processes."""
+    g = p.add_argument_group("scaling out (README: Scaling out)")
+    g.add_argument("--devices", default=None, metavar="N|all",
+                   help="shard every minibatch over N devices (or all); the batch must divide by N")
+    g.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                   help="join a multi-process run coordinated by process 0 at HOST:PORT")
+    g.add_argument("--num-processes", type=int, default=1, help="processes in the run (default 1)")
+    g.add_argument("--process-id", type=int, default=0, help="this process's rank, 0..N-1")
+
+
+def start_scaling(args):
+    """Join the multi-process run (before any JAX work) and return the ``devices`` option."""
+    from projc import distributed
+
+    if args.coordinator is not None:
+        distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+    elif args.num_processes != 1:
+        raise ProjcError("--num-processes needs --coordinator HOST:PORT (process 0's address)")
+    if args.devices is None:
+        return "all" if args.coordinator is not None else None
+    if args.devices == "all":
+        return "all"
+    if not args.devices.isdigit() or int(args.devices) < 1:
+        raise ProjcError(f"--devices must be a positive integer or 'all', got {args.devices!r}")
+    return int(args.devices)
 
 
 def default_output(model: str) -> str:
@@ -94,16 +123,24 @@ def cmd_train(args) -> int:
 
     output = args.output or default_output(args.model)
     check_output_writable(output)
+    devices = start_scaling(args)
+    from projc.distributed import process_count, process_index
+    rank, nproc = process_index(), process_count()
+    if args.batch % nproc:
+        raise ProjcError(f"--batch {args.batch} does not divide over {nproc} processes; choose a "
+                         f"multiple of {nproc}")
+    if rank != 0:  # process 0 logs and writes the exported file; the others only train
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # also silences gloo's C++ log
     options = dict(lam=args.lam, relaxation=args.relaxation, layout=args.layout, lr=args.lr,
                    repair=not args.no_repair)
     trainer = projc.compile(args.model, loss=args.loss, solver=args.solver,
-                            steps_per_update=args.steps, **options)
+                            steps_per_update=args.steps, devices=devices, **options)
     data = load_data(args.data, seed=args.seed, input_shape=trainer.input_shape)
     params = trainer.init_params()
     epochs = args.epochs if (args.epochs is not None or args.updates is not None) else 10
     print(f"projc train: {args.model} on {data.name} ({len(data.y_train)} train, {len(data.y_test)} "
           f"test), solver {args.solver}, {args.steps} steps/update, batch {args.batch}", flush=True)
-    tty = sys.stderr.isatty()
+    tty = sys.stderr.isatty() and rank == 0
     bar, current, t0, stats = None, -1, time.perf_counter(), {}
     for epoch, idx in iterate_updates(len(data.y_train), args.batch, epochs, args.updates, args.seed):
         if epoch != current:
@@ -112,6 +149,7 @@ def cmd_train(args) -> int:
             current, t0 = epoch, time.perf_counter()
             bar = tqdm(desc=f"epoch {epoch + 1}", unit="upd", disable=not tty, leave=False,
                        total=max(1, -(-len(data.y_train) // args.batch)))
+        idx = np.array_split(idx, nproc)[rank]  # this process's slice of the global minibatch
         xb, yb = data.x_train[idx], data.y_train[idx]
         params, stats = trainer.update(params, xb, yb)
         batch_acc = trainer.evaluate(params, xb, yb)["accuracy"]
@@ -119,6 +157,8 @@ def cmd_train(args) -> int:
         bar.update()
     if bar is not None:
         finish_epoch(bar, trainer, params, data, current, t0)
+    if rank != 0:
+        return 0
     trainer.export(params, output)
     projc_acc = trainer.evaluate(params, data.x_test, data.y_test)["accuracy"]
     ort_acc = onnxruntime_accuracy(output, trainer.input_name, trainer.logits_name,

@@ -10,6 +10,10 @@ The update is jit-compiled once per (model, batch shape). Options: ``lam`` (cros
 weight, 5.0), ``ce_method`` ("newton" | "fixed-point"), ``relaxation`` (DR λ, 0.5), ``beta`` (DM, 1.0),
 ``repair`` (bipartite repair, True), ``layout`` ("auto" | "copies" | "consensus"), ``lr`` (Adam,
 1e-3), ``factor_linear`` (exact factored slots for linear dot families, True).
+
+``devices`` (None | N | "all" | a jax Mesh) shards every minibatch over that many devices and
+replicates the parameters (data parallelism, see ``projc.distributed``); in a multi-process run
+(``jax.distributed.initialize`` first) each process passes its own slice of every global minibatch.
 """
 from __future__ import annotations
 
@@ -61,7 +65,7 @@ class Trainer:
     def __init__(self, model: str | os.PathLike, *, loss: str = "cross_entropy", solver: str = "dr",
                  steps_per_update: int = 50, lam: float = 5.0, ce_method: str = "newton",
                  relaxation: float = 0.5, beta: float = 1.0, repair: bool = True, layout: str = "auto",
-                 lr: float = 1e-3, factor_linear: bool = True):
+                 lr: float = 1e-3, factor_linear: bool = True, devices=None):
         from projc.onnx_import import load_model
         from projc.passes import compile_for_training
 
@@ -105,12 +109,15 @@ class Trainer:
         self._forward = None
         self._adam = None
         self._adam_state = None
+        from projc.distributed import DataParallel
+        self.parallel = DataParallel.from_spec(devices)  # None: one device, no sharding
+        shardings = self.parallel.jit_shardings() if self.parallel else {}
         if solver != "adam":
             from projc.backends.jax.emit import make_update
             from projc.backends.jax.solvers import Solver
 
             self.solver = Solver(self.layout, solver, relaxation=relaxation, beta=beta)
-            self._update = make_update(self.layout, self.solver, steps_per_update)
+            self._update = make_update(self.layout, self.solver, steps_per_update, **shardings)
 
     # -- public API ------------------------------------------------------------------------
     def init_params(self) -> dict[str, np.ndarray]:
@@ -122,10 +129,14 @@ class Trainer:
         """One minibatch update; returns (new params, stats)."""
         params = self._check_params(params)
         x, y = self._check_data(x, y)
+        batch = {self.input_name: x, self.label_name: y}
+        if self.parallel is not None:  # x, y: this process's slice of the global minibatch
+            self.parallel.check_batch(len(x))
+            params, batch = self.parallel.put_replicated(params), self.parallel.put_batch(batch)
         if self.solver_name == "adam":
-            new, stats = self._adam_update(params, x, y)
+            new, stats = self._adam_update(params, batch[self.input_name], batch[self.label_name])
         else:
-            new, stats = self._update(params, {self.input_name: x, self.label_name: y})
+            new, stats = self._update(params, batch)
         stats = {k: float(v) for k, v in stats.items()}
         bad = [k for k, v in new.items() if not bool(np.all(np.isfinite(np.asarray(v))))]
         if bad:
@@ -140,6 +151,9 @@ class Trainer:
 
         params = self._check_params(params)
         x = self._check_x(x)
+        if self.parallel is not None:  # evaluate locally, on this process's default device
+            from projc.distributed import to_host
+            params = to_host(params)
         if self._forward is None:
             layout = self.layout
             name = self.input_name
@@ -245,10 +259,13 @@ class Trainer:
                 upd, s = opt.update(g, s, p)
                 return optax.apply_updates(p, upd), s, loss
 
-            self._adam = (opt, jax.jit(step))
+            shardings = self.parallel.jit_shardings(2, 2, 3) if self.parallel else {}
+            self._adam = (opt, jax.jit(step, **shardings))
         opt, step = self._adam
         p = {k: jnp.asarray(v, jnp.float32) for k, v in params.items()}
         if self._adam_state is None:
             self._adam_state = opt.init(p)
+            if self.parallel is not None:
+                self._adam_state = self.parallel.put_replicated(self._adam_state)
         p, self._adam_state, loss = step(p, self._adam_state, x, y)
         return p, {"loss": loss}

@@ -18,7 +18,9 @@ import jax.numpy as jnp
 from .solvers import Solver, _lin
 
 
-def make_update(layout, solver: Solver, steps: int) -> Callable[[dict, dict], tuple[dict, dict]]:
+def make_update(layout, solver: Solver, steps: int,
+                **jit_options) -> Callable[[dict, dict], tuple[dict, dict]]:
+    """``jit_options`` go to ``jax.jit`` (e.g. in/out shardings from ``projc.distributed``)."""
     if steps < 1:
         raise ValueError(f"steps_per_update must be >= 1, got {steps}")
 
@@ -37,7 +39,7 @@ def make_update(layout, solver: Solver, steps: int) -> Callable[[dict, dict], tu
         stats = {"residual": num / max(den, 1), "violation": layout.violation(point, ctx)}
         return new_params, stats
 
-    return jax.jit(update)
+    return jax.jit(update, **jit_options)
 
 
 def make_stepper(layout, solver: Solver):
