@@ -1,0 +1,179 @@
+"""Recurrent models: RNN, GRU and LSTM forward against onnxruntime, and training by unrolling."""
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from projc.backends.jax.forward import run_forward
+from projc.compare import compare_model
+from projc.onnx_import import from_onnx, load_model
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _export_module():
+    spec = importlib.util.spec_from_file_location("export_rnn", os.path.join(ROOT, "models",
+                                                                             "export_rnn.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# -- torch exports --------------------------------------------------------------------------
+
+TORCH_VARIANTS = {
+    "rnn_relu": dict(cell="rnn", nonlinearity="relu"),
+    "rnn_tanh_seq_first": dict(cell="rnn", batch_first=False),
+    "rnn_relu_2layers_bi": dict(cell="rnn", nonlinearity="relu", layers=2, bidirectional=True),
+    "gru": dict(cell="gru"),
+    "gru_bi_seq_first": dict(cell="gru", bidirectional=True, batch_first=False),
+    "lstm": dict(cell="lstm"),
+    "lstm_2layers_bi": dict(cell="lstm", layers=2, bidirectional=True),
+    "lstm_2layers_seq_first": dict(cell="lstm", layers=2, batch_first=False),
+}
+
+
+@pytest.fixture(scope="module")
+def torch_exports(tmp_path_factory):
+    pytest.importorskip("torch")
+    module = _export_module()
+    folder = tmp_path_factory.mktemp("rnn_exports")
+    paths = {}
+    for index, (name, kwargs) in enumerate(TORCH_VARIANTS.items()):
+        paths[name] = str(folder / f"{name}.onnx")
+        module.export(module.build(index, inputs=5, hidden=6, classes=3, **kwargs), paths[name],
+                      steps=4)
+    return paths
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(TORCH_VARIANTS))
+def test_torch_export_matches_onnxruntime(torch_exports, name):
+    """Every variant imports (dynamic batch: ConstantOfShape of the batch) and matches."""
+    for batch in (1, 4, 9):
+        report = compare_model(torch_exports[name], batch=batch, seed=batch)
+        assert report.ok, report.format()
+
+
+@pytest.mark.parametrize("name", ["rnn_digits", "gru_digits", "lstm_digits"])
+def test_bundled_model_matches_onnxruntime(name):
+    path = os.path.join(ROOT, "models", f"{name}.onnx")
+    for batch in (1, 6):
+        report = compare_model(path, batch=batch, seed=batch)
+        assert report.ok, report.format()
+
+
+def test_initial_state_of_the_batch_becomes_fill_like():
+    """torch's zeros(layers, x.size(0), hidden) imports as a fill sized by the input's batch."""
+    graph = load_model(os.path.join(ROOT, "models", "rnn_digits.onnx"))
+    fills = [op for op in graph.ops if op.kind == "projc.fill_like"]
+    assert len(fills) == 1
+    assert fills[0].inputs[0] is graph.inputs[0] and fills[0].outputs[0].shape == (1, "B", 32)
+
+
+# -- single nodes with every attribute, against onnxruntime ----------------------------------
+
+def _node_model(op_type, hidden, directions, gates, attrs, *, steps=5, batch=3, inputs=4,
+                peepholes=False, seq_lens=True, initial=True, seed=0):
+    """A one-node model with random weights as initializers; X and sequence_lens are inputs."""
+    rng = np.random.default_rng(seed)
+    weights = {"W": (directions, gates * hidden, inputs), "R": (directions, gates * hidden, hidden),
+               "B": (directions, 2 * gates * hidden)}
+    state_shape = (directions, batch, hidden)
+    names = ["X", "W", "R", "B", "sequence_lens" if seq_lens else ""]
+    inits = [numpy_helper.from_array(rng.uniform(-0.6, 0.6, s).astype(np.float32), n)
+             for n, s in weights.items()]
+    states = ["initial_h"] + (["initial_c"] if op_type == "LSTM" else [])
+    for state in states:
+        names.append(state if initial else "")
+        if initial:
+            inits.append(numpy_helper.from_array(
+                rng.standard_normal(state_shape).astype(np.float32), state))
+    if peepholes:
+        names.append("P")
+        inits.append(numpy_helper.from_array(
+            rng.uniform(-0.5, 0.5, (directions, 3 * hidden)).astype(np.float32), "P"))
+    x_shape = [steps, batch, inputs]
+    graph_inputs = [helper.make_tensor_value_info("X", TensorProto.FLOAT, x_shape)]
+    if seq_lens:
+        graph_inputs.append(helper.make_tensor_value_info("sequence_lens", TensorProto.INT32,
+                                                          [batch]))
+    outputs = ["Y", "Y_h"] + (["Y_c"] if op_type == "LSTM" else [])
+    node = helper.make_node(op_type, names, outputs, hidden_size=hidden, **attrs)
+    y_shape = [steps, directions, batch, hidden]
+    shapes = [y_shape] + [list(state_shape)] * (len(outputs) - 1)
+    graph = helper.make_graph([node], "g", graph_inputs,
+                              [helper.make_tensor_value_info(o, TensorProto.FLOAT, s)
+                               for o, s in zip(outputs, shapes)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    model.ir_version = 8
+    feed = {"X": rng.standard_normal(x_shape).astype(np.float32)}
+    if seq_lens:
+        feed["sequence_lens"] = rng.integers(1, steps + 1, batch).astype(np.int32)
+        feed["sequence_lens"][0] = steps
+    return model, feed
+
+
+NODE_CASES = {
+    "rnn_bi_relu_tanh_clip": ("RNN", 1, dict(direction="bidirectional", clip=0.7,
+                                             activations=["Relu", "Tanh"]), {}),
+    "rnn_reverse_affine_alpha": ("RNN", 1, dict(direction="reverse", activations=["Affine"],
+                                                activation_alpha=[0.5], activation_beta=[0.1]),
+                                 {}),
+    "rnn_layout1": ("RNN", 1, dict(direction="bidirectional"), dict(layout=1)),
+    "gru_linear_before_reset_reverse": ("GRU", 3, dict(direction="reverse",
+                                                       linear_before_reset=1), {}),
+    "gru_bi_custom_activations": ("GRU", 3, dict(
+        direction="bidirectional", activations=["HardSigmoid", "LeakyRelu", "Sigmoid", "Tanh"],
+        activation_alpha=[0.3, 0.2], activation_beta=[0.4]), {}),
+    "gru_layout1_no_initial": ("GRU", 3, {}, dict(layout=1, initial=False)),
+    "lstm_bi_peepholes_clip": ("LSTM", 4, dict(direction="bidirectional", clip=1.5),
+                               dict(peepholes=True)),
+    "lstm_reverse_layout1": ("LSTM", 4, dict(direction="reverse"), dict(layout=1)),
+    "lstm_input_forget": ("LSTM", 4, dict(input_forget=1), dict(seq_lens=False)),
+}
+
+
+def _batch_first(model: onnx.ModelProto, feed: dict) -> tuple[onnx.ModelProto, dict]:
+    """The same computation with layout=1: X and the initial states batch-first."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    node = model.graph.node[0]
+    node.attribute.append(helper.make_attribute("layout", 1))
+    for init in model.graph.initializer:
+        if init.name.startswith("initial_"):
+            init.CopyFrom(numpy_helper.from_array(
+                np.swapaxes(numpy_helper.to_array(init), 0, 1).copy(), init.name))
+    for value in list(model.graph.input) + list(model.graph.output):
+        dims = value.type.tensor_type.shape.dim
+        order = {"X": (1, 0, 2), "Y": (2, 0, 1, 3), "sequence_lens": (0,)}.get(value.name, (1, 0, 2))
+        sizes = [d.dim_value for d in dims]
+        for d, axis in zip(dims, order):
+            d.dim_value = sizes[axis]
+    return model, {**feed, "X": np.swapaxes(feed["X"], 0, 1).copy()}
+
+
+@pytest.mark.parametrize("case", sorted(NODE_CASES))
+def test_node_matches_onnxruntime(case):
+    """onnxruntime runs only layout=0: a layout=1 case is checked against its layout-0 twin."""
+    op_type, gates, attrs, options = NODE_CASES[case]
+    options = dict(options)
+    batch_first = options.pop("layout", 0) if "layout" in options else 0
+    directions = 2 if attrs.get("direction") == "bidirectional" else 1
+    model, feed = _node_model(op_type, 4, directions, gates, attrs, **options)
+    onnx.checker.check_model(model)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    want = session.run(None, feed)
+    if batch_first:
+        model, feed = _batch_first(model, feed)
+        onnx.checker.check_model(model)
+        want = [np.transpose(want[0], (2, 0, 1, 3))] + [np.swapaxes(w, 0, 1) for w in want[1:]]
+    got = run_forward(from_onnx(model), None, feed, jit=False)
+    assert len(got) == len(want)
+    for name, a, b in zip(["Y", "Y_h", "Y_c"], got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5, err_msg=f"{case}: {name}")
