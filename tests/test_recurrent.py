@@ -12,7 +12,11 @@ from onnx import TensorProto, helper, numpy_helper
 
 from projc.backends.jax.forward import run_forward
 from projc.compare import compare_model
+from projc.errors import PassError
 from projc.onnx_import import from_onnx, load_model
+from projc.ops.constraint import FAMILIES
+from projc.passes import PassManager, compile_for_training
+from projc.passes.unroll import SMOOTH
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -177,3 +181,106 @@ def test_node_matches_onnxruntime(case):
     assert len(got) == len(want)
     for name, a, b in zip(["Y", "Y_h", "Y_c"], got, want):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5, err_msg=f"{case}: {name}")
+
+
+# -- training: the unroll pass ----------------------------------------------------------------
+
+def _unrolled_forward(model: onnx.ModelProto, feed: dict, pipeline: str) -> list[np.ndarray]:
+    graph = PassManager(pipeline).run(from_onnx(model))
+    assert not any(op.kind in ("RNN", "GRU", "LSTM") for op in graph.ops)
+    return run_forward(graph, None, feed, jit=False)
+
+
+# Relu activations (both valid ONNX and trainable on every build): the unrolled gates, products
+# and state updates must compute exactly what onnxruntime computes for the whole op.
+UNROLL_CASES = {
+    "rnn_bi_initial": ("RNN", 1, dict(direction="bidirectional", activations=["Relu", "Relu"]),
+                       {}),
+    "rnn_reverse_clip": ("RNN", 1, dict(direction="reverse", activations=["Relu"], clip=0.8),
+                         dict(initial=False)),
+    "gru_before_reset": ("GRU", 3, dict(activations=["Relu", "Relu"], linear_before_reset=1), {}),
+    "gru_after_reset_bi": ("GRU", 3, dict(direction="bidirectional", linear_before_reset=0,
+                                          activations=["Relu", "LeakyRelu", "Relu", "Relu"]),
+                           dict(initial=False)),
+    "lstm_bi": ("LSTM", 4, dict(direction="bidirectional", activations=["Relu"] * 6), {}),
+    "lstm_zero_state_layout1": ("LSTM", 4, dict(activations=["Relu", "LeakyRelu", "Relu"]),
+                                dict(initial=False, layout=1)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(UNROLL_CASES))
+def test_unrolled_forward_matches_onnxruntime(case):
+    op_type, gates, attrs, options = UNROLL_CASES[case]
+    options = dict(options)
+    batch_first = options.pop("layout", 0)
+    directions = 2 if attrs.get("direction") == "bidirectional" else 1
+    model, feed = _node_model(op_type, 3, directions, gates, attrs, seq_lens=False, **options)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    want = session.run(None, feed)
+    if batch_first:
+        model, feed = _batch_first(model, feed)
+        want = [np.transpose(want[0], (2, 0, 1, 3))] + [np.swapaxes(w, 0, 1) for w in want[1:]]
+    got = _unrolled_forward(model, feed, "canonicalize,unroll,dce")
+    for name, a, b in zip(["Y", "Y_h", "Y_c"], got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5, err_msg=f"{case}: {name}")
+
+
+def test_training_ir_of_rnn_digits_is_unrolled_with_shared_weights():
+    """8 steps: 8 relu families, 7 recurrent dots (h0 = 0), one input-product dot, and o[:, -1]
+    (a Gather of trained values) lowered to a move; the same R^T feeds every step."""
+    graph = compile_for_training(load_model(os.path.join(ROOT, "models", "rnn_digits.onnx")))
+    kinds = [op.kind for op in graph.ops]
+    relus = [op for op in graph.ops if op.kind == "sum_pwl"]
+    assert len(relus) == 8 and kinds.count("dot") == 1 + 7 + 1
+    recurrent = [op for op in graph.ops if op.kind == "dot" and op.inputs[0] in
+                 {r.outputs[0] for r in relus}]
+    assert len(recurrent) == 8 - 1  # the fc dot reads o[:, -1] through the Gather's moves
+    assert len({op.inputs[1] for op in recurrent}) == 1
+    assert "Gather" not in kinds and all(k[0].islower() for k in kinds)
+
+
+def test_rnn_training_forward_matches_onnxruntime():
+    path = os.path.join(ROOT, "models", "rnn_digits.onnx")
+    graph = compile_for_training(load_model(path))
+    x = np.random.default_rng(0).random((5, 8, 8), dtype=np.float32)
+    got = run_forward(graph, None, {"x": x, "y": np.zeros(5, np.int64)}, jit=False)[0]
+    want = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["gru_digits", "lstm_digits", "rnn_tanh_digits"])
+def test_smooth_gates_need_the_sum_smooth_family(name):
+    """Without the sum_smooth family tanh/sigmoid gates fail with one message naming the op."""
+    if SMOOTH in FAMILIES:
+        graph = compile_for_training(load_model(os.path.join(ROOT, "models", f"{name}.onnx")))
+        assert any(op.kind == SMOOTH for op in graph.ops)
+        return
+    with pytest.raises(PassError, match=r"(RNN|GRU|LSTM) /rnn/\w+: the \w+ activation trains as"):
+        compile_for_training(load_model(os.path.join(ROOT, "models", f"{name}.onnx")))
+
+
+def test_untrainable_variants_are_refused_by_name():
+    model, _ = _node_model("RNN", 3, 1, 1, dict(activations=["Relu"]), seq_lens=True)
+    with pytest.raises(PassError, match="sequence_lens is not supported for training"):
+        PassManager("canonicalize,unroll").run(from_onnx(model))
+    model, _ = _node_model("LSTM", 3, 1, 4, dict(activations=["Relu"] * 3), seq_lens=False,
+                           peepholes=True)
+    with pytest.raises(PassError, match="peephole"):
+        PassManager("canonicalize,unroll").run(from_onnx(model))
+
+
+@pytest.mark.slow
+def test_relu_rnn_trains_on_digits_sequences():
+    """Six DR updates on digits read as 8 steps of 8 pixels beat chance clearly."""
+    from projc import compile as compile_model
+    from projc.data import load_data, minibatches
+
+    path = os.path.join(ROOT, "models", "rnn_digits.onnx")
+    trainer = compile_model(path, solver="dr", steps_per_update=20)
+    data = load_data("digits", input_shape=(None, 8, 8))
+    params = trainer.init_params()
+    before = trainer.evaluate(params, data.x_test, data.y_test)["accuracy"]
+    for _, (x, y) in zip(range(6), minibatches(data.x_train, data.y_train, 128)):
+        params, _ = trainer.update(params, x, y)
+    after = trainer.evaluate(params, data.x_test, data.y_test)["accuracy"]
+    assert after > max(0.4, before + 0.2), (before, after)
