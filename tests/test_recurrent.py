@@ -284,3 +284,42 @@ def test_relu_rnn_trains_on_digits_sequences():
         params, _ = trainer.update(params, x, y)
     after = trainer.evaluate(params, data.x_test, data.y_test)["accuracy"]
     assert after > max(0.4, before + 0.2), (before, after)
+
+
+# -- shapes that depend on the symbolic batch -----------------------------------------------
+
+def _batch_shape_model(tmp_path) -> str:
+    """y = x + Expand(c, [B, 4]) + Cast(Range(0, B, 1))[:, None] + ConstantOfShape([B, 4], 2)."""
+    nodes = [
+        helper.make_node("Shape", ["x"], ["shape"]),
+        helper.make_node("Gather", ["shape", "zero"], ["batch"], axis=0),
+        helper.make_node("Unsqueeze", ["batch", "zero_axis"], ["batch1"]),
+        helper.make_node("Concat", ["batch1", "four"], ["b4"], axis=0),
+        helper.make_node("Expand", ["c", "b4"], ["expanded"]),
+        helper.make_node("Range", ["zero", "batch", "one"], ["rows"]),
+        helper.make_node("Cast", ["rows"], ["rows_f"], to=TensorProto.FLOAT),
+        helper.make_node("Unsqueeze", ["rows_f", "one_axis"], ["column"]),
+        helper.make_node("ConstantOfShape", ["b4"], ["twos"],
+                         value=numpy_helper.from_array(np.array([2.0], np.float32))),
+        helper.make_node("Sum", ["x", "expanded", "column", "twos"], ["y"]),
+    ]
+    inits = [numpy_helper.from_array(np.array(v, dtype), n) for n, v, dtype in [
+        ("zero", 0, np.int64), ("one", 1, np.int64), ("zero_axis", [0], np.int64),
+        ("one_axis", [1], np.int64), ("four", [4], np.int64),
+        ("c", [[0.5, -1.0, 2.0, 3.0]], np.float32)]]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                          ["N", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+                              inits)
+    path = str(tmp_path / "batch_shapes.onnx")
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def test_constant_of_shape_expand_and_range_over_the_batch(tmp_path):
+    path = _batch_shape_model(tmp_path)
+    kinds = {op.kind for op in load_model(path).ops}
+    assert {"projc.fill_like", "projc.expand_like", "projc.range_like"} <= kinds
+    for batch in (1, 3, 8):
+        report = compare_model(path, batch=batch, seed=batch)
+        assert report.ok, report.format()
