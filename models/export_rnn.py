@@ -1,4 +1,5 @@
-"""Export the recurrent example models (digits read as 8 time steps of 8 pixels) to ONNX.
+"""Export the recurrent example models (digits read as 8 time steps of 8 pixels, and a
+character-level next-character model) to ONNX.
 
 Untrained weights (torch's default init under a fixed seed), like export_torch.py: these are the
 models projc is meant to train. Each classifies from the last step's output, ``o[:, -1]``.
@@ -38,12 +39,14 @@ class SequenceClassifier(nn.Module):
         return self.fc(out[:, -1] if self.batch_first else out[-1])
 
 
-# name -> (constructor kwargs, seed)
+# name -> (constructor kwargs, seed, time steps)
 MODELS = {
-    "rnn_digits": (dict(cell="rnn", nonlinearity="relu"), 0),
-    "rnn_tanh_digits": (dict(cell="rnn", nonlinearity="tanh"), 0),
-    "gru_digits": (dict(cell="gru"), 0),
-    "lstm_digits": (dict(cell="lstm"), 0),
+    "rnn_digits": (dict(cell="rnn", nonlinearity="relu"), 0, 8),
+    "rnn_tanh_digits": (dict(cell="rnn", nonlinearity="tanh"), 0, 8),
+    "gru_digits": (dict(cell="gru"), 0, 8),
+    "lstm_digits": (dict(cell="lstm"), 0, 8),
+    # `--data text`: 16 one-hot characters (30 symbols, projc.data.TEXT_VOCAB) -> the next one
+    "char_rnn": (dict(cell="rnn", nonlinearity="relu", inputs=30, hidden=64, classes=30), 0, 16),
 }
 
 
@@ -86,11 +89,11 @@ def main():
     parser.add_argument("--out", default=os.path.dirname(os.path.abspath(__file__)))
     parser.add_argument("--only", choices=sorted(MODELS))
     args = parser.parse_args()
-    for name, (kwargs, seed) in MODELS.items():
+    for name, (kwargs, seed, steps) in MODELS.items():
         if args.only and name != args.only:
             continue
         path = os.path.join(args.out, f"{name}.onnx")
-        export(build(seed, **kwargs), path)
+        export(build(seed, **kwargs), path, steps=steps)
         print(f"wrote {path}")
 
 

@@ -323,3 +323,25 @@ def test_constant_of_shape_expand_and_range_over_the_batch(tmp_path):
     for batch in (1, 3, 8):
         report = compare_model(path, batch=batch, seed=batch)
         assert report.ok, report.format()
+
+
+# -- the character-level text task -----------------------------------------------------------
+
+def test_text_task_is_next_character_prediction():
+    from projc.data import TEXT_VOCAB, char_windows, load_data
+
+    X, y = char_windows(samples=50, steps=6)
+    assert X.shape == (50, 6, len(TEXT_VOCAB)) and y.shape == (50,)
+    np.testing.assert_array_equal(X.sum(-1), 1.0)  # one-hot characters
+    text = "".join(TEXT_VOCAB[i] for i in np.concatenate([X[:2].argmax(-1), y[:2, None]], 1)
+                   .reshape(-1))
+    assert len(text) == 14 and set(text) <= set(TEXT_VOCAB)
+    data = load_data("text", input_shape=(None, 16, len(TEXT_VOCAB)))
+    assert data.x_train.shape[1:] == (16, len(TEXT_VOCAB)) and data.num_classes == len(TEXT_VOCAB)
+    again = load_data("text", input_shape=(None, 16, len(TEXT_VOCAB)))
+    np.testing.assert_array_equal(data.y_test, again.y_test)
+
+
+def test_char_model_matches_onnxruntime():
+    report = compare_model(os.path.join(ROOT, "models", "char_rnn.onnx"), batch=3, seed=0)
+    assert report.ok, report.format()
