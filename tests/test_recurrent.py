@@ -269,23 +269,6 @@ def test_untrainable_variants_are_refused_by_name():
         PassManager("canonicalize,unroll").run(from_onnx(model))
 
 
-@pytest.mark.slow
-def test_relu_rnn_trains_on_digits_sequences():
-    """Six DR updates on digits read as 8 steps of 8 pixels beat chance clearly."""
-    from projc import compile as compile_model
-    from projc.data import load_data, minibatches
-
-    path = os.path.join(ROOT, "models", "rnn_digits.onnx")
-    trainer = compile_model(path, solver="dr", steps_per_update=20)
-    data = load_data("digits", input_shape=(None, 8, 8))
-    params = trainer.init_params()
-    before = trainer.evaluate(params, data.x_test, data.y_test)["accuracy"]
-    for _, (x, y) in zip(range(6), minibatches(data.x_train, data.y_train, 128)):
-        params, _ = trainer.update(params, x, y)
-    after = trainer.evaluate(params, data.x_test, data.y_test)["accuracy"]
-    assert after > max(0.4, before + 0.2), (before, after)
-
-
 # -- shapes that depend on the symbolic batch -----------------------------------------------
 
 def _batch_shape_model(tmp_path) -> str:
@@ -345,3 +328,31 @@ def test_text_task_is_next_character_prediction():
 def test_char_model_matches_onnxruntime():
     report = compare_model(os.path.join(ROOT, "models", "char_rnn.onnx"), batch=3, seed=0)
     assert report.ok, report.format()
+
+
+@pytest.mark.slow
+def test_relu_rnn_trains_on_digits_sequences_in_both_layouts():
+    """AP on digits read as 8 steps of 8 pixels: the first update is the same in the copies and
+    the consensus layouts (the tied weights' targets, means over 8 steps' edges through slices
+    and transposes, agree with the consensus closed forms), and 20 updates beat chance clearly."""
+    from projc import compile as compile_model
+    from projc.data import load_data, minibatches
+
+    path = os.path.join(ROOT, "models", "rnn_digits.onnx")
+    data = load_data("digits", input_shape=(None, 8, 8))
+    batches = list(zip(range(20), minibatches(data.x_train, data.y_train, 128, epochs=2)))
+    trainers = {layout: compile_model(path, solver="ap", steps_per_update=20, layout=layout)
+                for layout in ("copies", "consensus")}
+    start = trainers["copies"].init_params()
+    x, y = batches[0][1]
+    first = {layout: t.update(start, x, y)[0] for layout, t in trainers.items()}
+    for name, value in first["copies"].items():
+        assert not np.allclose(value, start[name], atol=1e-6), f"{name} did not move"
+        np.testing.assert_allclose(first["consensus"][name], value, rtol=1e-4, atol=1e-6,
+                                   err_msg=name)
+    trainer, params = trainers["consensus"], first["consensus"]
+    before = trainer.evaluate(start, data.x_test, data.y_test)["accuracy"]
+    for _, (x, y) in batches[1:]:
+        params, _ = trainer.update(params, x, y)
+    after = trainer.evaluate(params, data.x_test, data.y_test)["accuracy"]
+    assert after > max(0.35, before + 0.25), (before, after)  # measured: 0.109 -> 0.465
