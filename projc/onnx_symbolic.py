@@ -155,6 +155,8 @@ def rewrite_dynamic(kind: str, inputs: list, params: dict, shape_tensors: dict,
     """A ``(kind, inputs, params)`` stand-in (``projc.ops.shape_like``) for ConstantOfShape,
     Expand or Range whose compile-time operand is a shape tensor holding symbols; None when the op
     is not such a case (the importer then proceeds, and errors if the operand stays unknown)."""
+    if kind not in ("ConstantOfShape", "Expand", "Range"):
+        return None
     sources = symbol_sources(graph_inputs)
     if kind == "ConstantOfShape" and inputs[0] in shape_tensors:
         found = _shape_like(shape_tensors[inputs[0]], sources)
