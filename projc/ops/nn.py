@@ -1,4 +1,5 @@
-"""Neural-network ONNX ops: Gemm, MatMul, Conv, pooling, BatchNormalization, softmax, RNN."""
+"""Neural-network ONNX ops: Gemm, MatMul, Conv, pooling, BatchNormalization, softmax (the
+recurrent ops live in ``recurrent.py``)."""
 from __future__ import annotations
 
 import jax
@@ -233,58 +234,3 @@ def softmax(x, *, axis):
 def log_softmax(x, *, axis):
     """log(softmax(x)) along ``axis``."""
     return jax.nn.log_softmax(x, axis=normalize_axis(axis, x.ndim))
-
-
-# -- recurrent ------------------------------------------------------------------------------
-
-_ACTIVATIONS = {"Tanh": jnp.tanh, "Relu": jax.nn.relu, "Sigmoid": jax.nn.sigmoid}
-
-
-def _rnn_direction(x, w, r, b, h0, activation, clip, reverse):
-    """One direction of a simple RNN over x [T, B, I]: returns (Y [T, B, H], h_T [B, H])."""
-    bias = 0.0 if b is None else b[: w.shape[0]] + b[w.shape[0]:]
-    x_proj = jnp.matmul(x, w.T, precision=PRECISION) + bias  # all input products at once
-
-    def step(h, xw):
-        pre = xw + jnp.matmul(h, r.T, precision=PRECISION)
-        if clip is not None:
-            pre = jnp.clip(pre, -clip, clip)
-        h = activation(pre)
-        return h, h
-
-    h_last, ys = lax.scan(step, h0, x_proj, reverse=reverse)
-    return ys, h_last
-
-
-_RNN_ATTRS = {"activation_alpha": None, "activation_beta": None, "activations": None,
-              "clip": None, "direction": "forward", "hidden_size": None}
-
-
-@register("RNN", since=7, attrs=_RNN_ATTRS)
-@register("RNN", since=14, attrs={**_RNN_ATTRS, "layout": 0})
-@register("RNN", since=22, attrs={**_RNN_ATTRS, "layout": 0})
-def rnn(x, w, r, b=None, sequence_lens=None, initial_h=None, *, activation_alpha,
-        activation_beta, activations, clip, direction, hidden_size, layout=0):
-    """Elman RNN h_t = f(W x_t + R h_{t-1} + Wb + Rb); outputs Y [T, D, B, H] and Y_h [D, B, H]."""
-    if sequence_lens is not None:
-        raise UnsupportedModelError("RNN with sequence_lens is not supported")
-    if layout:
-        x = jnp.swapaxes(x, 0, 1)
-        initial_h = None if initial_h is None else jnp.swapaxes(initial_h, 0, 1)
-    directions = {"forward": [False], "reverse": [True], "bidirectional": [False, True]}[direction]
-    names = activations or ["Tanh"] * len(directions)
-    if any(name not in _ACTIVATIONS for name in names):
-        raise UnsupportedModelError(f"RNN activations {names} (supported: {sorted(_ACTIVATIONS)})")
-    ys, hs = [], []
-    for d, reverse in enumerate(directions):
-        h0 = (jnp.zeros((x.shape[1], w.shape[1]), x.dtype) if initial_h is None
-              else initial_h[d])
-        y, h = _rnn_direction(x, w[d], r[d], None if b is None else b[d], h0,
-                              _ACTIVATIONS[names[d]], clip, reverse)
-        ys.append(y)
-        hs.append(h)
-    y, y_h = jnp.stack(ys, axis=1), jnp.stack(hs, axis=0)
-    if layout:
-        y, y_h = jnp.transpose(y, (2, 0, 1, 3)), jnp.swapaxes(y_h, 0, 1)
-    return y, y_h
-
