@@ -30,7 +30,7 @@ from projc.data import load_data, minibatches  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = {"mlp_mnist": "mnist5k"}  # every other bundled model trains on digits
-DEFAULT_CONFIGS = ("adam:256,consensus-cp:128:50,consensus-cp:128:50:momentum=0.9,"
+DEFAULT_CONFIGS = ("adam:256,consensus-cp:128:50,consensus-cp:128:20,"
                    "consensus-ap:256:50,copies-dr:256:50")
 
 
