@@ -1,5 +1,10 @@
 """schedule: annotate each family and loss with `set` (A/B, the loss's colour is A) and `layer`
-(BFS distance from the loss, or from the output producers when there is no loss)."""
+(BFS distance from the loss, or from the output producers when there is no loss).
+
+This is the one schedule: the state layouts read these annotations (the two-set solvers the sets,
+the cyclic solvers the layers). ``strict=false`` annotates a graph that is not bipartite too (sets
+by layer parity, which then touch): the cyclic solvers take any DAG, the two-set solvers refuse it.
+"""
 from __future__ import annotations
 
 from collections import deque
@@ -14,6 +19,8 @@ from ._common import is_loss
 
 @register_pass("schedule")
 class Schedule(Pass):
+    strict: bool = True
+
     def run(self, graph: Graph) -> bool:
         g = family_graph(graph)
         order = root_order(graph, g)
@@ -34,7 +41,7 @@ class Schedule(Pass):
                         layer[w] = layer[u] + 1
                         queue.append(w)
         for u, v in g.edges:
-            if layer[u] % 2 == layer[v] % 2:
+            if self.strict and layer[u] % 2 == layer[v] % 2:
                 raise PassError(f"@{graph.name}: schedule needs a bipartite constraint graph; run bipartite first")
         changed = False
         for op in g.nodes:

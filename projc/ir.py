@@ -145,3 +145,19 @@ class Graph:
         """A structural copy: new Value and Op objects, initializer arrays shared (read-only)."""
         memo = {id(v.data): v.data for v in self.values() if v.data is not None}
         return copy.deepcopy(self, memo)
+
+
+def remove_dead_code(graph: Graph) -> bool:
+    """Drop ops none of whose outputs reaches a graph output (an op without outputs, a loss, is a
+    root and stays), then initializers nothing uses. Returns whether anything was removed."""
+    live = set(graph.outputs)
+    kept = []
+    for op in reversed(graph.ops):
+        if not op.outputs or any(v in live for v in op.outputs):
+            kept.append(op)
+            live.update(v for v in op.inputs if v is not None)
+    kept.reverse()
+    inits = [v for v in graph.initializers if v in live]
+    changed = len(kept) != len(graph.ops) or len(inits) != len(graph.initializers)
+    graph.ops, graph.initializers = kept, inits
+    return changed

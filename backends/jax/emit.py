@@ -13,12 +13,12 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 
-from .solvers import Solver, _lin
+from .solvers import Solver
+from .state_layout import Layout
 
 
-def make_update(layout, solver: Solver, steps: int) -> Callable[[dict, dict], tuple[dict, dict]]:
+def make_update(layout: Layout, solver: Solver, steps: int) -> Callable[[dict, dict], tuple[dict, dict]]:
     if steps < 1:
         raise ValueError(f"steps_per_update must be >= 1, got {steps}")
 
@@ -34,19 +34,20 @@ def make_update(layout, solver: Solver, steps: int) -> Callable[[dict, dict], tu
         num, den = layout.sq_dist(x, x_prev, ctx)
         point = solver.shadow(x, ctx)
         new_params = layout.readout(point, ctx)
-        stats = {"residual": num / max(den, 1), "violation": layout.violation(point, ctx)}
+        stats = {"residual": num / max(den, 1), "violation": layout.violation(point, ctx, solver.last_set)}
         return new_params, stats
 
     return jax.jit(update)
 
 
-def make_stepper(layout, solver: Solver):
+def make_stepper(layout: Layout, solver: Solver):
     """(init, step, readout) as separate jitted functions, for tests and diagnostics."""
     init = jax.jit(lambda params, inputs: layout.init_state(layout.make_ctx(params, inputs)))
     step = jax.jit(lambda x, params, inputs: solver.step(x, layout.make_ctx(params, inputs)))
-    viol = jax.jit(lambda x, params, inputs: layout.violation(x, layout.make_ctx(params, inputs)))
+    viol = jax.jit(lambda x, params, inputs: layout.violation(x, layout.make_ctx(params, inputs),
+                                                              solver.last_set))
     read = jax.jit(lambda x, params, inputs: layout.readout(x, layout.make_ctx(params, inputs)))
     return init, step, viol, read
 
 
-__all__ = ["make_update", "make_stepper", "_lin", "jnp"]
+__all__ = ["make_update", "make_stepper"]
