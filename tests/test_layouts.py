@@ -1,4 +1,4 @@
-"""Consensus vs copies layout: same AP/CP iterates (DESIGN.md §4), per family and per model.
+"""Consensus vs copies layout: same AP/CP iterates (docs/design-notes.md, "State layouts"), per family and per model.
 
 Comparisons run in float64 (``jax.enable_x64``): the two layouts compute the same quantities in a
 different order (a dot's |a+b|² from Gram entries instead of from materialized slots), so in float32

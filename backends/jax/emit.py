@@ -1,4 +1,4 @@
-"""Emit the jitted update of a projection trainer (DESIGN.md §2, "One update").
+"""Emit the jitted update of a projection trainer.
 
 ``make_update(layout, solver, steps)`` returns ``update(params, inputs) -> (params, stats)``, jitted
 once per (model, batch shape): build the state by a forward pass with the current parameters, run

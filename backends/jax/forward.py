@@ -47,8 +47,11 @@ class _Step:
 class Interpreter:
     """Lazy evaluation of a graph's values (see the module docstring). Immutable after __init__."""
 
-    def __init__(self, graph: Graph):
+    def __init__(self, graph: Graph, *, cast: bool = True):
+        """``cast``: cast every op output to its declared IR dtype (the ONNX semantics); the state
+        layouts pass False and compute in their params' dtype (float64 under ``enable_x64``)."""
         self.graph = graph
+        self.cast = cast
         self.steps = {op: _plan_step(graph, op) for op in graph.ops if op.outputs}
         self.producer = graph.producers()
         self.order = {op: i for i, op in enumerate(graph.ops)}
@@ -78,7 +81,7 @@ class Interpreter:
             needed.add(op)
             stack.extend(u for u in op.inputs if u is not None)
         for op in sorted(needed, key=self.order.__getitem__):
-            _run_step(self.steps[op], env)
+            _run_step(self.steps[op], env, self.cast)
         return env
 
 
@@ -147,13 +150,16 @@ def _plan_step(graph: Graph, op: Op) -> _Step:
     return _Step(op, opdef.fn, {**opdef.attrs, **op.params}, static)
 
 
-def _run_step(step: _Step, env: dict[Value, Any]) -> None:
+def _run_step(step: _Step, env: dict[Value, Any], cast: bool = True) -> None:
     args = [step.static[i] if i in step.static else (None if v is None else env[v])
             for i, v in enumerate(step.op.inputs)]
     result = step.fn(*args, **step.kwargs)
     results = result if isinstance(result, tuple) else (result,)
     for value, out in zip(step.op.outputs, results):
         if value is None:
+            continue
+        if not cast:
+            env[value] = out
             continue
         want = jax_dtype(np_dtype(value.dtype))
         out = jnp.asarray(out)

@@ -1,4 +1,4 @@
-"""The consensus state layout: AP and CP without storing the dot families' slots (DESIGN.md §4).
+"""The consensus state layout: AP and CP without storing the dot families' slots.
 
 It reproduces the copies layout's AP/CP iterates exactly (same math, only the storage differs); it
 is *not* valid for DR, AR, DM or cyclic DR, whose iterates are affine combinations of states.
@@ -47,16 +47,20 @@ class ConsensusLayout(StateLayout):
         super().__init__(graph, factor_linear=False, bilinear_iters=bilinear_iters)
         self.solver = solver
         self.dots = [f for f in self.families if isinstance(f.storage, EdgeMeans)]
-        self._plans: dict[Any, dict] = {}
-        self._after: dict[Any, dict] = {}
+        plans: dict[Any, dict] = {}    # set key -> {dot key: form the overwrite reads it in}
+        after: dict[Any, dict] = {}    # set key -> {dot key: form the dot is left in}
         errors = {}
         for name, seq in (("ap", self.two_sets), ("cp", self.layer_sets)):
             if name == "ap" and self.conflicts:
                 errors[name] = "the graph is not bipartite"  # the two-set solver reports it
                 continue
-            err = self._simulate(seq)
+            err, seq_plans, seq_after = self._simulate(seq)
             if err:
                 errors[name] = err
+            else:
+                plans.update(seq_plans)
+                after.update(seq_after)
+        self._plans, self._after = plans, after
         self.exact_for = tuple(s for s in EXACT_SOLVERS if s not in errors)
         if solver is not None and solver in errors and not (solver == "ap" and self.conflicts):
             raise ProjcError(f"layout 'consensus' cannot reproduce {solver} on this graph exactly: "
@@ -70,8 +74,9 @@ class ConsensusLayout(StateLayout):
         return {k: ("proj" if v in ("proj", "mixed") else "value") for k, v in how.items()}
 
     # -- static forms of the dot families along the solver's set sequence ----------------------
-    def _simulate(self, seq, cycles: int = 3) -> str | None:
-        """Record, per set key, how every dot must be read; return a reason when not exact."""
+    def _simulate(self, seq, cycles: int = 3) -> tuple[str | None, dict, dict]:
+        """(reason it is not exact or None, per set key how the overwrite reads every dot, per set
+        key the form every dot is left in), along the set sequence ``seq`` repeated."""
         ops = {f.key: {i: "init" for i in f.free_idx} for f in self.dots}
         dot_keys = {f.key for f in self.dots}
 
@@ -94,7 +99,7 @@ class ConsensusLayout(StateLayout):
                     if f.op in S and form(f) not in ("init", "value"):
                         return (f"the dot {f.op.outputs[0].hint or f.key} is projected at set {key} "
                                 f"while some of its slots are private (its operands' producers "
-                                f"are not projected between two of its projections)")
+                                f"are not projected between two of its projections)"), {}, {}
                 # outputs the overwrite reads: producers outside S of slots it overwrites
                 for g in self.families:
                     if g.op in S:
@@ -119,14 +124,12 @@ class ConsensusLayout(StateLayout):
                 real = forms - {"init"}
                 if "mixed" in real or len(real) > 1:
                     return (f"the overwrite at set {key} needs the output of a dot whose slots are "
-                            f"partly private")
+                            f"partly private"), {}, {}
                 plan[fk] = next(iter(real)) if real else "proj"
         for key in after:
             after[key] = {fk: ("mixed" if "mixed" in fs or len(fs - {"init"}) > 1 else
                                next(iter(fs - {"init"}), "proj")) for fk, fs in after[key].items()}
-        self._plans.update(plans)
-        self._after.update(after)
-        return None
+        return None, plans, after
 
 
 __all__ = ["ConsensusLayout", "EXACT_SOLVERS"]

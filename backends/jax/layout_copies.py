@@ -1,4 +1,4 @@
-"""The copies state layout: every slot of every constraint family is stored (DESIGN.md §2, §4).
+"""The copies state layout: every slot of every constraint family is stored.
 
 Exact for every solver (AP, DR, AR, DM, CP, cyclic DR): the solver state is the tuple of slots each
 family holds for its free operands (a ``[B,N]x[N,M]`` dot owns ``[B,M,N]`` copies of both operands;

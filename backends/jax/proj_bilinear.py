@@ -1,6 +1,6 @@
 """Exact projection onto the graph of the bilinear map y = a.b (both vectors free).
 
-Math (DESIGN.md §3).  With u0 = (a0+b0)/√2, v0 = (a0-b0)/√2 we have a.b = (|u|²-|v|²)/2, U = |u0|²,
+Math.  With u0 = (a0+b0)/√2, v0 = (a0-b0)/√2 we have a.b = (|u|²-|v|²)/2, U = |u0|²,
 V = |v0|².  The nearest point is u = u0/(1-t), v = v0/(1+t), y = y0 - t, where t is the unique root in
 (-1, 1) of the strictly increasing g(t) = t + ½(U/(1-t)² - V/(1+t)²) - y0.
 

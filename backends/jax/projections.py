@@ -1,4 +1,4 @@
-"""Exact projection operators onto the graphs of elementary operations (DESIGN.md §3).
+"""Exact projection operators onto the graphs of elementary operations.
 
 Convention: ``op(*operands, target, **options) -> (*projected_operands, projected_output)``.  The
 operands' current values and the output's target go in; the nearest point (Euclidean over all

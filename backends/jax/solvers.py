@@ -1,4 +1,4 @@
-"""Projection algorithms on a state layout (DESIGN.md §2).
+"""Projection algorithms on a state layout.
 
 A state layout (``state_layout.Layout``) provides ``project(x, key, ctx)`` for the set keys in ``layout.two_sets`` (``"A"``, ``"B"``;
 A holds the loss) and ``layout.layer_sets`` (BFS layers backwards from the loss), over a state ``x``

@@ -1,6 +1,6 @@
 """What every state layout shares: graph analysis, the step context, consumer means, projections.
 
-A state layout says how the solver state of a projection trainer is stored (DESIGN.md §2, §4). The
+A state layout says how the solver state of a projection trainer is stored (docs/design-notes.md). The
 solver state is a dict {family key: tuple of slots}; each family's storage (``slot_storage``),
 chosen by the family-rule table (``families.RULES``) for the layout's ``name``, does the per-family
 work. Parameters are not separate state: a parameter's value is the mean over its consumer edges of
@@ -117,7 +117,7 @@ class StateLayout:
                              f"{', '.join(sorted(set(unknown)))} (run compile_for_training first)")
         self.graph = graph
         self.opts = ProjOptions(bilinear_iters)
-        self.interp = Interpreter(graph)
+        self.interp = Interpreter(graph, cast=False)
         self.params: list[Value] = list(graph.params)
         self.param_names = [v.hint for v in self.params]
         self.moves = [op for op in graph.ops if op.kind in MOVES]
