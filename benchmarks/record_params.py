@@ -56,7 +56,8 @@ def main(argv=None) -> int:
             diffs = [float(np.max(np.abs(v - ref[f"{tag}/{k}"]))) for k, v in params.items()]
             same = all(np.array_equal(v, ref[f"{tag}/{k}"]) for k, v in params.items())
             bad += not same
-            print(f"{tag:32s} {'identical' if same else 'DIFFERENT'}  max |diff| {max(diffs):.3g}", flush=True)
+            verdict = "identical" if same else "DIFFERENT"
+            print(f"{tag:32s} {verdict}  max |diff| {max(diffs):.3g}", flush=True)
         else:
             print(f"{tag:32s} recorded", flush=True)
     if args.save:

@@ -65,7 +65,7 @@ class AttachLoss(Pass):
             label = Value("i64", (logits.shape[0],), "label", hint="y")
         else:
             label = Value(logits.dtype, logits.shape, "label", hint="y")
-        params = {"lam": float(self.lam)}
+        params: dict[str, float | str] = {"lam": float(self.lam)}
         if self.loss == "cross_entropy":
             params["method"] = self.method
         elif self.loss == "margin":

@@ -13,8 +13,8 @@ from projc.errors import PassError
 from projc.ir import Graph
 
 from . import Pass, register_pass
-from .bipartite import family_graph, root_order
 from ._common import is_loss
+from .bipartite import family_graph, root_order
 
 
 @register_pass("schedule")
@@ -42,7 +42,8 @@ class Schedule(Pass):
                         queue.append(w)
         for u, v in g.edges:
             if self.strict and layer[u] % 2 == layer[v] % 2:
-                raise PassError(f"@{graph.name}: schedule needs a bipartite constraint graph; run bipartite first")
+                raise PassError(f"@{graph.name}: schedule needs a bipartite constraint graph; run bipartite "
+                                f"first (or schedule{{strict=false}} for the cyclic solvers only)")
         changed = False
         for op in g.nodes:
             annots = {"set": "A" if layer[op] % 2 == 0 else "B", "layer": layer[op]}

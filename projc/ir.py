@@ -9,8 +9,9 @@ results (chosen projection, set, ONNX source node) and never change what is comp
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -141,7 +142,7 @@ class Graph:
             op.inputs = [new if v is old else v for v in op.inputs]
         self.outputs = [new if v is old else v for v in self.outputs]
 
-    def clone(self) -> "Graph":
+    def clone(self) -> Graph:
         """A structural copy: new Value and Op objects, initializer arrays shared (read-only)."""
         memo = {id(v.data): v.data for v in self.values() if v.data is not None}
         return copy.deepcopy(self, memo)

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -27,12 +28,12 @@ _OPTIONS = ("lam", "ce_method", "relaxation", "beta", "repair", "layout", "lr", 
 
 
 def compile(model: str | os.PathLike, *, loss: str = "cross_entropy", solver: str = "dr",  # noqa: A001
-            steps_per_update: int = 50, **options) -> "Trainer":
+            steps_per_update: int = 50, **options) -> Trainer:
     """Compile an ONNX model file into a Trainer (see the module docstring)."""
     return Trainer(model, loss=loss, solver=solver, steps_per_update=steps_per_update, **options)
 
 
-def _make_layout(name: str, solver: str, graph, *, factor_linear: bool = True):
+def make_state_layout(name: str, solver: str, graph, *, factor_linear: bool = True):
     """The state layout ``name`` for ``solver``: ``auto`` takes consensus where it is exact (AP, CP
     on this graph), copies otherwise."""
     from projc.backends.jax.layout_copies import CopiesLayout
@@ -80,7 +81,7 @@ class Trainer:
         self.source_graph = load_model(self.model_path)
         self.graph = compile_for_training(self.source_graph, loss=loss, lam=lam, ce_method=ce_method,
                                           repair=repair)
-        self.layout = _make_layout(layout, solver, self.graph, factor_linear=factor_linear)
+        self.layout = make_state_layout(layout, solver, self.graph, factor_linear=factor_linear)
         data = self.graph.data_inputs
         if len(data) != 1:
             raise ProjcError(f"{self.model_path}: projc trains models with one data input, this one "

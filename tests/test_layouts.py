@@ -1,4 +1,5 @@
-"""Consensus vs copies layout: same AP/CP iterates (docs/design-notes.md, "State layouts"), per family and per model.
+"""Consensus vs copies state layout: same AP/CP iterates, per family and per model
+(docs/design-notes.md, "State layouts and the family-rule table").
 
 Comparisons run in float64 (``jax.enable_x64``): the two layouts compute the same quantities in a
 different order (a dot's |a+b|² from Gram entries instead of from materialized slots), so in float32
@@ -11,9 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import RES_IR, scheduled
 from projc.backends.jax import projections as P
 from projc.backends.jax.emit import make_update
-from conftest import RES_IR, scheduled
 from projc.backends.jax.layout_consensus import ConsensusLayout
 from projc.backends.jax.layout_copies import CopiesLayout
 from projc.backends.jax.proj_bilinear import root_parts
@@ -312,7 +313,7 @@ def test_cp_on_non_bipartite_graph():
     """CP takes any DAG. Same-layer neighbours are exact in consensus when neither holds dot slots
     (a skip into a sum); a dot whose operand's producer shares its layer keeps private slots across
     its projections, so consensus refuses (saying why) and auto picks copies."""
-    from projc.trainer import _make_layout
+    from projc.trainer import make_state_layout
 
     g = scheduled(RES_IR.replace("%SKIP", "%z"))
     rng = np.random.default_rng(6)
@@ -330,5 +331,5 @@ def test_cp_on_non_bipartite_graph():
     assert "cp" not in ConsensusLayout(g2).exact_for
     with pytest.raises(ProjcError, match="cannot reproduce cp"):
         ConsensusLayout(g2, solver="cp")
-    assert _make_layout("auto", "cp", g2).name == "copies"
-    assert _make_layout("auto", "cp", g).name == "consensus"
+    assert make_state_layout("auto", "cp", g2).name == "copies"
+    assert make_state_layout("auto", "cp", g).name == "consensus"

@@ -6,13 +6,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import MLP_IR, RES_IR, fit, scheduled
 from projc.backends.jax import projections as P
 from projc.backends.jax.emit import make_stepper, make_update
 from projc.backends.jax.layout_copies import CopiesLayout
 from projc.backends.jax.solvers import Solver
-from conftest import MLP_IR, RES_IR, fit, scheduled
 from projc.errors import PassError, ProjcError
 from projc.parser import parse_graph
+
 
 def _setup(factor=True, B=5, seed=0):
     g = parse_graph(MLP_IR)

@@ -10,7 +10,8 @@ once per (model, batch shape): build the state by a forward pass with the curren
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 

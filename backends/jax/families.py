@@ -16,8 +16,9 @@ annotations, which operands are free, the projection mode and the storage the la
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import jax.numpy as jnp
 import numpy as np

@@ -77,48 +77,27 @@ class ConsensusLayout(StateLayout):
     def _simulate(self, seq, cycles: int = 3) -> tuple[str | None, dict, dict]:
         """(reason it is not exact or None, per set key how the overwrite reads every dot, per set
         key the form every dot is left in), along the set sequence ``seq`` repeated."""
-        ops = {f.key: {i: "init" for i in f.free_idx} for f in self.dots}
-        dot_keys = {f.key for f in self.dots}
-
-        def form(f):
-            st = set(ops[f.key].values())
-            if st <= {"init"}:
-                return "init"
-            if st == {"proj"}:
-                return "proj"
-            if "proj" not in st:
-                return "value"
-            return "mixed"
-
+        slots = {f.key: {i: "init" for i in f.free_idx} for f in self.dots}  # what each slot holds
         plans: dict[Any, dict] = {k: {} for k in seq}
         after: dict[Any, dict] = {k: {} for k in seq}
         for _ in range(cycles):
             for key in seq:
                 S = self.sets[key]
                 for f in self.dots:
-                    if f.op in S and form(f) not in ("init", "value"):
+                    if f.op in S and _form(slots[f.key]) not in ("init", "value"):
                         return (f"the dot {f.op.outputs[0].hint or f.key} is projected at set {key} "
                                 f"while some of its slots are private (its operands' producers "
                                 f"are not projected between two of its projections)"), {}, {}
-                # outputs the overwrite reads: producers outside S of slots it overwrites
-                for g in self.families:
-                    if g.op in S:
-                        continue
-                    for i in g.free_idx:
-                        if not (g.sources[i] & S):
-                            continue
-                        for src in g.sources[i] - S:
-                            fam = self.fam_of.get(src)
-                            if fam is not None and fam.key in dot_keys:
-                                plans[key].setdefault(fam.key, set()).add(form(fam))
+                for dot in self._dots_read_by_overwrite(S):
+                    plans[key].setdefault(dot.key, set()).add(_form(slots[dot.key]))
                 for f in self.dots:
                     for i in f.free_idx:
                         if f.op in S:
-                            ops[f.key][i] = "proj"
+                            slots[f.key][i] = "proj"
                         elif f.sources[i] & S:
-                            ops[f.key][i] = "value"
+                            slots[f.key][i] = "value"
                 for f in self.dots:
-                    after[key].setdefault(f.key, set()).add(form(f))
+                    after[key].setdefault(f.key, set()).add(_form(slots[f.key]))
         for key, plan in plans.items():
             for fk, forms in plan.items():
                 real = forms - {"init"}
@@ -126,10 +105,37 @@ class ConsensusLayout(StateLayout):
                     return (f"the overwrite at set {key} needs the output of a dot whose slots are "
                             f"partly private"), {}, {}
                 plan[fk] = next(iter(real)) if real else "proj"
-        for key in after:
-            after[key] = {fk: ("mixed" if "mixed" in fs or len(fs - {"init"}) > 1 else
-                               next(iter(fs - {"init"}), "proj")) for fk, fs in after[key].items()}
-        return None, plans, after
+        left = {key: {fk: _merged(fs) for fk, fs in forms.items()} for key, forms in after.items()}
+        return None, plans, left
+
+    def _dots_read_by_overwrite(self, S):
+        """The dots outside S whose outputs the overwrite after projecting S reads (producers of slots
+        it overwrites: slots whose producers span S and other sets)."""
+        for g in self.families:
+            if g.op in S:
+                continue
+            for i in g.free_idx:
+                if g.sources[i] & S:
+                    for src in g.sources[i] - S:
+                        fam = self.fam_of.get(src)
+                        if fam is not None and isinstance(fam.storage, EdgeMeans):
+                            yield fam
+
+
+def _form(slot_states: dict) -> str:
+    """A dot's form from what its free slots hold: init, value (forward values), proj, mixed."""
+    st = set(slot_states.values())
+    if st <= {"init"}:
+        return "init"
+    if st == {"proj"}:
+        return "proj"
+    return "value" if "proj" not in st else "mixed"
+
+
+def _merged(forms: set) -> str:
+    """One form for a dot left in ``forms`` over the cycles (mixed when they disagree)."""
+    real = forms - {"init"}
+    return "mixed" if "mixed" in forms or len(real) > 1 else next(iter(real), "proj")
 
 
 __all__ = ["ConsensusLayout", "EXACT_SOLVERS"]

@@ -1,8 +1,8 @@
 """Projection algorithms on a state layout.
 
-A state layout (``state_layout.Layout``) provides ``project(x, key, ctx)`` for the set keys in ``layout.two_sets`` (``"A"``, ``"B"``;
-A holds the loss) and ``layout.layer_sets`` (BFS layers backwards from the loss), over a state ``x``
-that is a pytree. With R_S = 2 P_S - I:
+A state layout (``state_layout.Layout``) provides ``project(x, key, ctx)`` for the set keys in
+``layout.two_sets`` (``"A"``, ``"B"``; A holds the loss) and ``layout.layer_sets`` (the schedule's
+layers, from the loss backwards), over a state ``x`` that is a pytree. With R_S = 2 P_S - I:
 
 - ``ap``  alternating projections     x <- P_B(P_A(x))
 - ``dr``  Douglas-Rachford            x <- (1-λ) x + λ R_B R_A x           (relaxation λ, default 0.5)
@@ -18,7 +18,8 @@ methods (the DR "shadow" sequence, which is what converges).
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from projc.errors import ProjcError
 
