@@ -8,8 +8,9 @@
 
 The update is jit-compiled once per (model, batch shape). Options: ``lam`` (cross-entropy prox
 weight, 5.0), ``ce_method`` ("newton" | "fixed-point"), ``relaxation`` (DR λ, 0.5), ``beta`` (DM, 1.0),
-``repair`` (bipartite repair, True), ``layout`` ("auto" | "copies" | "consensus"), ``lr`` (Adam,
-1e-3), ``factor_linear`` (exact factored slots for linear dot families, True).
+``repair`` (bipartite repair, True), ``layout`` (the solver's state layout: "auto" | "copies" |
+"consensus"), ``lr`` (Adam, 1e-3), ``factor_linear`` (exact factored slots for linear dot families,
+True). ``ce_method`` and ``lam`` go to the ``attach-loss`` pass as options.
 """
 from __future__ import annotations
 
