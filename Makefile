@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test bench clean
+.PHONY: install demo lint test docs bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,8 +17,18 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/projc train models/mlp_digits.onnx
 
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m mypy
+
 test: $(STAMP)
 	$(PY) -m pytest
+
+# docs/ops.md: the supported ONNX ops, generated from the op registry (what `projc ops` prints)
+docs: $(STAMP)
+	$(PY) -c "from projc.ops import format_supported_ops as f; \
+	open('docs/ops.md', 'w').write('# Supported ONNX ops\n\n' \
+	'Generated from the op registry by make docs; do not edit.\n\n' + f())"
 
 bench: $(STAMP)
 	$(PY) benchmarks/projections.py

@@ -1,4 +1,4 @@
-"""Copies vs consensus layout: seconds per update and memory, against one Adam step (DESIGN.md §4).
+"""Copies vs consensus layout: seconds per update and memory, against one Adam step.
 
     .venv/bin/python benchmarks/layouts.py [--repeats 5] [--models mlp_mnist,mlp512,cnn_digits]
                                            [--no-sweep] [--json PATH]

@@ -6,7 +6,7 @@ from typing import Callable
 import numpy as np
 
 from projc.ir import DTYPES, Graph, Op, Value
-from projc.ops.constraint import FAMILIES, LAYOUTS, LOSSES, infer_shape
+from projc.ops.constraint import FAMILIES, LOSSES, MOVES, infer_shape
 
 Rule = Callable[["Rewriter", Op], "list[Value] | Value | None"]
 
@@ -96,8 +96,8 @@ def is_loss(op: Op) -> bool:
     return op.kind in LOSSES
 
 
-def is_layout(op: Op) -> bool:
-    return op.kind in LAYOUTS
+def is_move(op: Op) -> bool:
+    return op.kind in MOVES
 
 
 def reshape_param(shape: tuple) -> list[int]:

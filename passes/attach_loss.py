@@ -6,7 +6,8 @@ Softmax/LogSoftmax) to the float value feeding the classification: the logits. A
 (i64[B] for cross_entropy/margin, the logits' type for squared_error) and the loss op; the graph's
 outputs become [logits]. ``graph.meta["logits_output"]`` records the ONNX name of the logits (and
 ``meta["logits_from"]`` the ONNX output it was found from) so an exporter can keep the original
-graph. Runs first in the training pipeline, so dce then removes the post-processing.
+graph. Options: ``loss``, ``lam`` (the prox weight), ``method`` (cross_entropy's prox solver). Runs
+first in the training pipeline, so dce then removes the post-processing.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ POSTPROCESS = {"Identity", "Cast", "Reshape", "Flatten", "Squeeze", "ArgMax",
                "ml.Normalizer"}
 CLASSIFIER_HEADS = {"Softmax", "LogSoftmax"}
 LOSS_KINDS = ("cross_entropy", "margin", "squared_error")
+CE_METHODS = ("newton", "fixed-point")
 
 
 def find_logits(graph: Graph, strip: set[str]) -> tuple[Value, Value]:
@@ -46,10 +48,13 @@ def find_logits(graph: Graph, strip: set[str]) -> tuple[Value, Value]:
 class AttachLoss(Pass):
     loss: str = "cross_entropy"
     lam: float = 5.0
+    method: str = "newton"  # cross_entropy's prox solver: newton | fixed-point
 
     def run(self, graph: Graph) -> bool:
         if self.loss not in LOSS_KINDS:
             raise PassError(f"attach-loss: unknown loss {self.loss!r}; one of {', '.join(LOSS_KINDS)}")
+        if self.method not in CE_METHODS:
+            raise PassError(f"attach-loss: unknown method {self.method!r}; one of {', '.join(CE_METHODS)}")
         if any(is_loss(op) for op in graph.ops):
             return False
         classify = self.loss != "squared_error"
@@ -61,9 +66,9 @@ class AttachLoss(Pass):
             label = Value("i64", (logits.shape[0],), "label", hint="y")
         else:
             label = Value(logits.dtype, logits.shape, "label", hint="y")
-        params = {"lam": float(self.lam)}
+        params: dict[str, float | str] = {"lam": float(self.lam)}
         if self.loss == "cross_entropy":
-            params["method"] = "newton"
+            params["method"] = self.method
         elif self.loss == "margin":
             params = {}
         graph.inputs.append(label)

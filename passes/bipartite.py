@@ -1,8 +1,8 @@
 """bipartite: check that the constraint graph is 2-colourable; repair it with identity constraints.
 
 The constraint graph has one node per constraint family (dot, mul, sum, sum_pwl, max, identity)
-and per loss; data, params and consts are not nodes, and layout ops are transparent (a family is
-adjacent to the families that consume its value through any chain of layout ops).
+and per loss; data, params and consts are not nodes, and moves are transparent (a family is
+adjacent to the families that consume its value through any chain of moves).
 
 Repair (heuristic; a minimum odd-cycle edge transversal is NP-hard): BFS 2-colouring from every
 node as the root, keep the colouring with the fewest same-colour edges (ties: rooted at the loss),
@@ -38,7 +38,7 @@ def family_graph(graph: Graph) -> nx.Graph:
                 memo[v] = set()
             elif is_family(p):
                 memo[v] = {p}
-            else:  # layout ops (and ops on data only) are transparent
+            else:  # moves (and ops on data only) are transparent
                 memo[v] = set().union(*(sources(u) for u in p.inputs)) if p.inputs else set()
         return memo[v]
 

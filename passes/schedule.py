@@ -1,5 +1,10 @@
 """schedule: annotate each family and loss with `set` (A/B, the loss's colour is A) and `layer`
-(BFS distance from the loss, or from the output producers when there is no loss)."""
+(BFS distance from the loss, or from the output producers when there is no loss).
+
+This is the one schedule: the state layouts read these annotations (the two-set solvers the sets,
+the cyclic solvers the layers). ``strict=false`` annotates a graph that is not bipartite too (sets
+by layer parity, which then touch): the cyclic solvers take any DAG, the two-set solvers refuse it.
+"""
 from __future__ import annotations
 
 from collections import deque
@@ -8,12 +13,14 @@ from projc.errors import PassError
 from projc.ir import Graph
 
 from . import Pass, register_pass
-from .bipartite import family_graph, root_order
 from ._common import is_loss
+from .bipartite import family_graph, root_order
 
 
 @register_pass("schedule")
 class Schedule(Pass):
+    strict: bool = True
+
     def run(self, graph: Graph) -> bool:
         g = family_graph(graph)
         order = root_order(graph, g)
@@ -34,8 +41,9 @@ class Schedule(Pass):
                         layer[w] = layer[u] + 1
                         queue.append(w)
         for u, v in g.edges:
-            if layer[u] % 2 == layer[v] % 2:
-                raise PassError(f"@{graph.name}: schedule needs a bipartite constraint graph; run bipartite first")
+            if self.strict and layer[u] % 2 == layer[v] % 2:
+                raise PassError(f"@{graph.name}: schedule needs a bipartite constraint graph; run bipartite "
+                                f"first (or schedule{{strict=false}} for the cyclic solvers only)")
         changed = False
         for op in g.nodes:
             annots = {"set": "A" if layer[op] % 2 == 0 else "B", "layer": layer[op]}

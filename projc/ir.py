@@ -9,8 +9,9 @@ results (chosen projection, set, ONNX source node) and never change what is comp
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -141,7 +142,23 @@ class Graph:
             op.inputs = [new if v is old else v for v in op.inputs]
         self.outputs = [new if v is old else v for v in self.outputs]
 
-    def clone(self) -> "Graph":
+    def clone(self) -> Graph:
         """A structural copy: new Value and Op objects, initializer arrays shared (read-only)."""
         memo = {id(v.data): v.data for v in self.values() if v.data is not None}
         return copy.deepcopy(self, memo)
+
+
+def remove_dead_code(graph: Graph) -> bool:
+    """Drop ops none of whose outputs reaches a graph output (an op without outputs, a loss, is a
+    root and stays), then initializers nothing uses. Returns whether anything was removed."""
+    live = set(graph.outputs)
+    kept = []
+    for op in reversed(graph.ops):
+        if not op.outputs or any(v in live for v in op.outputs):
+            kept.append(op)
+            live.update(v for v in op.inputs if v is not None)
+    kept.reverse()
+    inits = [v for v in graph.initializers if v in live]
+    changed = len(kept) != len(graph.ops) or len(inits) != len(graph.initializers)
+    graph.ops, graph.initializers = kept, inits
+    return changed

@@ -33,7 +33,7 @@ from onnx import numpy_helper
 
 from projc import onnx_symbolic as symbolic
 from projc.errors import ModelLoadError, ProjcError, UnsupportedModelError
-from projc.ir import Dim, Graph, Op, Value, dtype_name
+from projc.ir import Dim, Graph, Op, Value, dtype_name, remove_dead_code
 from projc.onnx_eval import BATCH, SymbolSizes, fold, trace
 from projc.ops import MAX_OPSET, MIN_OPSET, OpDef, kind_of, lookup
 from projc.ops.checks import check_input_types
@@ -568,15 +568,3 @@ def trainable_initializers(graph: onnx.GraphProto, opsets: dict[str, int]) -> se
             if name in names and index not in opdef.static and index not in opdef.frozen:
                 used.add(name)
     return used
-
-
-def remove_dead_code(graph: Graph) -> None:
-    """Drop ops none of whose outputs is used, then initializers nothing uses."""
-    live = {v for v in graph.outputs}
-    kept = []
-    for op in reversed(graph.ops):
-        if any(v in live for v in op.outputs):
-            kept.append(op)
-            live.update(v for v in op.inputs if v is not None)
-    graph.ops = kept[::-1]
-    graph.initializers = [v for v in graph.initializers if v in live]

@@ -8,8 +8,9 @@
 
 The update is jit-compiled once per (model, batch shape). Options: ``lam`` (cross-entropy prox
 weight, 5.0), ``ce_method`` ("newton" | "fixed-point"), ``relaxation`` (DR λ, 0.5), ``beta`` (DM, 1.0),
-``repair`` (bipartite repair, True), ``layout`` ("auto" | "copies" | "consensus"), ``lr`` (Adam,
-1e-3), ``factor_linear`` (exact factored slots for linear dot families, True).
+``repair`` (bipartite repair, True), ``layout`` (the solver's state layout: "auto" | "copies" |
+"consensus"), ``lr`` (Adam, 1e-3), ``factor_linear`` (exact factored slots for linear dot families,
+True). ``ce_method`` and ``lam`` go to the ``attach-loss`` pass as options.
 
 ``devices`` (None | N | "all" | a jax Mesh) shards every minibatch over that many devices and
 replicates the parameters (data parallelism, see ``projc.distributed``); in a multi-process run
@@ -19,44 +20,43 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
+from projc.backends.jax.solvers import SOLVERS
 from projc.errors import DataError, DivergenceError, ProjcError
 
-SOLVERS = ("ap", "dr", "ar", "dm", "cp", "cdr", "adam")
-LAYOUTS = ("auto", "copies", "consensus")
+STATE_LAYOUTS = ("auto", "copies", "consensus")
 _OPTIONS = ("lam", "ce_method", "relaxation", "beta", "repair", "layout", "lr", "factor_linear")
 
 
 def compile(model: str | os.PathLike, *, loss: str = "cross_entropy", solver: str = "dr",  # noqa: A001
-            steps_per_update: int = 50, **options) -> "Trainer":
+            steps_per_update: int = 50, **options) -> Trainer:
     """Compile an ONNX model file into a Trainer (see the module docstring)."""
     return Trainer(model, loss=loss, solver=solver, steps_per_update=steps_per_update, **options)
 
 
-def _make_layout(name: str, solver: str, graph, **kw):
+def make_state_layout(name: str, solver: str, graph, *, factor_linear: bool = True):
+    """The state layout ``name`` for ``solver``: ``auto`` takes consensus where it is exact (AP, CP
+    on this graph), copies otherwise."""
     from projc.backends.jax.layout_copies import CopiesLayout
 
-    if name == "auto":
-        if solver in ("ap", "cp"):
-            try:
-                from projc.backends.jax.layout_consensus import ConsensusLayout
-                return ConsensusLayout(graph, solver=solver,
-                                       **{k: v for k, v in kw.items() if k != "factor_linear"})
-            except (ImportError, ProjcError):  # not exact for this graph: copies is
-                pass
-        return CopiesLayout(graph, **kw)
-    if name == "copies":
-        return CopiesLayout(graph, **kw)
+    if name == "copies" or (name == "auto" and solver not in ("ap", "cp")):
+        return CopiesLayout(graph, factor_linear=factor_linear)
     try:
         from projc.backends.jax.layout_consensus import ConsensusLayout
     except ImportError:
+        if name == "auto":
+            return CopiesLayout(graph, factor_linear=factor_linear)
         raise ProjcError("layout 'consensus' is not available in this build; use layout='copies'") from None
-    if solver not in ("ap", "cp"):
-        raise ProjcError(f"layout 'consensus' is exact only for ap and cp, not {solver}; use 'copies'")
-    return ConsensusLayout(graph, solver=solver, **{k: v for k, v in kw.items() if k != "factor_linear"})
+    if name == "auto":
+        try:
+            return ConsensusLayout(graph, solver=solver)
+        except ProjcError:  # not exact for this graph: copies is
+            return CopiesLayout(graph, factor_linear=factor_linear)
+    return ConsensusLayout(graph, solver=solver)
 
 
 class Trainer:
@@ -71,8 +71,8 @@ class Trainer:
 
         if solver not in SOLVERS:
             raise ProjcError(f"unknown solver {solver!r}; choose one of {', '.join(SOLVERS)}")
-        if layout not in LAYOUTS:
-            raise ProjcError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+        if layout not in STATE_LAYOUTS:
+            raise ProjcError(f"unknown layout {layout!r}; choose one of {', '.join(STATE_LAYOUTS)}")
         if ce_method not in ("newton", "fixed-point"):
             raise ProjcError(f"unknown ce_method {ce_method!r}; choose newton or fixed-point")
         if not isinstance(steps_per_update, int) or steps_per_update < 1:
@@ -84,12 +84,9 @@ class Trainer:
         self.options = dict(lam=lam, ce_method=ce_method, relaxation=relaxation, beta=beta,
                             repair=repair, layout=layout, lr=lr, factor_linear=factor_linear)
         self.source_graph = load_model(self.model_path)
-        self.graph = compile_for_training(self.source_graph, loss=loss, lam=lam, repair=repair)
-        for op in self.graph.ops:
-            if op.kind == "cross_entropy":
-                op.params["method"] = ce_method
-        self.layout = _make_layout(layout, solver, self.graph, ce_method=ce_method, lam=lam,
-                                   factor_linear=factor_linear)
+        self.graph = compile_for_training(self.source_graph, loss=loss, lam=lam, ce_method=ce_method,
+                                          repair=repair)
+        self.layout = make_state_layout(layout, solver, self.graph, factor_linear=factor_linear)
         data = self.graph.data_inputs
         if len(data) != 1:
             raise ProjcError(f"{self.model_path}: projc trains models with one data input, this one "

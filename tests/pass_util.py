@@ -1,4 +1,4 @@
-"""Helpers for the pass tests: FileCheck-style matching and a reference interpreter over the registry."""
+"""Helpers for the pass tests: FileCheck-style matching, random initializer data, evaluation."""
 from __future__ import annotations
 
 import importlib
@@ -9,7 +9,6 @@ import numpy as np
 
 import projc.ops
 from projc.ir import DTYPES, Graph
-from projc.ops import registry
 from projc.parser import parse_graph
 from projc.passes import PassManager
 from projc.printer import format_graph
@@ -71,26 +70,14 @@ def fill_data(graph: Graph, seed: int = 0) -> None:
             v.data = rng.standard_normal(v.shape).astype(DTYPES[v.dtype])
 
 
-def evaluate(graph: Graph, feeds: dict[str, np.ndarray], opset: int = 17) -> list[np.ndarray]:
-    """Run the graph op by op with the registry functions (data inputs fed by hint)."""
-    env = {}
-    for v in graph.inputs:
-        if v.hint in feeds:
-            env[v] = feeds[v.hint]
-    for v in graph.initializers:
-        env[v] = v.data
+def evaluate(graph: Graph, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """Run the graph with projc's one interpreter (``backends.jax.forward``) on the CPU; params are
+    the graph's initializer data, data inputs are fed by hint."""
+    from projc.backends.jax.forward import make_forward
+
+    params = {v.hint: v.data for v in graph.params}
     with jax.default_device(jax.devices("cpu")[0]):
-        for op in graph.ops:
-            if not op.outputs:
-                continue
-            opdef = registry.lookup(op.kind, opset)
-            assert opdef is not None, f"no registry fn for {op.kind}"
-            args = [None if v is None else env[v] for v in op.inputs]
-            res = opdef.fn(*args, **{**opdef.attrs, **op.params})
-            res = list(res) if isinstance(res, (tuple, list)) else [res]
-            for out, r in zip(op.outputs, res):
-                env[out] = np.asarray(r)
-    return [env[v] for v in graph.outputs]
+        return [np.asarray(out) for out in make_forward(graph)(params, feeds)]
 
 
 def op_counts(graph: Graph) -> dict[str, int]:

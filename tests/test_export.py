@@ -24,6 +24,7 @@ def trained():
     return tr, data, p
 
 
+@pytest.mark.slow
 def test_round_trip_matches_onnxruntime(trained, tmp_path):
     tr, data, p = trained
     path = tmp_path / "trained.onnx"
@@ -55,6 +56,7 @@ def test_sklearn_round_trip(tmp_path):
     assert float(np.mean(label == data.y_test)) == tr.evaluate(p, data.x_test, data.y_test)["accuracy"]
 
 
+@pytest.mark.slow
 def test_unwritable_destination_writes_nothing(trained, tmp_path):
     tr, _, p = trained
     missing = tmp_path / "no" / "such" / "dir" / "m.onnx"
@@ -74,6 +76,7 @@ def test_unwritable_destination_writes_nothing(trained, tmp_path):
         os.chmod(ro, 0o755)
 
 
+@pytest.mark.slow
 def test_failed_export_keeps_existing_file(trained, tmp_path):
     tr, _, p = trained
     dest = tmp_path / "keep.onnx"

@@ -1,4 +1,5 @@
-"""Consensus vs copies layout: same AP/CP iterates (DESIGN.md §4), per family and per model.
+"""Consensus vs copies state layout: same AP/CP iterates, per family and per model
+(docs/design-notes.md, "State layouts and the family-rule table").
 
 Comparisons run in float64 (``jax.enable_x64``): the two layouts compute the same quantities in a
 different order (a dot's |a+b|² from Gram entries instead of from materialized slots), so in float32
@@ -11,14 +12,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import RES_IR, scheduled
 from projc.backends.jax import projections as P
 from projc.backends.jax.emit import make_update
-from projc.backends.jax.layout_consensus import ConsensusLayout, bilinear_coeffs, dot_project_means
+from projc.backends.jax.layout_consensus import ConsensusLayout
 from projc.backends.jax.layout_copies import CopiesLayout
-from projc.backends.jax.proj_bilinear import _root_parts
+from projc.backends.jax.proj_bilinear import root_parts
+from projc.backends.jax.proj_dot_means import bilinear_coeffs, dot_project_means
 from projc.backends.jax.solvers import Solver
 from projc.errors import ProjcError
-from projc.parser import parse_graph
 
 MODELS = ["mlp_digits", "mlp_mnist", "cnn_digits", "resmlp", "binary_mlp", "sklearn_mlp"]
 RTOL = 1e-5
@@ -49,8 +51,8 @@ def test_early_exit_root_equals_full_loop(dtype):
     V[50:100] = 0.0
     U, V, y0 = (jnp.asarray(v, dtype) for v in (U, V, y0))
     iters = 16 if dtype == np.float32 else 20
-    full = jax.jit(lambda *a: _root_parts(*a, iters, early=False))(U, V, y0)
-    got = jax.jit(lambda *a: _root_parts(*a, iters))(U, V, y0)
+    full = jax.jit(lambda *a: root_parts(*a, iters, early=False))(U, V, y0)
+    got = jax.jit(lambda *a: root_parts(*a, iters))(U, V, y0)
     for f, g in zip(full, got):
         np.testing.assert_array_equal(np.asarray(f), np.asarray(g))
 
@@ -155,23 +157,21 @@ def _per_family_check(g, key_seq):
     inputs = _batch(g, 3, rng)
     ctx_p, ctx_n = cop.make_ctx(params, inputs), con.make_ctx(params, inputs)
     xp, xn = cop.init_state(ctx_p), con.init_state(ctx_n)
-    shapes = cop._shapes_env(ctx_p)
+    edge_means = jax.jit(lambda lay, s, c: {f.key: [f.storage.edge_mean(f, i, j, s[f.key], c)[0]
+                                                    for j, i in enumerate(f.free_idx)]
+                                            for f in lay.families}, static_argnums=0)
+    means = jax.jit(lambda lay, s, c: {v.hint or str(id(v)): a for v, a in lay.consumer_means(s, c).items()},
+                    static_argnums=0)
     for key in key_seq:
-        # state right after projecting `key`, before the overwrite: compare via the targets, which
-        # read every family's (projected or overwritten) slots through their edge means
+        # state right after projecting `key`: compare every edge's mean of its copies, and the
+        # consumer means, which read every family's (projected or overwritten) slots
         xp = jax.jit(lambda s, c, k=key: cop.project(s, k, c))(xp, ctx_p)
         xn = jax.jit(lambda s, c, k=key: con.project(s, k, c))(xn, ctx_n)
-        cop._prepare(xp, ctx_p)
-        cop._cur_slots = xp
+        ep, en = edge_means(cop, xp, ctx_p), edge_means(con, xn, ctx_n)
         for fam in con.families:
-            for j, i in enumerate(fam.free_idx):
-                shp, dt = shapes[fam.op.inputs[i]]
-                ref, _ = cop._reduce_slot(cop.fam_of[fam.op], i, xp[fam.key][j], shp, dt)
-                got = xn[fam.key][j] if fam.kind == "dot" else con._reduce_slot(
-                    fam, i, xn[fam.key][j], shp, dt)[0]
-                assert _rel(got, ref) < 1e-10, (key, fam.kind, i)
-        tp = jax.jit(lambda s, c: {v.hint or str(id(v)): a for v, a in cop.targets(s, c).items()})(xp, ctx_p)
-        tn = jax.jit(lambda s, c: {v.hint or str(id(v)): a for v, a in con.targets(s, c).items()})(xn, ctx_n)
+            for got, ref in zip(en[fam.key], ep[fam.key]):
+                assert _rel(got, ref) < 1e-10, (key, fam.kind)
+        tp, tn = means(cop, xp, ctx_p), means(con, xn, ctx_n)
         for v in tp:
             assert _rel(tn[v][0], tp[v][0]) < 1e-10, (key, v)
 
@@ -193,6 +193,7 @@ def _run(g, layout, solver, steps, updates, B, seed=0):
     return {k: np.asarray(v) for k, v in p.items()}, st
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("solver", ["ap", "cp"])
 @pytest.mark.parametrize("model", MODELS)
 def test_ap_cp_same_parameters_in_both_layouts(model, solver):
@@ -237,7 +238,7 @@ MIX_IR = """graph @mix {
 
 def _mix_graph(op="sum %h1, %s"):
     const = "  const %kk: f32[6] = [0.5, -1.0, 2.0, 1.5, -0.5, 1.0]\n"
-    return parse_graph(MIX_IR.replace("MULOP", op).replace("  param %w1", const + "  param %w1"))
+    return scheduled(MIX_IR.replace("MULOP", op).replace("  param %w1", const + "  param %w1"))
 
 
 MIX_OPS = ["sum %h1, %s", 'mul %h1, %kk  {proj="linear"}',
@@ -268,7 +269,7 @@ def test_mul_family_projects_onto_its_graph(op):
     matches the library."""
     ir = MIX_IR.replace("MULOP", op.replace("%k", "%kk")).replace(
         "  param %w1", "  const %kk: f32[6] = [0.5, -1.0, 2.0, 1.5, -0.5, 1.0]\n  param %w1")
-    g = parse_graph(ir)
+    g = scheduled(ir)
     rng = np.random.default_rng(5)
     lay = ConsensusLayout(g, solver="cp")
     params = {"w1": rng.normal(size=(8, 6)) / 3, "s": rng.normal(size=6),
@@ -278,11 +279,11 @@ def test_mul_family_projects_onto_its_graph(op):
     x = lay.init_state(ctx)
     fam = [f for f in lay.families if f.kind == "mul"][0]
     key = [k for k in lay.layer_sets if fam.op in lay.sets[k]][0]
-    acc = lay.targets(x, ctx)
-    y0 = lay._target(acc, fam.out, lambda: lay.family_output(fam, x[fam.key], ctx))
+    acc = lay.consumer_means(x, ctx)
+    y0 = lay.consumer_mean(acc, fam.out, lambda: fam.storage.output(fam, x[fam.key], ctx))
     new = lay.project(x, key, ctx)
-    full = lay._full_slots(fam, new[fam.key], ctx)
-    old = lay._full_slots(fam, x[fam.key], ctx)
+    full = fam.storage.full(fam, new[fam.key], ctx)
+    old = fam.storage.full(fam, x[fam.key], ctx)
     if fam.mode == "linear":
         ref = P.linear(old[1], old[0], y0)[1]
         np.testing.assert_allclose(new[fam.key][0], ref, rtol=1e-12)
@@ -308,29 +309,13 @@ def test_trainer_layout_selection_and_errors():
                 projc.compile("models/mlp_digits.onnx", solver=solver, layout="consensus")
 
 
-RES_IR = """graph @res {
-  input %x: f32[B,4]
-  label %y: i64[B]
-  param %w: f32[4,4]
-  param %b: f32[4]
-  param %v: f32[4,3]
-  %z: f32[B,4] = dot %x, %w  {proj="linear"}
-  %h: f32[B,4] = sum_pwl[fn="relu"] %z, %b
-  %s: f32[B,4] = sum %h, %SKIP
-  %o: f32[B,3] = dot %s, %v  {proj="bilinear"}
-  cross_entropy[lam=5.0] %o, %y
-  return %o
-}
-"""
-
-
 def test_cp_on_non_bipartite_graph():
     """CP takes any DAG. Same-layer neighbours are exact in consensus when neither holds dot slots
     (a skip into a sum); a dot whose operand's producer shares its layer keeps private slots across
     its projections, so consensus refuses (saying why) and auto picks copies."""
-    from projc.trainer import _make_layout
+    from projc.trainer import make_state_layout
 
-    g = parse_graph(RES_IR.replace("%SKIP", "%z"))
+    g = scheduled(RES_IR.replace("%SKIP", "%z"))
     rng = np.random.default_rng(6)
     for v, shp in zip(g.params, [(4, 4), (4,), (4, 3)]):
         v.data = rng.normal(size=shp) / 2
@@ -342,9 +327,9 @@ def test_cp_on_non_bipartite_graph():
         "  %s:", "  param %v2: f32[4,4]\n  %d: f32[B,4] = dot %h, %v2  {proj=\"bilinear\"}\n  %s:")
     ir = ir.replace("  param %v2: f32[4,4]\n", "").replace("  param %v: f32[4,3]\n",
                                                              "  param %v: f32[4,3]\n  param %v2: f32[4,4]\n")
-    g2 = parse_graph(ir)
+    g2 = scheduled(ir)
     assert "cp" not in ConsensusLayout(g2).exact_for
     with pytest.raises(ProjcError, match="cannot reproduce cp"):
         ConsensusLayout(g2, solver="cp")
-    assert _make_layout("auto", "cp", g2, ce_method="newton", lam=5.0).name == "copies"
-    assert _make_layout("auto", "cp", g, ce_method="newton", lam=5.0).name == "consensus"
+    assert make_state_layout("auto", "cp", g2).name == "copies"
+    assert make_state_layout("auto", "cp", g).name == "consensus"

@@ -58,8 +58,7 @@ def test_print_after_and_timing():
     assert "Pass execution timing report" in text and "Total" in text
     out = io.StringIO()
     PassManager("attach-loss,canonicalize", print_after_all=True, out=out).run(parse_graph(MLP))
-    assert "IR Dump After attach-loss{lam=5.0 loss=cross_entropy}" in out.getvalue().replace(
-        "{loss=cross_entropy lam=5.0}", "{lam=5.0 loss=cross_entropy}")
+    assert "IR Dump After attach-loss{loss=cross_entropy lam=5.0 method=newton}" in out.getvalue()
 
 
 def test_full_pipeline_golden_mlp():

@@ -5,31 +5,14 @@ import numpy as np
 import pytest
 
 import projc
-from projc.data import load_data, minibatches
+from conftest import fit
+from projc.data import load_data
 from projc.errors import DataError, DivergenceError, ProjcError
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_data("digits")
 
 
 @pytest.fixture(scope="module")
 def mlp():
     return projc.compile("models/mlp_digits.onnx", solver="dr", steps_per_update=20)
-
-
-def _fit(tr, data, batch, updates, params=None):
-    p = tr.init_params() if params is None else params
-    n, ep = 0, 0
-    while n < updates:
-        for xb, yb in minibatches(data.x_train, data.y_train, batch, seed=ep):
-            p, st = tr.update(p, xb, yb)
-            n += 1
-            if n == updates:
-                break
-        ep += 1
-    return p, st
 
 
 def test_lazy_exports():
@@ -52,42 +35,46 @@ def test_api_shapes_and_stats(mlp, digits):
     assert set(m) == {"accuracy", "loss"} and 0 <= m["accuracy"] <= 1
 
 
+@pytest.mark.slow
 def test_resmlp_trains_through_bipartite_repair(digits):
     tr = projc.compile("models/resmlp.onnx", solver="dr", steps_per_update=50)
     assert any(op.kind == "identity" for op in tr.graph.ops)
-    p, _ = _fit(tr, digits, 64, 22)
+    p, _ = fit(tr, digits, 64, 22)
     assert tr.evaluate(p, digits.x_test, digits.y_test)["accuracy"] >= 0.90
 
 
+@pytest.mark.slow
 def test_cnn_digits_trains():
     tr = projc.compile("models/cnn_digits.onnx", solver="dr", steps_per_update=50)
     data = load_data("digits", input_shape=tr.input_shape)
     assert data.x_train.shape[1:] == (1, 8, 8)
     p0 = tr.init_params()
     acc0 = tr.evaluate(p0, data.x_test, data.y_test)["accuracy"]
-    p, _ = _fit(tr, data, 64, 22, p0)
+    p, _ = fit(tr, data, 64, 22, p0)
     acc = tr.evaluate(p, data.x_test, data.y_test)["accuracy"]
     assert acc >= acc0 + 0.2, (acc0, acc)
 
 
+@pytest.mark.slow
 def test_sklearn_mlp_trains(digits):
     tr = projc.compile("models/sklearn_mlp.onnx", solver="dr", steps_per_update=50)
     # fine-tuning the fitted model keeps it accurate
-    p, _ = _fit(tr, digits, 64, 10)
+    p, _ = fit(tr, digits, 64, 10)
     assert tr.evaluate(p, digits.x_test, digits.y_test)["accuracy"] >= 0.95
     # from a fresh random start it learns
     rng = np.random.default_rng(0)
     p0 = {k: (rng.normal(size=v.shape) / np.sqrt(v.shape[0] if v.ndim == 2 and v.shape[0] > 1 else 8))
           .astype(np.float32) for k, v in tr.init_params().items()}
     acc0 = tr.evaluate(p0, digits.x_test, digits.y_test)["accuracy"]
-    p, _ = _fit(tr, digits, 64, 22, p0)
+    p, _ = fit(tr, digits, 64, 22, p0)
     acc = tr.evaluate(p, digits.x_test, digits.y_test)["accuracy"]
     assert acc >= max(0.85, acc0 + 0.3), (acc0, acc)
 
 
+@pytest.mark.slow
 def test_adam_baseline(digits):
     tr = projc.compile("models/mlp_digits.onnx", solver="adam", lr=1e-2)
-    p, st = _fit(tr, digits, 64, 60)
+    p, st = fit(tr, digits, 64, 60)
     assert tr.evaluate(p, digits.x_test, digits.y_test)["accuracy"] >= 0.85
 
 

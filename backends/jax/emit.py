@@ -1,4 +1,4 @@
-"""Emit the jitted update of a projection trainer (DESIGN.md §2, "One update").
+"""Emit the jitted update of a projection trainer.
 
 ``make_update(layout, solver, steps)`` returns ``update(params, inputs) -> (params, stats)``, jitted
 once per (model, batch shape): build the state by a forward pass with the current parameters, run
@@ -10,15 +10,16 @@ once per (model, batch shape): build the state by a forward pass with the curren
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
-import jax.numpy as jnp
 
-from .solvers import Solver, _lin
+from .solvers import Solver
+from .state_layout import Layout
 
 
-def make_update(layout, solver: Solver, steps: int,
+def make_update(layout: Layout, solver: Solver, steps: int,
                 **jit_options) -> Callable[[dict, dict], tuple[dict, dict]]:
     """``jit_options`` go to ``jax.jit`` (e.g. in/out shardings from ``projc.distributed``)."""
     if steps < 1:
@@ -36,19 +37,20 @@ def make_update(layout, solver: Solver, steps: int,
         num, den = layout.sq_dist(x, x_prev, ctx)
         point = solver.shadow(x, ctx)
         new_params = layout.readout(point, ctx)
-        stats = {"residual": num / max(den, 1), "violation": layout.violation(point, ctx)}
+        stats = {"residual": num / max(den, 1), "violation": layout.violation(point, ctx, solver.last_set)}
         return new_params, stats
 
     return jax.jit(update, **jit_options)
 
 
-def make_stepper(layout, solver: Solver):
+def make_stepper(layout: Layout, solver: Solver):
     """(init, step, readout) as separate jitted functions, for tests and diagnostics."""
     init = jax.jit(lambda params, inputs: layout.init_state(layout.make_ctx(params, inputs)))
     step = jax.jit(lambda x, params, inputs: solver.step(x, layout.make_ctx(params, inputs)))
-    viol = jax.jit(lambda x, params, inputs: layout.violation(x, layout.make_ctx(params, inputs)))
+    viol = jax.jit(lambda x, params, inputs: layout.violation(x, layout.make_ctx(params, inputs),
+                                                              solver.last_set))
     read = jax.jit(lambda x, params, inputs: layout.readout(x, layout.make_ctx(params, inputs)))
     return init, step, viol, read
 
 
-__all__ = ["make_update", "make_stepper", "_lin", "jnp"]
+__all__ = ["make_update", "make_stepper"]

@@ -1,4 +1,11 @@
-"""JAX forward evaluation of an IR graph (onnx-level or constraint ops alike).
+"""JAX forward evaluation of an IR graph (onnx-level or constraint ops alike): the one interpreter.
+
+``Interpreter(graph).values(leaf, wanted, known=..., override=...)`` evaluates the values ``wanted``
+(and what they need, nothing else) in graph order: ``leaf(v)`` gives inputs, params and consts,
+``known`` pins values, ``override(op)`` may replace an op's output (the state layouts use it to read a
+family's output from its slots). Everything else in projc that runs a graph goes through it:
+``make_forward`` and ``run_forward`` (``compare``, the tests), the state layouts' forward passes
+(training) and ``forward_logits`` (evaluation, the Adam baseline).
 
 ``make_forward(graph)`` returns a pure function ``fn(params, inputs) -> [outputs]``: params keyed
 by the initializer's ONNX name (``Value.hint``) for every ``param``, inputs keyed by the graph
@@ -15,8 +22,9 @@ graphs without float64 run exactly as before, bit for bit.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -40,20 +48,71 @@ class _Step:
     static: dict[int, np.ndarray]  # operand index -> compile-time value
 
 
+class Interpreter:
+    """Lazy evaluation of a graph's values (see the module docstring). Immutable after __init__."""
+
+    def __init__(self, graph: Graph, *, cast: bool = True):
+        """``cast``: cast every op output to its declared IR dtype (the ONNX semantics); the state
+        layouts pass False and compute in their params' dtype (float64 under ``enable_x64``)."""
+        self.graph = graph
+        self.cast = cast
+        self.steps = {op: _plan_step(graph, op) for op in graph.ops if op.outputs}
+        self.producer = graph.producers()
+        self.order = {op: i for i, op in enumerate(graph.ops)}
+
+    def values(self, leaf: Callable[[Value], Any], wanted, *, known: dict[Value, Any] | None = None,
+               override: Callable[[Op], Any] | None = None) -> dict[Value, Any]:
+        """{value: array} for ``wanted`` and everything evaluated on the way."""
+        env: dict[Value, Any] = dict(known or {})
+        replaced: dict[Op, Any] = {}
+        needed: set[Op] = set()
+        stack = [v for v in wanted if v is not None]
+        while stack:  # which ops must run (and which leaves are read), walking back from `wanted`
+            v = stack.pop()
+            if v in env:
+                continue
+            op = self.producer.get(v)
+            if op is None:
+                env[v] = leaf(v)
+                continue
+            if op in needed or op in replaced:
+                continue
+            out = override(op) if override is not None else None
+            if out is not None:
+                replaced[op] = out
+                env[v] = out
+                continue
+            needed.add(op)
+            stack.extend(u for u in op.inputs if u is not None)
+        for op in sorted(needed, key=self.order.__getitem__):
+            _run_step(self.steps[op], env, self.cast)
+        return env
+
+
+def op_forward(op: Op, *xs, overrides: dict[str, Any] | None = None):
+    """The registered JAX forward of one op, with some attributes replaced (``overrides``)."""
+    opdef = lookup_by_params(op.kind, op.params)
+    if opdef is None:
+        raise UnsupportedModelError(f"op {op.kind} ({op.annots.get('src', '?')}) has no "
+                                    "registered forward semantics")
+    return opdef.fn(*xs, **{**opdef.attrs, **op.params, **(overrides or {})})
+
+
 def make_forward(graph: Graph) -> Forward:
     """The graph's forward function (pure, jit-able, batch size free)."""
-    steps = [_plan_step(graph, op) for op in graph.ops]
+    interp = Interpreter(graph)
     consts = {v: as_jax_array(v.data) for v in graph.consts}
     _check_no_strings(graph)
 
     def forward(params: dict[str, Any], inputs: dict[str, Any]) -> list[jax.Array]:
-        env: dict[Value, Any] = dict(consts)
-        for v in graph.inputs:
-            env[v] = _runtime_array(inputs, v, "input")
-        for v in graph.params:
-            env[v] = _runtime_array(params, v, "param")
-        for step in steps:
-            _run_step(step, env)
+        def leaf(v: Value):
+            if v in consts:
+                return consts[v]
+            if v.role == "param":
+                return _runtime_array(params, v, "param")
+            return _runtime_array(inputs, v, "input")
+
+        env = interp.values(leaf, graph.outputs)
         return [env[v] for v in graph.outputs]
 
     return forward
@@ -103,12 +162,17 @@ def _plan_step(graph: Graph, op: Op) -> _Step:
     return _Step(op, opdef.fn, {**opdef.attrs, **op.params}, static)
 
 
-def _run_step(step: _Step, env: dict[Value, Any]) -> None:
+def _run_step(step: _Step, env: dict[Value, Any], cast: bool = True) -> None:
     args = [step.static[i] if i in step.static else (None if v is None else env[v])
             for i, v in enumerate(step.op.inputs)]
     result = step.fn(*args, **step.kwargs)
     results = result if isinstance(result, tuple) else (result,)
     for value, out in zip(step.op.outputs, results):
+        if value is None:
+            continue
+        if not cast:
+            env[value] = out
+            continue
         want = jax_dtype(np_dtype(value.dtype))
         out = jnp.asarray(out)
         env[value] = out if out.dtype == want else out.astype(want)

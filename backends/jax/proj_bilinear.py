@@ -1,6 +1,6 @@
 """Exact projection onto the graph of the bilinear map y = a.b (both vectors free).
 
-Math (DESIGN.md §3).  With u0 = (a0+b0)/√2, v0 = (a0-b0)/√2 we have a.b = (|u|²-|v|²)/2, U = |u0|²,
+Math.  With u0 = (a0+b0)/√2, v0 = (a0-b0)/√2 we have a.b = (|u|²-|v|²)/2, U = |u0|²,
 V = |v0|².  The nearest point is u = u0/(1-t), v = v0/(1+t), y = y0 - t, where t is the unique root in
 (-1, 1) of the strictly increasing g(t) = t + ½(U/(1-t)² - V/(1+t)²) - y0.
 
@@ -31,7 +31,7 @@ from .proj_common import as_floats
 _SQRT_HALF = 0.7071067811865476
 
 
-def _default_iters(dtype) -> int:
+def default_iters(dtype) -> int:
     return 20 if jnp.finfo(dtype).bits > 32 else 16
 
 
@@ -106,7 +106,7 @@ def _solve_alpha(U, V, y0, iters, early: bool = True):
     return a, amin
 
 
-def _root_parts(U, V, y0, iters, early: bool = True):
+def root_parts(U, V, y0, iters, early: bool = True):
     """Solve in the orientation with a root in [0, 1): returns (mirrored, ts, α, α_min, U', V', y0').
 
     The root of the original problem is t = ts (not mirrored) or -ts (mirrored); α = 1 - ts.  Both ts
@@ -138,8 +138,8 @@ def bilinear_root_ab(U, V, y0, iters: int | None = None):
     near the poles).  U, V ≥ 0 and y0 broadcast elementwise; `iters` caps the Newton/bisection steps.
     """
     U, V, y0 = jnp.broadcast_arrays(*as_floats(U, V, y0))
-    iters = _default_iters(U.dtype) if iters is None else int(iters)
-    mirrored, ts, a, _, _, _, _ = _root_parts(U, V, y0, iters)
+    iters = default_iters(U.dtype) if iters is None else int(iters)
+    mirrored, ts, a, _, _, _, _ = root_parts(U, V, y0, iters)
     t = jnp.where(mirrored, -ts, ts)
     return t, jnp.where(mirrored, 2 - a, a), jnp.where(mirrored, a, 2 - a)
 
@@ -170,12 +170,12 @@ def bilinear(a, b, target, iters: int | None = None):
     b = jnp.broadcast_to(b, lead + n)
     y0 = jnp.broadcast_to(y0, lead)
     dt = a.dtype
-    iters = _default_iters(dt) if iters is None else int(iters)
+    iters = default_iters(dt) if iters is None else int(iters)
     u0 = (a + b) * _SQRT_HALF
     v0 = (a - b) * _SQRT_HALF
     U = jnp.sum(u0 * u0, axis=-1)
     V = jnp.sum(v0 * v0, axis=-1)
-    mirrored, ts, al, amin, Us, Vs, ys = _root_parts(U, V, y0, iters)
+    mirrored, ts, al, amin, Us, Vs, ys = root_parts(U, V, y0, iters)
     # Every case is a = A1 a0 + A2 b0 + A3 s + A4, b = B1 a0 + B2 b0 + B3 s + B4 with s = a0 ± b0
     # (+ when not mirrored, computed exactly) and per-row scalars — one fused pass over the vectors.
     sg = jnp.where(mirrored, -1.0, 1.0).astype(dt)

@@ -8,7 +8,8 @@ whose closed interval contains x wins; presets are ordered to give the ONNX valu
 """
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import jax.numpy as jnp
 import numpy as np

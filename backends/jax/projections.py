@@ -1,4 +1,4 @@
-"""Exact projection operators onto the graphs of elementary operations (DESIGN.md §3).
+"""Exact projection operators onto the graphs of elementary operations.
 
 Convention: ``op(*operands, target, **options) -> (*projected_operands, projected_output)``.  The
 operands' current values and the output's target go in; the nearest point (Euclidean over all
@@ -20,11 +20,23 @@ import jax
 import jax.numpy as jnp
 
 from . import proj_pwl as pwl
-from .proj_common import as_floats
 from .proj_bilinear import bilinear, bilinear_root, bilinear_root_ab
+from .proj_common import as_floats
 from .proj_losses import cross_entropy_prox, margin, squared_error
-from .proj_pwl import PRESETS, Pieces, pieces, pwl_eval, sum_pwl
-from .proj_pwl import abs, clip, leaky_relu, quantize, relu, sign, step  # noqa: A004 - presets
+from .proj_pwl import (  # noqa: A004 - presets
+    PRESETS,
+    Pieces,
+    abs,
+    clip,
+    leaky_relu,
+    pieces,
+    pwl_eval,
+    quantize,
+    relu,
+    sign,
+    step,
+    sum_pwl,
+)
 
 __all__ = [
     "identity", "sum", "sum_reduce", "sum_pwl", "linear", "bilinear", "bilinear_root",

@@ -1,8 +1,8 @@
-"""Projection algorithms on a state layout (DESIGN.md §2).
+"""Projection algorithms on a state layout.
 
-A layout provides ``project(x, key, ctx)`` for the set keys in ``layout.two_sets`` (``"A"``, ``"B"``;
-A holds the loss) and ``layout.layer_sets`` (BFS layers backwards from the loss), over a state ``x``
-that is a pytree. With R_S = 2 P_S - I:
+A state layout (``state_layout.Layout``) provides ``project(x, key, ctx)`` for the set keys in
+``layout.two_sets`` (``"A"``, ``"B"``; A holds the loss) and ``layout.layer_sets`` (the schedule's
+layers, from the loss backwards), over a state ``x`` that is a pytree. With R_S = 2 P_S - I:
 
 - ``ap``  alternating projections     x <- P_B(P_A(x))
 - ``dr``  Douglas-Rachford            x <- (1-λ) x + λ R_B R_A x           (relaxation λ, default 0.5)
@@ -18,18 +18,23 @@ methods (the DR "shadow" sequence, which is what converges).
 """
 from __future__ import annotations
 
-from typing import Any, Callable
-
-import jax
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from projc.errors import ProjcError
 
-SOLVERS = ("ap", "dr", "ar", "dm", "cp", "cdr")
+if TYPE_CHECKING:
+    from .state_layout import Layout
+
+PROJECTION_SOLVERS = ("ap", "dr", "ar", "dm", "cp", "cdr")
+SOLVERS = PROJECTION_SOLVERS + ("adam",)  # every solver the trainer offers (adam: the gradient baseline)
 TWO_SET = ("ap", "dr", "ar", "dm")
 
 
-def _lin(*terms):
-    """Σ coef·tree over (coef, tree) pairs."""
+def combine(*terms):
+    """Σ coef·state over (coef, state) pairs, leaf by leaf (the affine steps of DR, AR, DM, CDR)."""
+    import jax  # kept out of module import: the trainer reads SOLVERS without loading JAX
+
     def comb(*leaves):
         out = 0.0
         for (c, _), leaf in zip(terms, leaves):
@@ -41,9 +46,9 @@ def _lin(*terms):
 class Solver:
     """One iteration ``step(x, ctx)`` and the readout point ``shadow(x, ctx)``."""
 
-    def __init__(self, layout, name: str, *, relaxation: float = 0.5, beta: float = 1.0):
-        if name not in SOLVERS:
-            raise ProjcError(f"unknown solver {name!r}; choose one of {', '.join(SOLVERS)} or adam")
+    def __init__(self, layout: Layout, name: str, *, relaxation: float = 0.5, beta: float = 1.0):
+        if name not in PROJECTION_SOLVERS:
+            raise ProjcError(f"unknown solver {name!r}; choose one of {', '.join(SOLVERS)}")
         if not 0.0 < relaxation <= 1.0:
             raise ProjcError(f"relaxation must lie in (0, 1], got {relaxation}")
         if beta == 0:
@@ -52,13 +57,16 @@ class Solver:
         if name in TWO_SET:
             layout.check_two_set()
         self.step: Callable[[Any, Any], Any] = getattr(self, "_" + name)
+        # the set projected last before the readout: how the state the diagnostics read was left
+        self.last_set = {"ap": "B", "dr": "A", "ar": "A", "dm": "A"}.get(
+            name, layout.layer_sets[-1] if layout.layer_sets else None)
 
     # helpers
     def P(self, x, key, ctx):
         return self.layout.project(x, key, ctx)
 
     def R(self, x, key, ctx):
-        return _lin((2.0, self.P(x, key, ctx)), (-1.0, x))
+        return combine((2.0, self.P(x, key, ctx)), (-1.0, x))
 
     # two-set methods
     def _ap(self, x, ctx):
@@ -66,7 +74,7 @@ class Solver:
 
     def _dr(self, x, ctx):
         lam = self.relaxation
-        return _lin((1.0 - lam, x), (lam, self.R(self.R(x, "A", ctx), "B", ctx)))
+        return combine((1.0 - lam, x), (lam, self.R(self.R(x, "A", ctx), "B", ctx)))
 
     def _ar(self, x, ctx):
         return self.R(self.R(x, "A", ctx), "B", ctx)
@@ -75,10 +83,10 @@ class Solver:
         b = self.beta
         pa, pb = self.P(x, "A", ctx), self.P(x, "B", ctx)
         if b == 1.0:
-            return _lin((1.0, x), (1.0, self.P(_lin((2.0, pb), (-1.0, x)), "A", ctx)), (-1.0, pb))
-        fa = _lin((1.0 - 1.0 / b, pa), (1.0 / b, x))
-        fb = _lin((1.0 + 1.0 / b, pb), (-1.0 / b, x))
-        return _lin((1.0, x), (b, self.P(fb, "A", ctx)), (-b, self.P(fa, "B", ctx)))
+            return combine((1.0, x), (1.0, self.P(combine((2.0, pb), (-1.0, x)), "A", ctx)), (-1.0, pb))
+        fa = combine((1.0 - 1.0 / b, pa), (1.0 / b, x))
+        fb = combine((1.0 + 1.0 / b, pb), (-1.0 / b, x))
+        return combine((1.0, x), (b, self.P(fb, "A", ctx)), (-b, self.P(fa, "B", ctx)))
 
     # cyclic methods
     def _cp(self, x, ctx):
@@ -93,7 +101,7 @@ class Solver:
             return self.P(x, keys[0], ctx)
         for i in range(n):
             ki, kj = keys[i], keys[(i + 1) % n]
-            x = _lin((0.5, x), (0.5, self.R(self.R(x, ki, ctx), kj, ctx)))
+            x = combine((0.5, x), (0.5, self.R(self.R(x, ki, ctx), kj, ctx)))
         return x
 
     def shadow(self, x, ctx):

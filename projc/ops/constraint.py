@@ -1,4 +1,7 @@
-"""projc's own ops: constraint families, layout ops and losses (docs/constraint-ops.md).
+"""projc's own ops: constraint families, moves and losses (docs/constraint-ops.md).
+
+The moves (reshape, transpose, concat, slice, pad, patches) are linear ops that only rearrange
+values; the solvers see through them (they hold no constraint of their own).
 
 Kinds are the bare lowercase names of the contract (``dot``, ``sum_pwl``, ``patches``, ...): they
 cannot collide with ONNX op types (CamelCase). Each is registered in the op registry with its JAX
@@ -21,10 +24,10 @@ import numpy as np
 from .registry import register
 
 FAMILIES = ("dot", "mul", "sum", "sum_pwl", "max", "identity")
-LAYOUTS = ("reshape", "transpose", "concat", "slice", "pad", "patches")
+MOVES = ("reshape", "transpose", "concat", "slice", "pad", "patches")
 LOSSES = ("cross_entropy", "margin", "squared_error")
 PWL_FNS = ("relu", "leaky_relu", "clip", "abs", "sign", "identity")
-CONSTRAINT_KINDS = FAMILIES + LAYOUTS + LOSSES
+CONSTRAINT_KINDS = FAMILIES + MOVES + LOSSES
 
 Shape = tuple  # of int | str
 
