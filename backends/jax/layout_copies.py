@@ -233,7 +233,7 @@ class CopiesLayout:
             return f
         if kind == "mul":
             return lambda v: jnp.broadcast_to(v, tuple(out_shape))[..., None]
-        if kind in ("sum", "sum_pwl"):
+        if kind in ("sum", "sum_pwl", "sum_smooth"):
             return lambda v: jnp.broadcast_to(v, tuple(out_shape))
         return lambda v: v  # max, identity, losses: slot = operand
 
@@ -303,7 +303,7 @@ class CopiesLayout:
             return c @ g.T + alpha * jnp.sum(c * c, -1, keepdims=True)
         if kind in ("dot", "mul"):
             return jnp.sum(full[0] * full[1], -1)
-        if kind in ("sum", "sum_pwl", "max", "identity"):
+        if kind in ("sum", "sum_pwl", "sum_smooth", "max", "identity"):
             return _forward_op(fam.op, *[full[i] for i in range(len(fam.free))])
         raise AssertionError(kind)
 
@@ -443,6 +443,10 @@ class CopiesLayout:
             shift = sum((full[i] for i in range(len(fam.free)) if not fam.free[i]), 0.0)
             res = P.sum(*[full[i] for i in free], y0 - shift)
             return tuple(res[:-1]), res[-1] + shift
+        if P.activation_handles(kind, fam.op.params):  # sum_smooth, staircases (proj_smooth)
+            c = sum((full[i] for i in range(len(fam.free)) if not fam.free[i]), 0.0)
+            res = P.sum_activation(kind, fam.op.params, *[full[i] for i in free], y0, offset=c)
+            return tuple(res[:-1]), res[-1]
         if kind == "sum_pwl":
             fixed = [i for i in range(len(fam.free)) if not fam.free[i]]
             table = _pwl_preset(P, fam.op.params)
