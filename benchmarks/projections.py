@@ -43,6 +43,12 @@ def cases(B: int, dt, rng):
         "sum_pwl clip (n=2)": ("2 scalars", lambda a, b, y: P.sum_pwl(a, b, y, fn=P.clip(-1, 1)), (arr(B), arr(B), arr(B))),
         "sum_pwl sign (n=1)": ("scalar", lambda a, y: P.sum_pwl(a, y, fn="sign"), (arr(B), arr(B))),
         "sum_pwl quantize16 (n=2)": ("2 scalars", lambda a, b, y: P.sum_pwl(a, b, y, fn=P.quantize(16, 0.25)), (arr(B), arr(B), arr(B))),
+        "sum_pwl round (n=2)": ("2 scalars", lambda a, b, y: P.sum_pwl(a, b, y, fn="round"), (arr(B, scale=3), arr(B, scale=3), arr(B, scale=3))),
+        "sum_pwl fake_quant u8 (n=2)": ("2 scalars", lambda a, b, y: P.sum_pwl(a, b, y, fn=P.fake_quant(1 / 16, 0, 0, 255)), (arr(B), arr(B), arr(B))),
+        "sum_pwl hardsigmoid (n=2)": ("2 scalars", lambda a, b, y: P.sum_pwl(a, b, y, fn=P.hardsigmoid()), (arr(B), arr(B), arr(B))),
+        **{f"sum_smooth {fn} (n=2)": ("2 scalars", (lambda fn: lambda a, b, y: P.sum_smooth(a, b, y, fn=fn))(fn),
+                                      (arr(B, scale=3), arr(B, scale=3), arr(B)))
+           for fn in ("tanh", "sigmoid", "silu", "gelu", "hardswish")},
         f"linear (n={VEC})": (f"vector {VEC}", P.linear, (arr(B, VEC), arr(B, VEC), arr(B, scale=4.0))),
         f"bilinear (n={VEC})": (f"vector {VEC}", P.bilinear, (arr(B, VEC), arr(B, VEC), arr(B, scale=4.0))),
         f"max (n={VEC})": (f"vector {VEC}", P.max, (arr(B, VEC), arr(B))),

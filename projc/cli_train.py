@@ -153,7 +153,7 @@ def cmd_train(args) -> int:
         xb, yb = data.x_train[idx], data.y_train[idx]
         params, stats = trainer.update(params, xb, yb)
         batch_acc = trainer.evaluate(params, xb, yb)["accuracy"]
-        bar.set_postfix(residual=f"{float(stats['residual']):.2e}", acc=f"{batch_acc:.3f}")
+        bar.set_postfix(residual=f"{float(stats.get('residual', float('nan'))):.2e}", acc=f"{batch_acc:.3f}")
         bar.update()
     if bar is not None:
         finish_epoch(bar, trainer, params, data, current, t0)

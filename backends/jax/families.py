@@ -177,7 +177,16 @@ def pwl_preset(params: dict):
     return P.PRESETS[fn]()
 
 
+def _project_activation(fam: Family, full: dict, y0, opts: ProjOptions):
+    """sum_smooth, and sum_pwl staircases / hard activations: constant operands enter as an offset."""
+    offset = sum((full[i] for i in fam.fixed_idx), 0.0)
+    res = P.sum_activation(fam.kind, fam.op.params, *[full[i] for i in fam.free_idx], y0, offset=offset)
+    return tuple(res[:-1]), res[-1]
+
+
 def _project_sum_pwl(fam: Family, full: dict, y0, opts: ProjOptions):
+    if P.activation_handles(fam.kind, fam.op.params):
+        return _project_activation(fam, full, y0, opts)
     table = pwl_preset(fam.op.params)
     if fam.fixed_idx:  # y = φ(c + Σ free): shift the piece table by the constant c, per element
         c = sum((full[i] for i in fam.fixed_idx), 0.0)
@@ -265,6 +274,8 @@ RULES: dict[str, FamilyRule] = {r.kind: r for r in (
                ("linear", "bilinear"), PLAIN, mode=_dot_mode),
     _elementwise("sum", "x_1 ... x_n (broadcast)", _broadcast_slot_map, _project_sum, ("sum",)),
     _elementwise("sum_pwl", "x_1 ... x_n (broadcast)", _broadcast_slot_map, _project_sum_pwl, ("sum_pwl",)),
+    _elementwise("sum_smooth", "x_1 ... x_n (broadcast)", _broadcast_slot_map, _project_activation,
+                 ("sum_smooth",)),
     _elementwise("max", "a", _same_slot_map, _project_max, ("max",)),
     _elementwise("identity", "a", _same_slot_map, _project_identity, ("identity",)),
     _loss("cross_entropy", _project_cross_entropy),

@@ -8,6 +8,7 @@ whose closed interval contains x wins; presets are ordered to give the ONNX valu
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -104,6 +105,107 @@ def quantize(levels: int, scale: float = 1.0, offset: float = 0.0) -> Pieces:
     return pieces(rows)
 
 
+def hardsigmoid(alpha: float = 0.2, beta: float = 0.5) -> Pieces:
+    """ONNX HardSigmoid: φ(x) = clip(alpha·x + beta, 0, 1) (defaults alpha 0.2, beta 0.5)."""
+    a, b = float(alpha), float(beta)
+    if not a > 0:
+        raise ValueError(f"hardsigmoid needs alpha > 0, got {alpha}")
+    lo, hi = -b / a, (1 - b) / a
+    return pieces([(lo, hi, a, b), (-_INF, lo, 0.0, 0.0), (hi, _INF, 0.0, 1.0)])
+
+
+def relu6() -> Pieces:
+    """φ(x) = min(max(x, 0), 6)."""
+    return clip(0.0, 6.0)
+
+
+class Staircase(NamedTuple):
+    """An integer staircase, possibly unbounded: φ(x) = scale·(k - zero_point) with
+    k = clip(q(x/scale + zero_point), kmin, kmax) and q one of round (half to even), floor, ceil.
+
+    Level k's closed piece is x/scale + zero_point ∈ [k + a_lo, k + a_hi] with (a_lo, a_hi) =
+    (-½, ½), (0, 1), (-1, 0) for round, floor, ceil; the end levels kmin, kmax extend to ∓∞.
+    Round, Floor and Ceil are scale 1, zero point 0, unbounded; a QuantizeLinear ->
+    DequantizeLinear pair (fake quantization) is round with its scale, zero point and the
+    integer type's range.
+    """
+
+    mode: str = "round"
+    scale: float = 1.0
+    zero_point: float = 0.0
+    kmin: float = -_INF
+    kmax: float = _INF
+
+
+_STAIR_SIDES = {"round": (-0.5, 0.5), "floor": (0.0, 1.0), "ceil": (-1.0, 0.0)}
+
+
+def staircase(mode: str = "round", scale: float = 1.0, zero_point: float = 0.0,
+              kmin: float = -_INF, kmax: float = _INF) -> Staircase:
+    """A Staircase, checked (mode round/floor/ceil, scale > 0, kmin <= kmax)."""
+    if mode not in _STAIR_SIDES:
+        raise ValueError(f"staircase mode must be one of {sorted(_STAIR_SIDES)}, got {mode!r}")
+    if not float(scale) > 0 or not float(kmin) <= float(kmax):
+        raise ValueError(f"staircase needs scale > 0 and kmin <= kmax, got {scale}, [{kmin}, {kmax}]")
+    return Staircase(mode, float(scale), float(zero_point), float(kmin), float(kmax))
+
+
+def fake_quant(scale: float, zero_point: float = 0.0, qmin: float = 0.0, qmax: float = 255.0) -> Staircase:
+    """QuantizeLinear then DequantizeLinear: scale·(clip(round(x/scale) + zero_point, qmin, qmax) - zero_point)."""
+    return staircase("round", scale, zero_point, qmin, qmax)
+
+
+def stair_eval(st: Staircase, x):
+    """φ(x) for a Staircase (the ONNX value: round half to even, floor, ceil)."""
+    q = {"round": jnp.round, "floor": jnp.floor, "ceil": jnp.ceil}[st.mode]
+    k = jnp.clip(q(x / st.scale + st.zero_point), st.kmin, st.kmax)
+    return st.scale * (k - st.zero_point)
+
+
+def _stair_candidates(st: Staircase, t0, kappa, n):
+    """Integer levels among which the best one lies (see sum_staircase)."""
+    a_lo, a_hi = _STAIR_SIDES[st.mode]
+    cont = [jnp.clip(kappa, t0 - a_hi, t0 - a_lo),   # the sum stays on its piece: k = κ
+            (t0 - a_lo + n * kappa) / (1 + n),        # the sum rises to the piece's lower end
+            (t0 - a_hi + n * kappa) / (1 + n)]        # the sum falls to the piece's upper end
+    ks = [q(k) for k in cont for q in (jnp.floor, jnp.ceil)]
+    ends = [jnp.full_like(t0, e) for e in (st.kmin, st.kmax) if math.isfinite(e)]
+    return jnp.stack([jnp.clip(k, st.kmin, st.kmax) for k in ks] + ends, axis=-1)
+
+
+def sum_staircase(*args, fn: Staircase, offset=0.0):
+    """Project onto {y = φ(offset + Σ a_i)} for a Staircase φ; returns (a_1', ..., a_n', y').
+
+    In units t = S/scale + zero_point and κ = y0/scale + zero_point the cost is scale² times
+    c(k) = d(t0, piece_k)²/n + (k - κ)² over integer levels k.  With the ends' extension ignored, d
+    is convex in k, so c is convex and the best interior level is the floor or ceil of the
+    continuous minimizer, which lies in one of three regions (t0 on, above or below the piece);
+    those six levels, clipped to [kmin, kmax], and the two end levels are scored exactly.
+    """
+    if len(args) < 2:
+        raise TypeError("sum_pwl(*operands, target, fn=staircase) needs at least one operand and a target")
+    *ops, y0, off = as_floats(*args, offset)
+    shape = jnp.broadcast_shapes(*(x.shape for x in ops), y0.shape, off.shape)
+    ops = [jnp.broadcast_to(x, shape) for x in ops]
+    y0 = jnp.broadcast_to(y0, shape)
+    n = len(ops)
+    S0 = off + sum(ops[1:], ops[0])
+    t0 = S0 / fn.scale + fn.zero_point
+    kappa = y0 / fn.scale + fn.zero_point
+    k = _stair_candidates(fn, t0, kappa, n)
+    a_lo, a_hi = _STAIR_SIDES[fn.mode]
+    lo = jnp.where(k <= fn.kmin, -jnp.inf, k + a_lo)
+    hi = jnp.where(k >= fn.kmax, jnp.inf, k + a_hi)
+    t = jnp.clip(t0[..., None], lo, hi)
+    cost = (t - t0[..., None]) ** 2 / n + (k - kappa[..., None]) ** 2
+    best = jnp.argmin(cost, axis=-1)[..., None]
+    kb = jnp.take_along_axis(k, best, -1)[..., 0]
+    tb = jnp.take_along_axis(t, best, -1)[..., 0]
+    shift = ((tb - fn.zero_point) * fn.scale - S0) / n
+    new = [x + shift for x in ops]
+    return (*new, fn.scale * (kb - fn.zero_point))
+
+
 PRESETS: dict[str, Callable[..., Pieces]] = {
     "identity": identity,
     "relu": relu,
@@ -114,18 +216,25 @@ PRESETS: dict[str, Callable[..., Pieces]] = {
     "sign": sign,
     "step": step,
     "quantize": quantize,
+    "hardsigmoid": hardsigmoid,
+    "relu6": relu6,
+    "round": lambda: staircase("round"),
+    "floor": lambda: staircase("floor"),
+    "ceil": lambda: staircase("ceil"),
+    "fake_quant": fake_quant,
 }
 
 
-def resolve(fn: Any) -> Pieces:
-    """Turn `fn` (a preset name, a preset function, a Pieces table, or rows) into a Pieces table."""
-    if isinstance(fn, Pieces):
+def resolve(fn: Any) -> Pieces | Staircase:
+    """Turn `fn` (a preset name, a preset function, a Pieces table or Staircase, or rows) into a
+    Pieces table (or a Staircase for round, floor, ceil and fake_quant)."""
+    if isinstance(fn, (Pieces, Staircase)):
         return fn
     if isinstance(fn, str):
         if fn not in PRESETS:
             raise ValueError(f"unknown piecewise-linear preset {fn!r}; known: {sorted(PRESETS)}")
-        if fn == "quantize":
-            raise ValueError("preset 'quantize' needs parameters: pass quantize(levels, scale)")
+        if fn in ("quantize", "fake_quant"):
+            raise ValueError(f"preset {fn!r} needs parameters: pass {fn}(...)")
         return PRESETS[fn]()
     if callable(fn):
         return resolve(fn())
@@ -143,7 +252,10 @@ def pwl_eval(fn: Any, x):
     """
     (x,) = as_floats(x)
     dt = x.dtype
-    lo, hi, s, c = _table(resolve(fn), dt)
+    fn = resolve(fn)
+    if isinstance(fn, Staircase):
+        return stair_eval(fn, x)
+    lo, hi, s, c = _table(fn, dt)
     xe = x[..., None]
     inside = (xe >= lo) & (xe <= hi)
     k = jnp.argmax(inside, axis=-1)
@@ -159,6 +271,8 @@ def sum_pwl(*args, fn: Any = "relu"):
     """
     if len(args) < 2:
         raise TypeError("sum_pwl(*operands, target, fn=...) needs at least one operand and a target")
+    if isinstance(resolve(fn), Staircase):  # unbounded staircases: a search over levels
+        return sum_staircase(*args, fn=resolve(fn))
     args = as_floats(*args)
     dt = args[0].dtype
     shape = jnp.broadcast_shapes(*(x.shape for x in args))

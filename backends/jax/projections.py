@@ -9,7 +9,8 @@ vmap-able, and compute in the inputs' floating dtype (float32 or float64; intege
 the default float).  The graph of a discontinuous φ in sum_pwl is taken closed (see proj_pwl).
 
 Helpers live in sibling modules and are re-exported here: proj_pwl (piecewise-linear tables,
-presets, sum_pwl), proj_bilinear (bilinear, bilinear_root), proj_losses (output constraints).
+presets, sum_pwl, staircases), proj_smooth (sum_smooth: tanh, sigmoid, ... after a sum; the
+backend's sum_activation), proj_bilinear (bilinear, bilinear_root), proj_losses (output constraints).
 """
 from __future__ import annotations
 
@@ -37,12 +38,17 @@ from .proj_pwl import (  # noqa: A004 - presets
     step,
     sum_pwl,
 )
+from .proj_pwl import Staircase, fake_quant, hardsigmoid, relu6, stair_eval, staircase, sum_staircase
+from .proj_smooth import SMOOTH_FNS, smooth_eval, sum_activation, sum_smooth
+from .proj_smooth import handles as activation_handles
 
 __all__ = [
     "identity", "sum", "sum_reduce", "sum_pwl", "linear", "bilinear", "bilinear_root",
     "bilinear_root_ab", "max", "cross_entropy_prox", "margin", "squared_error", "Pieces", "pieces",
     "pwl_eval", "PRESETS", "relu", "leaky_relu", "clip", "abs", "sign", "step", "quantize",
-    "identity_fn", "pwl", "REGISTRY",
+    "identity_fn", "pwl", "REGISTRY", "sum_smooth", "smooth_eval", "SMOOTH_FNS", "sum_activation",
+    "activation_handles", "Staircase", "staircase", "sum_staircase", "stair_eval", "fake_quant",
+    "hardsigmoid", "relu6",
 ]
 
 identity_fn = pwl.identity  # the piecewise-linear preset φ(x) = x (the name `identity` is the op)
@@ -155,6 +161,7 @@ REGISTRY = {
     "sum": sum,
     "sum_reduce": sum_reduce,
     "sum_pwl": sum_pwl,
+    "sum_smooth": sum_smooth,
     "linear": linear,
     "bilinear": bilinear,
     "max": max,

@@ -8,7 +8,7 @@ projc's own constraint ops (lowercase kinds, ``projc.ops.constraint``) use the s
 from .registry import (DOMAIN_PREFIX, MAX_OPSET, MIN_OPSET, OpDef, kind_of, lookup,
                        lookup_by_params, lookup_in, op_family, opset_for, register,
                        render_supported_ops, supported_ops)
-from . import elementwise, layout, ml, nn, recurrent, reduce, shape_like  # noqa: F401,E402  (populate the registry)
+from . import activations, elementwise, layout, ml, nn, recurrent, reduce, shape_like  # noqa: F401,E402  (populate the registry)
 
 
 def format_supported_ops() -> str:

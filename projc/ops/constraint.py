@@ -18,15 +18,18 @@ import itertools
 import math
 from typing import Any, Callable, Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 from .registry import register
 
-FAMILIES = ("dot", "mul", "sum", "sum_pwl", "max", "identity")
+FAMILIES = ("dot", "mul", "sum", "sum_pwl", "sum_smooth", "max", "identity")
 MOVES = ("reshape", "transpose", "concat", "slice", "pad", "patches")
 LOSSES = ("cross_entropy", "margin", "squared_error")
-PWL_FNS = ("relu", "leaky_relu", "clip", "abs", "sign", "identity")
+PWL_FNS = ("relu", "leaky_relu", "clip", "abs", "sign", "identity",
+           "hardsigmoid", "relu6", "round", "floor", "ceil", "fake_quant")
+SMOOTH_FNS = ("tanh", "sigmoid", "softplus", "silu", "gelu", "gelu_tanh", "elu", "hardswish")
 CONSTRAINT_KINDS = FAMILIES + MOVES + LOSSES
 
 Shape = tuple  # of int | str
@@ -55,8 +58,11 @@ def sum_(*xs):
     return out
 
 
-def pwl(s, fn: str, alpha: float = 0.01, lo: float = -math.inf, hi: float = math.inf):
-    """phi(s) for the piecewise-linear activations of sum_pwl."""
+def pwl(s, fn: str, alpha: float = 0.01, lo: float = -math.inf, hi: float = math.inf, **stair):
+    """phi(s) for the piecewise-linear activations of sum_pwl (``stair``: beta, scale, zero_point,
+    qmin, qmax of hardsigmoid and fake_quant)."""
+    if fn in _STAIR_FWD:
+        return _STAIR_FWD[fn](s, alpha=alpha, **stair)
     if fn == "relu":
         return jnp.maximum(s, 0)
     if fn == "leaky_relu":
@@ -72,10 +78,55 @@ def pwl(s, fn: str, alpha: float = 0.01, lo: float = -math.inf, hi: float = math
     raise ValueError(f"sum_pwl: unknown fn {fn!r}")
 
 
-@register("sum_pwl", since=1, attrs={"fn": "identity", "alpha": 0.01, "lo": -math.inf, "hi": math.inf})
-def sum_pwl(*xs, fn="identity", alpha=0.01, lo=-math.inf, hi=math.inf):
+def _fake_quant(s, scale, zero_point, qmin, qmax):
+    """QuantizeLinear (round half to even, saturate) then DequantizeLinear."""
+    dt = jnp.result_type(s)
+    sc = jnp.asarray(scale, dt)
+    return sc * (jnp.clip(jnp.round(s / sc) + zero_point, qmin, qmax) - zero_point)
+
+
+_STAIR_FWD = {  # the sum_pwl fns beyond ReLU's kin (issue 11)
+    "hardsigmoid": lambda s, alpha, beta, **_: jnp.clip(s * jnp.asarray(alpha, jnp.result_type(s)) + beta, 0, 1),
+    "relu6": lambda s, **_: jnp.clip(s, 0, 6),
+    "round": lambda s, **_: jnp.round(s),  # half to even, as ONNX Round
+    "floor": lambda s, **_: jnp.floor(s),
+    "ceil": lambda s, **_: jnp.ceil(s),
+    "fake_quant": lambda s, scale, zero_point, qmin, qmax, **_: _fake_quant(s, scale, zero_point, qmin, qmax),
+}
+_STAIR_ATTRS = {"beta": 0.5, "scale": 1.0, "zero_point": 0.0, "qmin": -math.inf, "qmax": math.inf}
+
+
+@register("sum_pwl", since=1, attrs={"fn": "identity", "alpha": 0.01, "lo": -math.inf, "hi": math.inf,
+                                     **_STAIR_ATTRS})
+def sum_pwl(*xs, fn="identity", alpha=0.01, lo=-math.inf, hi=math.inf, **stair):
     """z = phi(sum of the operands)."""
-    return pwl(sum_(*xs), fn, alpha, lo, hi)
+    return pwl(sum_(*xs), fn, alpha, lo, hi, **stair)
+
+
+def smooth(s, fn: str, alpha: float = 1.0):
+    """f(s) for the smooth activations of sum_smooth (elu: alpha)."""
+    dt = jnp.result_type(s)
+    if fn == "tanh":
+        return jnp.tanh(s)
+    if fn == "sigmoid":
+        return jax.nn.sigmoid(s)
+    if fn == "softplus":
+        return jnp.logaddexp(s, jnp.zeros((), dt))
+    if fn == "silu":
+        return s * jax.nn.sigmoid(s)
+    if fn in ("gelu", "gelu_tanh"):
+        return jax.nn.gelu(s, approximate=fn == "gelu_tanh")
+    if fn == "elu":
+        return jnp.where(s > 0, s, jnp.asarray(alpha, dt) * jnp.expm1(jnp.minimum(s, 0)))
+    if fn == "hardswish":
+        return s * jnp.clip(s / 6 + 0.5, 0, 1)
+    raise ValueError(f"sum_smooth: unknown fn {fn!r}")
+
+
+@register("sum_smooth", since=1, attrs={"fn": "tanh", "alpha": 1.0})
+def sum_smooth(*xs, fn="tanh", alpha=1.0):
+    """z = f(sum of the operands) for a smooth f (tanh, sigmoid, softplus, silu, gelu, elu, hardswish)."""
+    return smooth(sum_(*xs), fn, alpha)
 
 
 @register("max", since=1, attrs={"axes": None, "keepdims": 1})
@@ -232,7 +283,7 @@ def infer_shape(kind: str, params: dict[str, Any], shapes: Sequence[Shape]) -> S
         if a[-1] != b[0]:
             raise ShapeError(f"dot contraction mismatch: {_fmt(a)} . {_fmt(b)}")
         return tuple(a[:-1]) + (b[1],)
-    if kind in ("mul", "sum", "sum_pwl"):
+    if kind in ("mul", "sum", "sum_pwl", "sum_smooth"):
         return broadcast(*shapes)
     if kind == "identity":
         return tuple(shapes[0])
@@ -294,11 +345,12 @@ def infer_shape(kind: str, params: dict[str, Any], shapes: Sequence[Shape]) -> S
 
 # -- verifier rules -------------------------------------------------------------------------
 
-_ARITY = {"dot": (2, 2), "mul": (2, 2), "sum": (1, None), "sum_pwl": (1, None), "max": (1, 1),
+_ARITY = {"dot": (2, 2), "mul": (2, 2), "sum": (1, None), "sum_pwl": (1, None), "sum_smooth": (1, None),
+          "max": (1, 1),
           "identity": (1, 1), "reshape": (1, 1), "transpose": (1, 1), "concat": (1, None),
           "slice": (1, 1), "pad": (1, 1), "patches": (1, 1), "cross_entropy": (2, 2),
           "margin": (2, 2), "squared_error": (2, 2)}
-_REQUIRED = {"sum_pwl": ("fn",), "reshape": ("shape",), "slice": ("starts", "ends"),
+_REQUIRED = {"sum_pwl": ("fn",), "sum_smooth": ("fn",), "reshape": ("shape",), "slice": ("starts", "ends"),
              "pad": ("pads",), "patches": ("kernel",), "max": ("axes",)}
 
 
@@ -313,6 +365,12 @@ def _rule(kind: str) -> Callable:
                 return f"missing param {key!r}"
         if kind == "sum_pwl" and op.params["fn"] not in PWL_FNS:
             return f"unknown fn {op.params['fn']!r} (one of {', '.join(PWL_FNS)})"
+        if kind == "sum_pwl" and op.params["fn"] == "fake_quant" and "scale" not in op.params:
+            return "fn fake_quant needs param 'scale'"
+        if kind == "sum_pwl" and op.params["fn"] == "hardsigmoid" and "alpha" not in op.params:
+            return "fn hardsigmoid needs param 'alpha' (ONNX default 0.2)"
+        if kind == "sum_smooth" and op.params["fn"] not in SMOOTH_FNS:
+            return f"unknown fn {op.params['fn']!r} (one of {', '.join(SMOOTH_FNS)})"
         if kind in LOSSES:
             if op.outputs:
                 return "a loss has no outputs"
