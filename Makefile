@@ -4,12 +4,12 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench docs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[test,export,mnist]"
+	$(PY) -m pip install -q -e ".[test,export,mnist,plot]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -19,6 +19,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+# docs/ops.md is generated from the op registry; tests/test_cli_train.py fails when it is stale.
+docs: $(STAMP)
+	$(VENV)/bin/projc ops --markdown > docs/ops.md
 
 bench: $(STAMP)
 	$(PY) benchmarks/projections.py
