@@ -224,7 +224,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"projc {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("projc: interrupted", file=sys.stderr)
+        hint = ""
+        if getattr(args, "checkpoint", None):
+            hint = f"; the same command with --resume continues from {args.checkpoint}"
+        print(f"projc: interrupted{hint}", file=sys.stderr)
         return 130
 
 

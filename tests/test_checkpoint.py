@@ -96,8 +96,8 @@ def test_interrupted_run_resumes_to_the_same_weights(capsys, tmp_path, monkeypat
     ck, log = tmp_path / "ck", tmp_path / "h.jsonl"
     resumed = [*args, "--checkpoint", ck, "--checkpoint-every", "2", "--log", log, "-o", tmp_path / "r.onnx"]
     restore = interrupt_after(monkeypatch, 5)
-    code, _, _ = run(capsys, *resumed)
-    assert code == 130 and not (tmp_path / "r.onnx").exists()
+    code, _, err = run(capsys, *resumed)
+    assert code == 130 and "--resume" in err and not (tmp_path / "r.onnx").exists()
     assert load_checkpoint(str(ck)).schedule["done"] == 4
     restore()
     code, _, err = run(capsys, *resumed)

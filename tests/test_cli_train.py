@@ -144,9 +144,11 @@ def test_trained_file_respects_umask_and_existing_mode(capsys, tmp_path):
         kept = tmp_path / "kept.onnx"
         kept.write_bytes(b"old")
         kept.chmod(0o664)
-        code, _, _ = run(capsys, "train", MLP, *TINY, "-o", kept)
+        # fine-tuning: a file projc wrote is a model to train further, starting from its weights
+        code, out, _ = run(capsys, "train", fresh, *TINY, "-o", kept)
         assert code == 0 and stat.S_IMODE(os.stat(kept).st_mode) == 0o664
-        assert onnx.load(str(kept)).graph.initializer  # replaced by the trained model
+        start, tuned = initializers(fresh), initializers(kept)
+        assert start.keys() == tuned.keys() and any(not np.array_equal(start[k], tuned[k]) for k in start)
     finally:
         os.umask(old)
     assert not [f for f in os.listdir(tmp_path) if f.startswith(".projc-")]
