@@ -208,6 +208,18 @@ def test_tiny_lam_warns_that_training_does_nothing(capsys, tmp_path):
     assert len(warnings) == 1 and "barely move" in warnings[0] and "--lam" in warnings[0]
 
 
+@pytest.mark.slow
+def test_inputs_scaled_by_1e6_warn_before_training(capsys, tmp_path):
+    from sklearn.datasets import load_digits
+    digits = load_digits()
+    path = npz(tmp_path, digits.data * 1e6, digits.target)
+    code, out, err = run(capsys, "train", MLP, "--updates", "1", "--batch", "64", "--steps", "2",
+                         "--data", f"npz:{path}", "-o", tmp_path / "t.onnx")
+    assert code == 0
+    warning = [line for line in err.splitlines() if "warning" in line][0]
+    assert "|x| = 1.6e+07" in warning and "rescale" in warning
+
+
 def test_large_inputs_warn_about_scaling():
     from projc.train_watch import input_scale_warning
     assert "rescale" in input_scale_warning(np.full((4, 3), 1e6))
