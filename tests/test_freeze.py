@@ -24,6 +24,7 @@ def test_sum_pwl_with_per_element_table_matches_the_shifted_projection():
     np.testing.assert_allclose(np.asarray(y2), np.asarray(y_ref), atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("frozen", [["fc1.bias"], ["fc2.weight", "fc2.bias"]])
 def test_frozen_initializers_never_move(frozen):
     data = projc.load_data("digits")
