@@ -32,7 +32,6 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-
 def build_parser() -> argparse.ArgumentParser:
     from projc import __version__
 

@@ -189,10 +189,10 @@ class Trainer:
     # -- validation ------------------------------------------------------------------------
     def _check_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
         if not isinstance(params, Mapping):
-            raise ProjcError("params must be the dict returned by init_params() or update()")
+            raise ParamError("params must be the dict returned by init_params() or update()")
         missing = [n for n in self.param_names if n not in params]
         if missing:
-            raise ProjcError(f"params lack {', '.join(missing)}; start from trainer.init_params()")
+            raise ParamError(f"params lack {', '.join(missing)}; start from trainer.init_params()")
         out = {}
         for n in self.param_names:
             v = params[n]
