@@ -222,6 +222,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"projc {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `projc ops | head`: the reader left early, which is no error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         hint = ""
         if getattr(args, "checkpoint", None):

@@ -289,3 +289,12 @@ def test_no_traceback_from_a_subprocess_usage_error(tmp_path):
                           capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
     assert os.listdir(tmp_path) == []
+
+
+def test_ops_into_a_closed_pipe_has_no_traceback():
+    proc = subprocess.Popen([sys.executable, "-m", "projc.cli", "ops"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.readline()
+    proc.stdout.close()  # as `projc ops | head -1` does
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0 and "Traceback" not in err
