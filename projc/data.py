@@ -114,10 +114,21 @@ def load_data(name: str = "digits", *, seed: int = 0, test_fraction: float = 0.2
         raise DataError(f"{name}: X must be [N, features...] and y [N], got {list(X.shape)} and {list(y.shape)}")
     if not np.issubdtype(X.dtype, np.number):
         raise DataError(f"{name}: X must be numeric, got dtype {X.dtype}")
+    source = name[4:] if name.startswith("npz:") else name
+    if len(X) < 2:
+        raise DataError(f"{source}: X has {len(X)} samples; training needs at least 2 (a train and a "
+                        f"test split)")
+    X = X.astype(np.float64 if X.dtype == np.float64 else np.float32)
+    finite = np.isfinite(X)
+    if not finite.all():
+        count = int(X.size - np.count_nonzero(finite))
+        bad = int(np.argwhere(~finite.reshape(len(X), -1))[0][0])
+        raise DataError(f"{source}: X holds {count} NaN or inf values (first in sample {bad}); clean or "
+                        f"impute the data before training")
+    if X.dtype == np.float64 and np.abs(X).max() > np.finfo(np.float32).max:
+        raise DataError(f"{source}: X holds values beyond the float32 range (|x| up to "
+                        f"{np.abs(X).max():.3g}); rescale the data before training")
     X = X.astype(np.float32)
-    if not np.all(np.isfinite(X)):
-        bad = int(np.argwhere(~np.isfinite(X.reshape(len(X), -1)))[0][0])
-        raise DataError(f"{name}: X holds NaN or inf (first in sample {bad}); clean or impute the data")
     if y.dtype.kind == "f":
         if not np.all(np.isfinite(y)) or np.any(y != np.round(y)):
             raise DataError(f"{name}: labels y must be integer class ids")

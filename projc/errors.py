@@ -31,3 +31,7 @@ class DataError(ProjcError):
 
 class DivergenceError(ProjcError):
     """The solver produced non-finite values."""
+
+
+class ParamError(ProjcError):
+    """Parameters passed to the Python API that do not fit the model (name, shape, dtype)."""

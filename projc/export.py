@@ -1,7 +1,9 @@
 """Write the original ONNX graph with trained initializer values (same names, shapes, dtypes).
 
 The file is written atomically: to a temporary file in the destination folder, then
-``os.replace``d over the destination, so a failure never leaves a partial or clobbered file.
+``os.replace``d over the destination, so a failure (an interrupt included) never leaves a partial,
+clobbered or stray temporary file. A new file gets the usual 0666-less-umask mode; a replaced file
+keeps its own mode.
 """
 from __future__ import annotations
 
@@ -56,6 +58,17 @@ def with_trained_initializers(model, params: Mapping[str, Any]):
     return model
 
 
+def _final_mode(path: str) -> int:
+    """The mode the written file should have: an existing file's own, else 0666 less the umask
+    (mkstemp creates 0600 files, and that mode would otherwise survive the rename)."""
+    try:
+        return os.stat(path).st_mode & 0o7777
+    except OSError:
+        umask = os.umask(0o022)  # reading the umask means setting it; restore at once
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
 def export_onnx(model, params: Mapping[str, Any], path: str | os.PathLike) -> str:
     """Write ``model`` with trained ``params`` to ``path`` atomically; returns the path.
 
@@ -64,6 +77,8 @@ def export_onnx(model, params: Mapping[str, Any], path: str | os.PathLike) -> st
     import onnx
 
     path = os.fspath(path)
+    if not path:
+        raise ProjcError("export: the output path is empty; give a file name for the trained model")
     folder = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
         raise ProjcError(f"{path}: is a folder; give a file name for the trained model")
@@ -78,12 +93,12 @@ def export_onnx(model, params: Mapping[str, Any], path: str | os.PathLike) -> st
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, _final_mode(path))
         os.replace(tmp, path)
     except OSError as e:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
         raise ProjcError(f"{path}: cannot write the trained model there ({e.strerror or e})") from None
+    finally:  # any failure, KeyboardInterrupt included, removes the temporary file
+        if os.path.exists(tmp):
+            os.unlink(tmp)
     del onnx
     return path

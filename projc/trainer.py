@@ -10,7 +10,9 @@ The update is jit-compiled once per (model, batch shape). Options: ``lam`` (cros
 weight, 5.0), ``ce_method`` ("newton" | "fixed-point"), ``relaxation`` (DR λ, 0.5), ``beta`` (DM, 1.0),
 ``repair`` (bipartite repair, True), ``layout`` (the solver's state layout: "auto" | "copies" |
 "consensus"), ``lr`` (Adam, 1e-3), ``factor_linear`` (exact factored slots for linear dot families,
-True). ``ce_method`` and ``lam`` go to the ``attach-loss`` pass as options.
+True), ``freeze`` (names of
+initializers kept fixed: they become constants of the compiled graph). ``ce_method`` and ``lam``
+go to the ``attach-loss`` pass as options.
 
 ``devices`` (None | N | "all" | a jax Mesh) shards every minibatch over that many devices and
 replicates the parameters (data parallelism, see ``projc.distributed``); in a multi-process run
@@ -26,16 +28,35 @@ from typing import Any
 import numpy as np
 
 from projc.backends.jax.solvers import SOLVERS
-from projc.errors import DataError, DivergenceError, ProjcError
+from projc.errors import DataError, DivergenceError, ParamError, ProjcError
 
 STATE_LAYOUTS = ("auto", "copies", "consensus")
-_OPTIONS = ("lam", "ce_method", "relaxation", "beta", "repair", "layout", "lr", "factor_linear")
+_OPTIONS = ("lam", "ce_method", "relaxation", "beta", "repair", "layout", "lr", "factor_linear", "freeze")
 
 
 def compile(model: str | os.PathLike, *, loss: str = "cross_entropy", solver: str = "dr",  # noqa: A001
             steps_per_update: int = 50, **options) -> Trainer:
     """Compile an ONNX model file into a Trainer (see the module docstring)."""
     return Trainer(model, loss=loss, solver=solver, steps_per_update=steps_per_update, **options)
+
+
+def freeze_params(graph, names) -> list[str]:
+    """Turn the trainable initializers named in ``names`` into constants of ``graph`` (in place):
+    the passes then fold them like any other constant, so they stay exactly fixed. Returns the
+    names frozen; an unknown name is an error listing the trainable ones."""
+    if isinstance(names, str):
+        names = [names]
+    names = list(names or ())
+    params = {v.hint: v for v in graph.params}
+    unknown = [n for n in names if n not in params]
+    if unknown:
+        raise ParamError(f"cannot freeze {', '.join(map(repr, unknown))}: not a trainable initializer "
+                         f"of {graph.meta.get('path', graph.name)}; trainable: {', '.join(params) or 'none'}")
+    for n in names:
+        params[n].role = "const"
+    if params and not graph.params:
+        raise ParamError("every trainable initializer is frozen: nothing is left to train")
+    return names
 
 
 def make_state_layout(name: str, solver: str, graph, *, factor_linear: bool = True):
@@ -65,7 +86,7 @@ class Trainer:
     def __init__(self, model: str | os.PathLike, *, loss: str = "cross_entropy", solver: str = "dr",
                  steps_per_update: int = 50, lam: float = 5.0, ce_method: str = "newton",
                  relaxation: float = 0.5, beta: float = 1.0, repair: bool = True, layout: str = "auto",
-                 lr: float = 1e-3, factor_linear: bool = True, devices=None):
+                 lr: float = 1e-3, factor_linear: bool = True, freeze=(), devices=None):
         from projc.onnx_import import load_model
         from projc.passes import compile_for_training
 
@@ -77,13 +98,16 @@ class Trainer:
             raise ProjcError(f"unknown ce_method {ce_method!r}; choose newton or fixed-point")
         if not isinstance(steps_per_update, int) or steps_per_update < 1:
             raise ProjcError(f"steps_per_update must be a positive integer, got {steps_per_update!r}")
-        if not (isinstance(lam, (int, float)) and lam > 0):
+        if not (isinstance(lam, (int, float)) and lam > 0 and math.isfinite(lam)):
             raise ProjcError(f"lam must be a positive number, got {lam!r}")
+        if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
+            raise ProjcError(f"lr must be a positive number, got {lr!r}")
         self.model_path = os.fspath(model)
         self.loss, self.solver_name, self.steps_per_update = loss, solver, steps_per_update
         self.options = dict(lam=lam, ce_method=ce_method, relaxation=relaxation, beta=beta,
                             repair=repair, layout=layout, lr=lr, factor_linear=factor_linear)
         self.source_graph = load_model(self.model_path)
+        self.frozen = freeze_params(self.source_graph, freeze)
         self.graph = compile_for_training(self.source_graph, loss=loss, lam=lam, ce_method=ce_method,
                                           repair=repair)
         self.layout = make_state_layout(layout, solver, self.graph, factor_linear=factor_linear)
@@ -126,7 +150,8 @@ class Trainer:
         """One minibatch update; returns (new params, stats)."""
         params = self._check_params(params)
         x, y = self._check_data(x, y)
-        batch = {self.input_name: x, self.label_name: y}
+        labels = y if self.solver_name == "adam" else self._targets(y)
+        batch = {self.input_name: x, self.label_name: labels}
         if self.parallel is not None:  # x, y: this process's slice of the global minibatch
             self.parallel.check_batch(len(x))
             params, batch = self.parallel.put_replicated(params), self.parallel.put_batch(batch)
@@ -136,6 +161,7 @@ class Trainer:
             new, stats = self._update(params, batch)
         stats = {k: float(v) for k, v in stats.items()}
         bad = [k for k, v in new.items() if not bool(np.all(np.isfinite(np.asarray(v))))]
+        bad += [f"its {k}" for k, v in stats.items() if not math.isfinite(v)]
         if bad:
             raise DivergenceError(
                 f"the {self.solver_name} update produced non-finite values in {', '.join(bad)}; "
@@ -176,15 +202,24 @@ class Trainer:
     # -- validation ------------------------------------------------------------------------
     def _check_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
         if not isinstance(params, Mapping):
-            raise ProjcError("params must be the dict returned by init_params() or update()")
+            raise ParamError("params must be the dict returned by init_params() or update()")
         missing = [n for n in self.param_names if n not in params]
         if missing:
-            raise ProjcError(f"params lack {', '.join(missing)}; start from trainer.init_params()")
+            raise ParamError(f"params lack {', '.join(missing)}; start from trainer.init_params()")
         out = {}
         for n in self.param_names:
             v = params[n]
+            dtype = getattr(v, "dtype", None)
+            if dtype is None:
+                try:
+                    dtype = np.asarray(v).dtype
+                except Exception:  # noqa: BLE001 - ragged lists and other non-arrays
+                    dtype = np.dtype(object)
+            if np.dtype(dtype).kind != "f":
+                raise ParamError(f"param {n} has dtype {dtype}; the model needs floating-point values "
+                                 f"({self._init[n].dtype}), e.g. np.asarray(value, np.float32)")
             if tuple(np.shape(v)) != self._init[n].shape:
-                raise ProjcError(f"param {n} has shape {list(np.shape(v))}, the model needs "
+                raise ParamError(f"param {n} has shape {list(np.shape(v))}, the model needs "
                                  f"{list(self._init[n].shape)}")
             out[n] = v
         return out
@@ -237,8 +272,45 @@ class Trainer:
                             f"in 0..{c - 1}; remap the labels")
         return x, y.astype(np.int32)
 
+    def _targets(self, y: np.ndarray):
+        """The label input of the compiled graph: class ids, or one-hot rows for squared_error
+        (whose label has the logits' shape)."""
+        if self.loss != "squared_error":
+            return y
+        if self.num_classes is None:
+            raise DataError("squared_error needs a model whose output has a known class count")
+        return np.eye(self.num_classes, dtype=np.float32)[y]
+
+    # -- solver state carried across updates (checkpoints) -----------------------------------
+    def solver_state(self) -> list[np.ndarray] | None:
+        """The state an update carries to the next one, as arrays: Adam's moments and step count;
+        None for the projection solvers (each update starts its state from the params)."""
+        if self.solver_name != "adam" or self._adam_state is None:
+            return None
+        import jax
+        return [np.asarray(leaf) for leaf in jax.tree_util.tree_leaves(self._adam_state)]
+
+    def set_solver_state(self, leaves: list[np.ndarray] | None) -> None:
+        """Restore what ``solver_state`` returned (after ``init_params``, before ``update``)."""
+        if self.solver_name != "adam":
+            if leaves:
+                raise ProjcError(f"solver {self.solver_name} carries no state across updates")
+            return
+        if leaves is None:
+            self._adam_state = None
+            return
+        import jax
+        import jax.numpy as jnp
+        opt, _ = self._adam_setup()
+        template = opt.init({k: jnp.asarray(v, jnp.float32) for k, v in self._init.items()})
+        ref, treedef = jax.tree_util.tree_flatten(template)
+        if len(ref) != len(leaves) or any(np.shape(a) != np.shape(b) for a, b in zip(ref, leaves)):
+            raise ProjcError("the saved Adam state does not fit this model")
+        self._adam_state = jax.tree_util.tree_unflatten(
+            treedef, [jnp.asarray(v, dtype=r.dtype) for v, r in zip(leaves, ref)])
+
     # -- adam baseline ---------------------------------------------------------------------
-    def _adam_update(self, params, x, y):
+    def _adam_setup(self):
         import jax
         import jax.numpy as jnp
         import optax
@@ -258,7 +330,12 @@ class Trainer:
 
             shardings = self.parallel.jit_shardings(2, 2, 3) if self.parallel else {}
             self._adam = (opt, jax.jit(step, **shardings))
-        opt, step = self._adam
+        return self._adam
+
+    def _adam_update(self, params, x, y):
+        import jax.numpy as jnp
+
+        opt, step = self._adam_setup()
         p = {k: jnp.asarray(v, jnp.float32) for k, v in params.items()}
         if self._adam_state is None:
             self._adam_state = opt.init(p)

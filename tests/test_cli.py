@@ -153,11 +153,14 @@ def test_train_bad_data_exit_2_nothing_written(capsys, tmp_path, data, message):
     assert not out_path.exists()
 
 
-def test_train_unwritable_output_fails_before_training(capsys, tmp_path):
-    target = tmp_path / "no" / "such" / "dir" / "t.onnx"
+def test_train_output_that_is_a_file_path_fails_before_training(capsys, tmp_path):
+    # a missing folder is created at export (tests/test_cli_train.py); a file in the way is not
+    blocker = tmp_path / "no"
+    blocker.write_bytes(b"a file, not a folder")
+    target = blocker / "dir" / "t.onnx"
     code, out, err = run(capsys, "train", MLP, *TINY_TRAIN, "-o", str(target))
     assert code == 2 and "cannot write" in err and "epoch" not in out
-    assert not target.parent.exists()
+    assert blocker.read_bytes() == b"a file, not a folder"
 
 
 def test_train_refuses_to_overwrite_nothing_on_failure(capsys, tmp_path):

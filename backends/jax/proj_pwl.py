@@ -299,5 +299,8 @@ def sum_pwl(*args, fn: Any = "relu"):
         Snew = Snew + x
     # y = s S* + c of the chosen piece, at the new operands' actual sum (clipped into the piece
     # against rounding, so that e.g. abs never returns -0.0000001)
-    kk = k[..., 0]
-    return (*new, s[kk] * jnp.clip(Snew, lo[kk], hi[kk]) + c[kk])
+    # the table may be per element (a constant operand shifts it, see layout_copies): pick along
+    # the piece axis rather than indexing a 1-D table
+    lo_k, hi_k, s_k, c_k = (jnp.take_along_axis(jnp.broadcast_to(t, Sk.shape), k, -1)[..., 0]
+                            for t in (lo, hi, s, c))
+    return (*new, s_k * jnp.clip(Snew, lo_k, hi_k) + c_k)
