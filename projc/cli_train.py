@@ -42,7 +42,10 @@ def add_train_parser(sub) -> None:
     p.add_argument("--lr", type=float, default=1e-3, help="learning rate for --solver adam")
     p.add_argument("--no-repair", action="store_true",
                    help="fail on non-bipartite graphs instead of inserting identity constraints")
-    p.add_argument("--seed", type=int, default=0, help="data split and shuffling seed")
+    p.add_argument("--seed", type=int, default=0, help="data split, shuffling and --init seed")
+    p.add_argument("--init", default=None, choices=("file", "he"),
+                   help="starting weights: file (the exported values) or he (He-normal weights, zero "
+                   "biases, seeded by --seed); default: projc.trainer.DEFAULT_INIT")
     p.add_argument("-o", "--output", default=None, help="trained model path (default MODEL.trained.onnx)")
 
 
@@ -95,14 +98,17 @@ def cmd_train(args) -> int:
     output = args.output or default_output(args.model)
     check_output_writable(output)
     options = dict(lam=args.lam, relaxation=args.relaxation, layout=args.layout, lr=args.lr,
-                   repair=not args.no_repair)
+                   repair=not args.no_repair, seed=args.seed)
+    if args.init is not None:
+        options["init"] = args.init
     trainer = projc.compile(args.model, loss=args.loss, solver=args.solver,
                             steps_per_update=args.steps, **options)
     data = load_data(args.data, seed=args.seed, input_shape=trainer.input_shape)
     params = trainer.init_params()
     epochs = args.epochs if (args.epochs is not None or args.updates is not None) else 10
     print(f"projc train: {args.model} on {data.name} ({len(data.y_train)} train, {len(data.y_test)} "
-          f"test), solver {args.solver}, {args.steps} steps/update, batch {args.batch}", flush=True)
+          f"test), solver {args.solver}, {args.steps} steps/update, batch {args.batch}, "
+          f"init {trainer.options['init']}", flush=True)
     tty = sys.stderr.isatty()
     bar, current, t0, stats = None, -1, time.perf_counter(), {}
     for epoch, idx in iterate_updates(len(data.y_train), args.batch, epochs, args.updates, args.seed):

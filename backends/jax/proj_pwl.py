@@ -184,5 +184,8 @@ def sum_pwl(*args, fn: Any = "relu"):
         Snew = Snew + x
     # y = s S* + c of the chosen piece, at the new operands' actual sum (clipped into the piece
     # against rounding, so that e.g. abs never returns -0.0000001)
-    kk = k[..., 0]
-    return (*new, s[kk] * jnp.clip(Snew, lo[kk], hi[kk]) + c[kk])
+    # The table may be per element ([..., P], a constant operand shifted into it) or shared ([P]):
+    # pick the chosen piece along the last axis either way (s[kk] would index the first axis).
+    def piece(t):
+        return jnp.take_along_axis(jnp.broadcast_to(t, Sk.shape), k, axis=-1)[..., 0]
+    return (*new, piece(s) * jnp.clip(Snew, piece(lo), piece(hi)) + piece(c))
