@@ -254,3 +254,44 @@ def test_bundled_cnn_forward_equals_onnxruntime(name):
     for kind, n in CNN_MODELS[name].items():
         assert counts.get(kind) == n, (kind, counts)
     assert g.ops[-1].inputs[0].shape[1:] == (10,)
+
+
+# -- every solver, both layouts, on a tiny CNN with every new form ---------------------------------------
+def tiny_cnn(path, rng):
+    """conv -> BatchNorm -> relu -> AveragePool 2 -> conv -> relu -> ReduceMean -> conv 1x1 ->
+    GlobalAveragePool -> Flatten (logits [N,3])."""
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+             helper.make_node("BatchNormalization", ["c1", "g", "b", "mu", "var"], ["n1"]),
+             helper.make_node("Relu", ["n1"], ["r1"]),
+             helper.make_node("AveragePool", ["r1"], ["p1"], kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("Conv", ["p1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c2"], ["r2"]),
+             helper.make_node("ReduceMean", ["r2"], ["m2"], axes=[3], keepdims=1),
+             helper.make_node("Conv", ["m2", "w3"], ["c3"]),
+             helper.make_node("GlobalAveragePool", ["c3"], ["p3"]),
+             helper.make_node("Flatten", ["p3"], ["logits"])]
+    inits = {"w1": rng.normal(size=(2, 1, 3, 3)), "b1": np.zeros(2), "g": [1.5, 0.5], "b": [0.1, -0.2],
+             "mu": [0.2, -0.1], "var": [1.3, 0.7], "w2": rng.normal(size=(3, 2, 3, 3)) / 2,
+             "b2": np.zeros(3), "w3": rng.normal(size=(3, 3, 1, 1))}
+    return _model(path, nodes, inits, ["N", 1, 4, 4], ["N", 3])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("solver", ["ap", "cp", "dr", "dm", "ar", "cdr"])
+def test_tiny_cnn_updates_under_every_solver(tmp_path, solver):
+    import projc
+
+    rng = np.random.default_rng(8)
+    path = tiny_cnn(tmp_path / "tiny.onnx", rng)
+    _check_forward(path, rng.normal(size=(3, 1, 4, 4)).astype(np.float32))
+    tr = projc.compile(path, solver=solver, steps_per_update=3)
+    assert tr.layout.name == ("consensus" if solver in ("ap", "cp") else "copies")
+    x, y = rng.normal(size=(6, 1, 4, 4)).astype(np.float32), rng.integers(0, 3, 6)
+    p0 = tr.init_params()
+    p1, stats = tr.update(p0, x, y)
+    assert np.isfinite(stats["residual"])
+    assert max(float(np.max(np.abs(np.asarray(p1[k]) - p0[k]))) for k in p0) > 1e-4  # it trained
+    out = tmp_path / "t.onnx"
+    tr.export(p1, out)
+    got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, tr.logits(p1, x), rtol=1e-4, atol=1e-4)
