@@ -121,7 +121,8 @@ def cmd_train(args) -> int:
         xb, yb = data.x_train[idx], data.y_train[idx]
         params, stats = trainer.update(params, xb, yb)
         batch_acc = trainer.evaluate(params, xb, yb)["accuracy"]
-        bar.set_postfix(residual=f"{float(stats['residual']):.2e}", acc=f"{batch_acc:.3f}")
+        shown = "residual" if "residual" in stats else "loss"  # adam reports its loss instead
+        bar.set_postfix({shown: f"{float(stats[shown]):.2e}", "acc": f"{batch_acc:.3f}"})
         bar.update()
     if bar is not None:
         finish_epoch(bar, trainer, params, data, current, t0)

@@ -51,10 +51,17 @@ def test_he_fan_in_on_a_large_layer_and_seeding():
 def test_trainer_init_option_and_errors(capsys):
     tr = projc.compile(str(MODELS / "mlp_digits.onnx"), init="he", seed=2, steps_per_update=2)
     assert np.all(tr.init_params()["fc1.bias"] == 0) and tr.options["init"] == "he"
-    assert np.any(projc.compile(str(MODELS / "mlp_digits.onnx"), steps_per_update=2)
-                  .init_params()["fc1.bias"] != 0)  # the default keeps the file's values
+    assert np.any(projc.compile(str(MODELS / "mlp_digits.onnx"), steps_per_update=2, init="file")
+                  .init_params()["fc1.bias"] != 0)  # init="file" keeps the file's values
     with pytest.raises(ProjcError, match="unknown init 'xavier'"):
         projc.compile(str(MODELS / "mlp_digits.onnx"), init="xavier")
     with pytest.raises(SystemExit) as e:
         main(["train", str(MODELS / "mlp_digits.onnx"), "--init", "xavier"])
     assert e.value.code == 2 and "--init" in capsys.readouterr().err
+
+
+def test_cli_train_with_adam_and_init(capsys, tmp_path):
+    out = tmp_path / "t.onnx"
+    code = main(["train", str(MODELS / "mlp_digits.onnx"), "--solver", "adam", "--init", "file",
+                 "--updates", "2", "--batch", "32", "-o", str(out)])
+    assert code == 0 and out.exists() and "init file" in capsys.readouterr().out
