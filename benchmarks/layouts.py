@@ -1,13 +1,18 @@
 """Copies vs consensus layout: seconds per update and memory, against one Adam step.
 
     .venv/bin/python benchmarks/layouts.py [--repeats 5] [--models mlp_mnist,mlp512,cnn_digits]
-                                           [--no-sweep] [--json PATH]
+                                           [--no-sweep] [--json PATH] [--cnn-steps 10]
 
 Per model (batch 256, 50 projection steps per update): copies-ap, consensus-ap, copies-dr, one
 consensus-ap step (an update with steps_per_update=1, and the 50-step update / 50), and one optax
 Adam step on the same compiled forward (trainer solver="adam"). ``mlp512`` is a plain
 784-512-512-10 ReLU MLP built here with onnx.helper; the inputs are random (timing does not depend
 on the data). Timings: median of ``--repeats`` calls after one warm-up (compile) call.
+
+CNN rows (``cnn2_digits``, ``lenet_digits``; ``cnn_digits`` with ``--cnn-rows``): copies-dr and
+consensus-cp updates of ``--cnn-steps`` steps and one Adam step; the ratios are one projection step
+(the update / steps) against one Adam step, from the same run (DR on a two-conv CNN is ~1 min per
+50-step update on the project machine, hence fewer steps).
 
 Memory: XLA's compiled memory analysis of the jitted update (argument + temp + output bytes, minus
 aliased bytes) — deterministic, and what the update needs on top of the process; not RSS.
@@ -127,6 +132,26 @@ def bench_model(name, path, batch, repeats, steps=50, copies_repeats=None, mater
     return rows
 
 
+CNNS = ("cnn2_digits", "lenet_digits")
+
+
+def bench_cnn(name, path, batch, repeats, steps) -> list[dict]:
+    rows = []
+    for solver, layout, st in (("adam", None, 1), ("cp", "consensus", steps), ("dr", "copies", steps)):
+        r = measure(path, solver, layout, st, batch, repeats)
+        r["model"] = name
+        rows.append(r)
+        print(f"{name:12s} {solver:4s} {r['layout']:9s} steps={st:<3d} {r['s_per_update']:.5f} s  "
+              f"{r['mem_bytes'] / 2**20:.1f} MiB", flush=True)
+    return rows
+
+
+def cnn_ratios(rows) -> dict:
+    adam = next(r for r in rows if r["solver"] == "adam")["s_per_update"]
+    return {f"{r['layout']}_{r['solver']}_step_over_adam_step": r["s_per_update"] / r["steps"] / adam
+            for r in rows if r["solver"] != "adam"}
+
+
 def ratios(rows) -> dict:
     by = {(r["solver"], r["layout"], r["steps"]): r for r in rows}
     cop, con = by[("ap", "copies", 50)], by[("ap", "consensus", 50)]
@@ -165,6 +190,8 @@ def main(argv=None) -> None:
     ap.add_argument("--models", default="mlp_mnist,mlp512,cnn_digits")
     ap.add_argument("--no-sweep", action="store_true")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--cnn-steps", type=int, default=10, help="projection steps per update in CNN rows")
+    ap.add_argument("--cnn-rows", action="store_true", help="time cnn_digits as a CNN row (dr, cp, adam)")
     args = ap.parse_args(argv)
     out = {"batch": args.batch, "steps_per_update": 50, "memory": "XLA compiled memory_analysis: "
            "argument + temp + output - alias bytes of the jitted update", "models": {}}
@@ -172,8 +199,18 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         paths = {"mlp_mnist": os.path.join(ROOT, "models", "mlp_mnist.onnx"),
                  "cnn_digits": os.path.join(ROOT, "models", "cnn_digits.onnx"),
-                 "mlp512": mlp_onnx(os.path.join(tmp, "mlp512.onnx"))}
+                 "mlp512": mlp_onnx(os.path.join(tmp, "mlp512.onnx")),
+                 **{n: os.path.join(ROOT, "models", f"{n}.onnx") for n in CNNS}}
         for name in args.models.split(","):
+            if name in CNNS or (name == "cnn_digits" and args.cnn_rows):
+                rows = bench_cnn(name, paths[name], args.batch, args.repeats, args.cnn_steps)
+                out["models"][name] = {"rows": rows, "ratios": cnn_ratios(rows)}
+                tables.append(format_table(
+                    ["model", "config", "steps", "s/update (median)", "memory MiB"],
+                    [[name, f"{r['layout']}-{r['solver']}" if r["solver"] != "adam" else "adam", r["steps"],
+                      r["s_per_update"], r["mem_bytes"] / 2**20] for r in rows]))
+                tables.append(format_table(["ratio", "value"], [[k, v] for k, v in cnn_ratios(rows).items()]))
+                continue
             rows = bench_model(name, paths[name], args.batch, args.repeats,
                                copies_repeats=3 if name == "mlp512" else None,
                                materialized=name == "mlp_mnist")

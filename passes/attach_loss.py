@@ -2,7 +2,9 @@
 
 Walks back from each graph output through post-processing (Identity, Cast, Reshape, Flatten,
 Squeeze, ArgMax, ml.ArrayFeatureExtractor, ml.ZipMap and, for classification losses, a trailing
-Softmax/LogSoftmax) to the float value feeding the classification: the logits. Adds a label input
+Softmax/LogSoftmax) to the float value feeding the classification: the logits. When that value is
+a pooled [B,C,1,...] tensor (a CNN whose head is Flatten(GlobalMaxPool(x))), the logits are the
+[B,C] reshape of it on the way back, which stays in the training graph. Adds a label input
 (i64[B] for cross_entropy/margin, the logits' type for squared_error) and the loss op; the graph's
 outputs become [logits]. ``graph.meta["logits_output"]`` records the ONNX name of the logits (and
 ``meta["logits_from"]`` the ONNX output it was found from) so an exporter can keep the original
@@ -25,17 +27,36 @@ LOSS_KINDS = ("cross_entropy", "margin", "squared_error")
 CE_METHODS = ("newton", "fixed-point")
 
 
-def find_logits(graph: Graph, strip: set[str]) -> tuple[Value, Value]:
+def _flattened_logits(chain: list[Value], producers) -> Value | None:
+    """A CNN head like Flatten(GlobalMaxPool(x)) ends at [B,C,1,1]: the logits are then the first
+    [B,C] value met walking back, reached from the pooled tensor by reshapes only (kept in training)."""
+    head = chain[-1]
+    if not head.dtype.startswith("f") or head.rank < 2 or any(d != 1 for d in head.shape[2:]):
+        return None
+    for v in reversed(chain[:-1]):
+        if producers[v].kind not in ("Reshape", "Flatten", "Squeeze", "Identity"):
+            return None
+        if v.rank == 2 and v.dtype == head.dtype and tuple(v.shape[1:]) == tuple(head.shape[1:2]):
+            return v
+    return None
+
+
+def find_logits(graph: Graph, strip: set[str], ranks_2: bool = False) -> tuple[Value, Value]:
+    """(logits, the graph output they were found from); ``ranks_2``: classification wants [B,C]."""
     producers = graph.producers()
     fixed = set(graph.consts) | set(graph.params)
     candidates = []
     for out in graph.outputs:
         v = out
+        chain = [v]  # the output, then each value walked back to
         while v in producers and producers[v].kind in strip:
             operands = [u for u in producers[v].inputs if u is not None and u not in fixed]
             if not operands:
                 break
             v = operands[-1] if producers[v].kind.endswith("ArrayFeatureExtractor") else operands[0]
+            chain.append(v)
+        if v.rank != 2 and ranks_2:
+            v = _flattened_logits(chain, producers) or v
         if v.dtype.startswith("f"):
             candidates.append((v, out))
     if not candidates:
@@ -58,7 +79,7 @@ class AttachLoss(Pass):
         if any(is_loss(op) for op in graph.ops):
             return False
         classify = self.loss != "squared_error"
-        logits, origin = find_logits(graph, POSTPROCESS | (CLASSIFIER_HEADS if classify else set()))
+        logits, origin = find_logits(graph, POSTPROCESS | (CLASSIFIER_HEADS if classify else set()), classify)
         if classify:
             if logits.rank != 2:
                 raise PassError(f"attach-loss: {self.loss} needs logits [B, C], got {logits.hint or '?'}: "

@@ -1,10 +1,18 @@
-"""lower: Conv / MaxPool / GlobalMaxPool / ReduceMax -> patches, dot, max and layout ops; then
-report every op left that the solver cannot train (one PassError listing them all).
+"""lower: Conv / MaxPool / GlobalMaxPool / ReduceMax / AveragePool / GlobalAveragePool / ReduceMean
+-> patches, dot, max and layout ops; then report every op left that the solver cannot train (one
+PassError listing them all).
 
     Conv(x, W, b)   -> sum(transpose(dot(patches(x), transpose(reshape(W, [OC, C*K])))), reshape(b, [OC,1..]))
     MaxPool(x)      -> transpose(max(reshape(patches(pad(x, -inf)), [N,*O,C,K]), axis=-1))
     GlobalMaxPool(x)-> max[axes=spatial, keepdims=1](x)
     ReduceMax(x)    -> max[axes, keepdims](x)
+    AveragePool(x)  -> transpose(reshape(dot(reshape(patches(x), [N,*O,C,K]), const 1/K [K,1]), [N,*O,C]))
+    GlobalAveragePool(x) -> reshape(dot(reshape(x, [N,C,S]), const 1/S [S,1]), [N,C,1..])
+    ReduceMean(x)   -> reshape(dot(reshape(transpose(x, kept+axes), [..,K]), const 1/K [K,1]), out)
+
+Averages are fixed-coefficient sums y = sum_i c_i a_i: a ``dot`` whose right operand is a constant
+column of c_i, so select-projections gives it the exact ``linear`` projection (DESIGN.md §8) and
+every layout and solver already handles it; the patches/reshape/transpose around it are moves.
 
 Grouped convolutions (group > 1) are rejected as unsupported for training.
 """
@@ -121,8 +129,74 @@ def gather(rw: Rewriter, op: Op):
     return rw.emit("reshape", [y], {"shape": reshape_param(out)}, shape=out)
 
 
+def _mean_of_last(rw: Rewriter, x, k: int):
+    """dot(x [...,K], const [K,1] of 1/K) -> [...,1]: the mean over the last axis as a linear family."""
+    coeffs = rw.const(np.full((k, 1), 1.0 / k), x.dtype, hint="mean_coeffs")
+    return rw.emit("dot", [x, coeffs])
+
+
+def avgpool(rw: Rewriter, op: Op):
+    (x,) = op.inputs[:1]
+    kernel = [int(k) for k in op.params["kernel_shape"]]
+    n = len(kernel)
+    strides, pads, dilations = _window(op, x.shape[2:], kernel)
+    if op.params.get("ceil_mode", 0):
+        raise PassError(f"AveragePool {src_of(op)}: ceil_mode=1 is unsupported; export with ceil_mode=0")
+    if any(pads) and not op.params.get("count_include_pad", 0):
+        # border windows would average fewer elements: per-position coefficients, not one column
+        raise PassError(f"AveragePool {src_of(op)}: padding with count_include_pad=0 is unsupported for "
+                        "training; export with count_include_pad=True (torch's default) or no padding")
+    cols = rw.emit("patches", [x], {"kernel": kernel, "strides": strides, "pads": pads,
+                                    "dilations": dilations})                    # [N, *O, C*K], zero-padded
+    c, k = x.shape[1], math.prod(kernel)
+    split = cols.shape[:-1] + (c, k)
+    cols = rw.emit("reshape", [cols], {"shape": reshape_param(split)}, shape=split)  # [N, *O, C, K]
+    m = _mean_of_last(rw, cols, k)                                               # [N, *O, C, 1]
+    m = rw.emit("reshape", [m], {"shape": reshape_param(split[:-1])}, shape=split[:-1])
+    return rw.emit("transpose", [m], {"perm": [0, n + 1, *range(1, n + 1)]})
+
+
+def _mean_over(rw: Rewriter, x, axes: list[int], keepdims: bool):
+    """Mean of x over ``axes`` (sorted, non-negative) as transpose + reshape + dot-with-const."""
+    if any(not isinstance(x.shape[a], int) for a in axes):
+        return None  # averaging over the batch (symbolic) axis: left for the error report
+    keep = [a for a in range(x.rank) if a not in axes]
+    src = x.shape
+    out = tuple(1 if a in axes else d for a, d in enumerate(src)) if keepdims else tuple(src[a] for a in keep)
+    k = math.prod(x.shape[a] for a in axes)
+    if keep + axes != list(range(x.rank)):
+        x = rw.emit("transpose", [x], {"perm": keep + axes})
+    flat = tuple(x.shape[:len(keep)]) + (k,)
+    x = rw.emit("reshape", [x], {"shape": reshape_param(flat)}, shape=flat)
+    m = _mean_of_last(rw, x, k)                                                  # [..kept, 1]
+    return rw.emit("reshape", [m], {"shape": reshape_param(out)}, shape=out)
+
+
+def global_avgpool(rw: Rewriter, op: Op):
+    x = op.inputs[0]
+    return _mean_over(rw, x, list(range(2, x.rank)), True)
+
+
+def reduce_mean(rw: Rewriter, op: Op):
+    x = op.inputs[0]
+    axes = op.params.get("axes")
+    if len(op.inputs) > 1 and op.inputs[1] is not None:
+        if const_data(op.inputs[1]) is None:
+            return None
+        axes = const_data(op.inputs[1]).tolist()
+    if not axes:
+        if op.params.get("noop_with_empty_axes", 0):
+            return x
+        axes = list(range(x.rank))
+    axes = sorted({int(a) % x.rank for a in axes})
+    return _mean_over(rw, x, axes, bool(op.params.get("keepdims", 1)))
+
+
 RULES = {
     "Conv": conv,
+    "AveragePool": avgpool,
+    "GlobalAveragePool": global_avgpool,
+    "ReduceMean": reduce_mean,
     "MaxPool": maxpool,
     "GlobalMaxPool": global_maxpool,
     "ReduceMax": reduce_max,
@@ -150,7 +224,8 @@ def unsupported(graph: Graph) -> list[str]:
             continue  # projc ops, and ops on data/consts only (no training constraint)
         advice = ADVICE.get(op.kind, "no projection exists for this op; supported: Gemm, MatMul, Conv, "
                                      "Add/Sub/Mul/Div-by-const, Relu, LeakyRelu, Clip, Abs, Sign, "
-                                     "MaxPool, ReduceMax, BatchNormalization and layout ops")
+                                     "MaxPool, ReduceMax, AveragePool, GlobalAveragePool, ReduceMean, "
+                                     "BatchNormalization and layout ops")
         problems.append(f"  {op.kind} (src={src_of(op)!r}): {advice}")
     return problems
 

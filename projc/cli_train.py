@@ -64,6 +64,9 @@ def add_train_parser(sub) -> None:
                    help="checkpoint every N updates (default: at the end of each epoch)")
     p.add_argument("--resume", action="store_true",
                    help="continue from the checkpoint in --checkpoint DIR (same command otherwise)")
+    p.add_argument("--init", default=None, choices=("file", "he"),
+                   help="starting weights: file (the exported values) or he (He-normal weights, zero "
+                   "biases, seeded by --seed); default: projc.trainer.DEFAULT_INIT")
     p.add_argument("-o", "--output", default=None, help="trained model path (default MODEL.trained.onnx)")
     add_scaling_args(p)
 
@@ -183,14 +186,17 @@ def cmd_train(args) -> int:
     if rank != 0:  # process 0 logs and writes the exported file; the others only train
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # also silences gloo's C++ log
     options = dict(lam=args.lam, relaxation=args.relaxation, layout=args.layout, lr=args.lr,
-                   repair=not args.no_repair, freeze=args.freeze)
+                   repair=not args.no_repair, freeze=args.freeze, seed=args.seed)
+    if args.init is not None:
+        options["init"] = args.init
     trainer = projc.compile(args.model, loss=args.loss, solver=args.solver,
                             steps_per_update=args.steps, devices=devices, **options)
     data = load_data(args.data, seed=args.seed, input_shape=trainer.input_shape)
     warn(input_scale_warning(data.x_train))
     steps = f"lr {args.lr}" if args.solver == "adam" else f"{args.steps} steps/update"
     print(f"projc train: {args.model} on {data.name} ({len(data.y_train)} train, {len(data.y_test)} "
-          f"test), solver {args.solver}, {steps}, batch {args.batch}", flush=True)
+          f"test), solver {args.solver}, {steps}, batch {args.batch}, init {trainer.options['init']}",
+          flush=True)
     run = TrainingRun(trainer, data, args, warn=warn, rank=rank, nproc=nproc)
     params = run.train()
     if rank != 0:

@@ -12,7 +12,8 @@ weight, 5.0), ``ce_method`` ("newton" | "fixed-point"), ``relaxation`` (DR λ, 0
 "consensus"), ``lr`` (Adam, 1e-3), ``factor_linear`` (exact factored slots for linear dot families,
 True), ``freeze`` (names of
 initializers kept fixed: they become constants of the compiled graph). ``ce_method`` and ``lam``
-go to the ``attach-loss`` pass as options.
+go to the ``attach-loss`` pass as options. ``init`` ("file": the exported values | "he": He-normal
+weights, zero biases; see projc.init_params) and ``seed`` (the init's seed, 0).
 
 ``devices`` (None | N | "all" | a jax Mesh) shards every minibatch over that many devices and
 replicates the parameters (data parallelism, see ``projc.distributed``); in a multi-process run
@@ -31,7 +32,9 @@ from projc.backends.jax.solvers import SOLVERS
 from projc.errors import DataError, DivergenceError, ParamError, ProjcError
 
 STATE_LAYOUTS = ("auto", "copies", "consensus")
-_OPTIONS = ("lam", "ce_method", "relaxation", "beta", "repair", "layout", "lr", "factor_linear", "freeze")
+_OPTIONS = ("lam", "ce_method", "relaxation", "beta", "repair", "layout", "lr", "factor_linear",
+            "freeze", "init", "seed")
+DEFAULT_INIT = "file"  # measured: benchmarks/init.py (README "Initialization")
 
 
 def compile(model: str | os.PathLike, *, loss: str = "cross_entropy", solver: str = "dr",  # noqa: A001
@@ -86,12 +89,16 @@ class Trainer:
     def __init__(self, model: str | os.PathLike, *, loss: str = "cross_entropy", solver: str = "dr",
                  steps_per_update: int = 50, lam: float = 5.0, ce_method: str = "newton",
                  relaxation: float = 0.5, beta: float = 1.0, repair: bool = True, layout: str = "auto",
-                 lr: float = 1e-3, factor_linear: bool = True, freeze=(), devices=None):
+                 lr: float = 1e-3, factor_linear: bool = True, freeze=(), devices=None,
+                 init: str = DEFAULT_INIT, seed: int = 0):
+        from projc.init_params import INITS, initial_params
         from projc.onnx_import import load_model
         from projc.passes import compile_for_training
 
         if solver not in SOLVERS:
             raise ProjcError(f"unknown solver {solver!r}; choose one of {', '.join(SOLVERS)}")
+        if init not in INITS:
+            raise ProjcError(f"unknown init {init!r}; choose one of {', '.join(INITS)}")
         if layout not in STATE_LAYOUTS:
             raise ProjcError(f"unknown layout {layout!r}; choose one of {', '.join(STATE_LAYOUTS)}")
         if ce_method not in ("newton", "fixed-point"):
@@ -105,7 +112,8 @@ class Trainer:
         self.model_path = os.fspath(model)
         self.loss, self.solver_name, self.steps_per_update = loss, solver, steps_per_update
         self.options = dict(lam=lam, ce_method=ce_method, relaxation=relaxation, beta=beta,
-                            repair=repair, layout=layout, lr=lr, factor_linear=factor_linear)
+                            repair=repair, layout=layout, lr=lr, factor_linear=factor_linear,
+                            init=init, seed=seed)
         self.source_graph = load_model(self.model_path)
         self.frozen = freeze_params(self.source_graph, freeze)
         self.graph = compile_for_training(self.source_graph, loss=loss, lam=lam, ce_method=ce_method,
@@ -124,7 +132,8 @@ class Trainer:
         self.logits_name = self.graph.meta.get("logits_output", logits.hint)
         self.num_classes = int(logits.shape[-1]) if isinstance(logits.shape[-1], int) else None
         self.param_names = [v.hint for v in self.graph.params]
-        self._init = {v.hint: np.asarray(v.data) for v in self.graph.params}
+        self._init = initial_params(self.source_graph, {v.hint: np.asarray(v.data) for v in self.graph.params},
+                                    init, seed)
         self._label_dtype = self._label.dtype
         self._update = None
         self._forward = None
@@ -142,7 +151,7 @@ class Trainer:
 
     # -- public API ------------------------------------------------------------------------
     def init_params(self) -> dict[str, np.ndarray]:
-        """{ONNX initializer name: array}: the trainable initializers' values in the file."""
+        """{ONNX initializer name: array}: the starting values (the file's, or re-drawn by ``init``)."""
         self._adam_state = None
         return {k: v.copy() for k, v in self._init.items()}
 

@@ -1,0 +1,70 @@
+"""init="file" vs init="he": test accuracy after a fixed number of updates, per bundled untrained model.
+
+    .venv/bin/python benchmarks/init.py [--models mlp_digits,resmlp,...] [--updates 30] [--solver dr]
+                                        [--seed 0] [--json PATH]
+
+Each model trains on its data set (digits; mlp_mnist on mnist5k) with batch 256 and 50 projection
+steps per update, the same batches for both inits (data seed = ``--seed``, He draws seeded by it too),
+and reports the test accuracy every ``--every`` updates. Prints a table, writes JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import format_table, write_json  # noqa: E402
+
+import projc  # noqa: E402
+from projc.cli_train import iterate_updates  # noqa: E402
+from projc.data import load_data  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+UNTRAINED = ["mlp_digits", "resmlp", "binary_mlp", "cnn_digits", "mlp_mnist", "cnn2_digits",
+             "lenet_digits", "gap_digits", "maxlogits_digits"]
+DATA = {"mlp_mnist": "mnist5k"}
+
+
+def run(name: str, init: str, solver: str, updates: int, every: int, seed: int, batch: int = 256):
+    tr = projc.compile(os.path.join(ROOT, "models", f"{name}.onnx"), solver=solver, steps_per_update=50,
+                       init=init, seed=seed)
+    data = load_data(DATA.get(name, "digits"), seed=seed, input_shape=tr.input_shape)
+    params = tr.init_params()
+    curve, t0 = [], time.perf_counter()
+    for i, (_, idx) in enumerate(iterate_updates(len(data.y_train), batch, None, updates, seed), 1):
+        params, _ = tr.update(params, data.x_train[idx], data.y_train[idx])
+        if i % every == 0 or i == updates:
+            curve.append((i, tr.evaluate(params, data.x_test, data.y_test)["accuracy"]))
+    return curve, (time.perf_counter() - t0) / updates
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="mlp_digits,resmlp,binary_mlp,cnn_digits,mlp_mnist")
+    ap.add_argument("--inits", default="file,he")
+    ap.add_argument("--updates", type=int, default=30)
+    ap.add_argument("--every", type=int, default=10)
+    ap.add_argument("--solver", default="dr")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    rows, results = [], []
+    for name in args.models.split(","):
+        for init in args.inits.split(","):
+            curve, spu = run(name, init, args.solver, args.updates, args.every, args.seed)
+            results.append({"model": name, "init": init, "solver": args.solver, "curve": curve,
+                            "s_per_update": spu})
+            rows.append([name, init, args.solver, " ".join(f"{a:.3f}@{i}" for i, a in curve), spu])
+            print(format_table(["model", "init", "solver", "test accuracy @ updates", "s/update"], rows[-1:]),
+                  flush=True)
+    print()
+    print(format_table(["model", "init", "solver", "test accuracy @ updates", "s/update"], rows))
+    print("wrote", write_json("init", {"args": vars(args), "results": results}, args.json))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""Parameter initialization for training: ``init="file"`` keeps the exported values, ``"he"``
+re-draws them.
+
+He-normal (the reference library's init): a weight consumed by Gemm, MatMul or Conv gets
+N(0, 2/fan_in) with fan_in taken from the consuming op (Gemm: the contracted dim of B, honouring
+transB; MatMul: rows of B; Conv: C/group * prod(kernel)); the bias of a Gemm or Conv gets zeros.
+Every other trainable initializer keeps its file value. Draws are seeded and made in the model's
+parameter order, so the same seed gives the same start. Projection methods are not
+scale-invariant: torch's default init (uniform, std = 1/sqrt(3 fan_in)) is about 2.5x smaller.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from projc.errors import ProjcError
+
+INITS = ("file", "he")
+
+
+def _roles(graph) -> dict[str, tuple[str, int]]:
+    """ONNX initializer name -> ("weight", fan_in) | ("bias", 0) for Gemm/MatMul/Conv operands."""
+    roles: dict[str, tuple[str, int]] = {}
+    for op in graph.ops:
+        ins = list(op.inputs) + [None] * 3
+        w, b = ins[1], ins[2]
+        if w is None or w.role != "param" or not all(isinstance(d, int) for d in w.shape):
+            continue
+        if op.kind == "Gemm":
+            fan_in = w.shape[1] if op.params.get("transB", 0) else w.shape[0]
+        elif op.kind == "MatMul" and w.rank == 2:
+            fan_in, b = w.shape[0], None
+        elif op.kind == "Conv":
+            fan_in = math.prod(w.shape[1:])
+        else:
+            continue
+        roles.setdefault(w.hint, ("weight", int(fan_in)))
+        if b is not None and b.role == "param":
+            roles.setdefault(b.hint, ("bias", 0))
+    return roles
+
+
+def initial_params(source_graph, file_values: dict[str, np.ndarray], init: str,
+                   seed: int = 0) -> dict[str, np.ndarray]:
+    """The starting parameters {name: array} for ``init`` (see the module docstring)."""
+    if init not in INITS:
+        raise ProjcError(f"unknown init {init!r}; choose one of {', '.join(INITS)}")
+    if init == "file":
+        return {k: v.copy() for k, v in file_values.items()}
+    roles = _roles(source_graph)
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name, value in file_values.items():
+        role, fan_in = roles.get(name, ("keep", 0))
+        if role == "weight":
+            std = math.sqrt(2.0 / max(fan_in, 1))
+            out[name] = (rng.standard_normal(value.shape) * std).astype(value.dtype)
+        elif role == "bias":
+            out[name] = np.zeros_like(value)
+        else:
+            out[name] = value.copy()
+    return out
