@@ -14,12 +14,9 @@ import os
 import sys
 import time
 
-import numpy as np
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import format_table, write_json  # noqa: E402
-
 import projc  # noqa: E402
+from common import format_table, write_json  # noqa: E402
 from projc.cli_train import iterate_updates  # noqa: E402
 from projc.data import load_data  # noqa: E402
 

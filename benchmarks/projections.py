@@ -46,7 +46,7 @@ def cases(B: int, dt, rng):
         "sum_pwl round (n=2)": ("2 scalars", lambda a, b, y: P.sum_pwl(a, b, y, fn="round"), (arr(B, scale=3), arr(B, scale=3), arr(B, scale=3))),
         "sum_pwl fake_quant u8 (n=2)": ("2 scalars", lambda a, b, y: P.sum_pwl(a, b, y, fn=P.fake_quant(1 / 16, 0, 0, 255)), (arr(B), arr(B), arr(B))),
         "sum_pwl hardsigmoid (n=2)": ("2 scalars", lambda a, b, y: P.sum_pwl(a, b, y, fn=P.hardsigmoid()), (arr(B), arr(B), arr(B))),
-        **{f"sum_smooth {fn} (n=2)": ("2 scalars", (lambda fn: lambda a, b, y: P.sum_smooth(a, b, y, fn=fn))(fn),
+        **{f"sum_smooth {fn} (n=2)": ("2 scalars", (lambda fn: lambda a, b, y: P.sum_smooth(a, b, y, fn=fn))(fn),  # noqa: B023
                                       (arr(B, scale=3), arr(B, scale=3), arr(B)))
            for fn in ("tanh", "sigmoid", "silu", "gelu", "hardswish")},
         f"linear (n={VEC})": (f"vector {VEC}", P.linear, (arr(B, VEC), arr(B, VEC), arr(B, scale=4.0))),

@@ -10,8 +10,8 @@ Four 8x8 digit CNNs that exercise what real CNN exports contain:
   3x3 SAME, BatchNorm, ReLU, AveragePool 2; flatten; linear 64->10. BatchNormalization stays a
   node (``do_constant_folding=False`` keeps torch from folding it into the conv).
 - ``gap_digits``: conv 1->16 + ReLU, conv 16->32 + ReLU, GlobalAveragePool, Flatten, linear 32->10.
-- ``maxlogits_digits``: conv 1->16 + ReLU, conv 16->10, a global max pool (exported as an 8x8 MaxPool), Flatten: the logits are the
-  flattened [B,10,1,1] pooled tensor (no linear layer after the pool).
+- ``maxlogits_digits``: conv 1->16 + ReLU, conv 16->10, a global max pool (exported as an 8x8
+  MaxPool), Flatten: the logits are the flattened [B,10,1,1] pooled tensor (no linear layer after the pool).
 
 Same exporter settings and checks as ``export_torch.py`` (TorchScript exporter, opset 17,
 onnx.checker, onnxruntime equals torch at batch 1 and 7); the BatchNorm running statistics are

@@ -7,7 +7,7 @@ was drawn) is plain JSON, so a checkpoint can restore the exact batch sequence.
 from __future__ import annotations
 
 import copy
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 

@@ -20,7 +20,8 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -79,7 +80,7 @@ class DataParallel:
         self.local_size = per_process[process_index()]
 
     @classmethod
-    def from_spec(cls, devices) -> "DataParallel | None":
+    def from_spec(cls, devices) -> DataParallel | None:
         """``None`` (no sharding: today's single-device path), an int, ``"all"`` or a Mesh."""
         import jax
         from jax.sharding import Mesh

@@ -123,7 +123,7 @@ def model_opsets(model: onnx.ModelProto) -> dict[str, int]:
     return opsets
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _newest_opsets() -> dict[str, int]:
     """The newest opset of each standard domain the installed onnx defines."""
     return {"": onnx.defs.onnx_opset_version(), "ai.onnx.ml": max(

@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy import optimize
 
-from projc.backends.jax import projections as P
 from projc.backends.jax import proj_smooth as PS
+from projc.backends.jax import projections as P
 
 GAPS: dict[str, float] = {}
 GAP_TOL = 1e-7

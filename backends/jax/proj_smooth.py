@@ -20,7 +20,8 @@ float64.  `offset` is a constant added to the sum (a bias that is data): y = f(o
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax.numpy as jnp
 import numpy as np

@@ -27,18 +27,24 @@ from .proj_losses import cross_entropy_prox, margin, squared_error
 from .proj_pwl import (  # noqa: A004 - presets
     PRESETS,
     Pieces,
+    Staircase,
     abs,
     clip,
+    fake_quant,
+    hardsigmoid,
     leaky_relu,
     pieces,
     pwl_eval,
     quantize,
     relu,
+    relu6,
     sign,
+    stair_eval,
+    staircase,
     step,
     sum_pwl,
+    sum_staircase,
 )
-from .proj_pwl import Staircase, fake_quant, hardsigmoid, relu6, stair_eval, staircase, sum_staircase
 from .proj_smooth import SMOOTH_FNS, smooth_eval, sum_activation, sum_smooth
 from .proj_smooth import handles as activation_handles
 
