@@ -98,7 +98,9 @@ def global_maxpool(rw: Rewriter, op: Op):
     return rw.emit("max", [x], {"axes": list(range(2, x.rank)), "keepdims": 1})
 
 
-def reduce_max(rw: Rewriter, op: Op):
+def reduce_axes(op: Op):
+    """A Reduce* op's axes, sorted and non-negative: [] for a no-op (noop_with_empty_axes), None when
+    they are a runtime input (the op is then left for the error report)."""
     x = op.inputs[0]
     axes = op.params.get("axes")
     if len(op.inputs) > 1 and op.inputs[1] is not None:
@@ -106,11 +108,15 @@ def reduce_max(rw: Rewriter, op: Op):
             return None
         axes = const_data(op.inputs[1]).tolist()
     if not axes:
-        if op.params.get("noop_with_empty_axes", 0):
-            return x
-        axes = list(range(x.rank))
-    axes = sorted(int(a) % x.rank for a in axes)
-    return rw.emit("max", [x], {"axes": axes, "keepdims": int(op.params.get("keepdims", 1))})
+        return [] if op.params.get("noop_with_empty_axes", 0) else list(range(x.rank))
+    return sorted({int(a) % x.rank for a in axes})
+
+
+def reduce_max(rw: Rewriter, op: Op):
+    axes = reduce_axes(op)
+    if not axes:
+        return op.inputs[0] if axes == [] else None
+    return rw.emit("max", [op.inputs[0]], {"axes": axes, "keepdims": int(op.params.get("keepdims", 1))})
 
 
 def gather(rw: Rewriter, op: Op):
@@ -178,18 +184,10 @@ def global_avgpool(rw: Rewriter, op: Op):
 
 
 def reduce_mean(rw: Rewriter, op: Op):
-    x = op.inputs[0]
-    axes = op.params.get("axes")
-    if len(op.inputs) > 1 and op.inputs[1] is not None:
-        if const_data(op.inputs[1]) is None:
-            return None
-        axes = const_data(op.inputs[1]).tolist()
+    axes = reduce_axes(op)
     if not axes:
-        if op.params.get("noop_with_empty_axes", 0):
-            return x
-        axes = list(range(x.rank))
-    axes = sorted({int(a) % x.rank for a in axes})
-    return _mean_over(rw, x, axes, bool(op.params.get("keepdims", 1)))
+        return op.inputs[0] if axes == [] else None
+    return _mean_over(rw, op.inputs[0], axes, bool(op.params.get("keepdims", 1)))
 
 
 RULES = {

@@ -189,7 +189,8 @@ def _check_nearest(c, a0_rows, y0_rows, a1_rows, y1_rows, rng):
 @pytest.mark.parametrize("layout", ["copies", "consensus"])
 def test_mean_family_projection_is_the_nearest_point(layout):
     """dot(free [..,K], const column c [K,1]): y = sum c_i a_i, projected exactly in both layouts."""
-    from projc.backends.jax.layout_consensus import dot_project_means
+    from projc.backends.jax.families import ProjOptions
+    from projc.backends.jax.proj_dot_means import dot_project_means
     from projc.backends.jax.layout_copies import CopiesLayout
     from projc.parser import parse_graph
     from projc.passes import PassManager
@@ -205,11 +206,11 @@ def test_mean_family_projection_is_the_nearest_point(layout):
         state = lay.init_state(ctx)
         fam = next(f for f in lay.families if f.kind == "dot" and f.op.inputs[1].hint == "c")
         assert fam.mode == "linear" and fam.free == [True, False] and not fam.factored
-        a0 = np.asarray(lay._full_slots(fam, state[fam.key], ctx)[0])          # [B,2,1,3] slots
-        y0 = np.asarray(lay.family_output(fam, state[fam.key], ctx))
+        a0 = np.asarray(fam.storage.full(fam, state[fam.key], ctx)[0])          # [B,2,1,3] slots
+        y0 = np.asarray(fam.storage.output(fam, state[fam.key], ctx))
         y0 = y0 + rng.normal(size=y0.shape)                                      # a target off the graph
         if layout == "copies":
-            slots, y1 = lay._project_family(fam, state[fam.key], y0, ctx)
+            slots, y1 = fam.storage.project(fam, state[fam.key], ctx, lambda fallback: y0, ProjOptions())
             a1 = np.asarray(slots[0])
         else:  # the consensus layout's dot projection (means over the M=1 copies: the copies)
             a1, _, y1 = dot_project_means(a0[..., 0, :], c[:, None], y0, (True, False), "linear")
