@@ -190,8 +190,8 @@ def _check_nearest(c, a0_rows, y0_rows, a1_rows, y1_rows, rng):
 def test_mean_family_projection_is_the_nearest_point(layout):
     """dot(free [..,K], const column c [K,1]): y = sum c_i a_i, projected exactly in both layouts."""
     from projc.backends.jax.families import ProjOptions
-    from projc.backends.jax.proj_dot_means import dot_project_means
     from projc.backends.jax.layout_copies import CopiesLayout
+    from projc.backends.jax.proj_dot_means import dot_project_means
     from projc.parser import parse_graph
     from projc.passes import PassManager
 
