@@ -11,14 +11,13 @@ and zero biases (the reference library's init); the projection map is not scale-
 
     .venv/bin/python models/export_act.py [--out DIR] [--only NAME]
 """
-import argparse
 import os
 import warnings
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import torch
+from export_torch import check_against_onnxruntime, export_cli  # models/ is the script's folder
 from torch import nn
 
 QUANT_SCALE = 1.0 / 16  # quint8 activations: levels 0, 1/16, ..., 255/16
@@ -85,26 +84,13 @@ def export(name, out_dir):
                           dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}},
                           do_constant_folding=True)
     onnx.checker.check_model(onnx.load(path), full_check=True)
-    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-    rng = np.random.default_rng(seed)
-    for batch in (1, 7):
-        x = rng.standard_normal((batch, 64)).astype(np.float32)
-        (got,) = sess.run(None, {"x": x})
-        with torch.no_grad():
-            want = model(torch.from_numpy(x)).numpy()
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    check_against_onnxruntime(path, model, (64,), seed)
     ops = sorted({n.op_type for n in onnx.load(path).graph.node})
     print(f"{name}: wrote {path} ({' '.join(ops)}), onnxruntime matches torch at batch 1 and 7")
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default=os.path.dirname(os.path.abspath(__file__)))
-    ap.add_argument("--only", choices=sorted(MODELS))
-    args = ap.parse_args()
-    os.makedirs(args.out, exist_ok=True)
-    for name in [args.only] if args.only else MODELS:
-        export(name, args.out)
+    export_cli(__doc__, MODELS, export)
 
 
 if __name__ == "__main__":

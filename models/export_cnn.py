@@ -17,14 +17,12 @@ Same exporter settings and checks as ``export_torch.py`` (TorchScript exporter, 
 onnx.checker, onnxruntime equals torch at batch 1 and 7); the BatchNorm running statistics are
 set to fixed non-trivial values so that the frozen affine is exercised.
 """
-import argparse
 import os
 import warnings
 
-import numpy as np
 import onnx
-import onnxruntime as ort
 import torch
+from export_torch import check_against_onnxruntime, export_cli  # models/ is the script's folder
 from torch import nn
 
 
@@ -123,25 +121,12 @@ def export(name, out_dir):
     if not expected <= ops:
         raise SystemExit(f"{name}: exported graph lacks {sorted(expected - ops)} (ops: {sorted(ops)})")
 
-    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-    rng = np.random.default_rng(seed)
-    for batch in (1, 7):
-        x = rng.standard_normal((batch, 1, 8, 8)).astype(np.float32)
-        (got,) = sess.run(None, {"x": x})
-        with torch.no_grad():
-            want = model(torch.from_numpy(x)).numpy()
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    check_against_onnxruntime(path, model, (1, 8, 8), seed)
     print(f"{name}: wrote {path} ({' '.join(sorted(ops))}), onnxruntime matches torch at batch 1 and 7")
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default=os.path.dirname(os.path.abspath(__file__)))
-    ap.add_argument("--only", choices=sorted(MODELS))
-    args = ap.parse_args()
-    os.makedirs(args.out, exist_ok=True)
-    for name in [args.only] if args.only else MODELS:
-        export(name, args.out)
+    export_cli(__doc__, MODELS, export)
 
 
 if __name__ == "__main__":

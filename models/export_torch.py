@@ -113,6 +113,12 @@ def export(name, out_dir):
         )
     onnx.checker.check_model(onnx.load(path), full_check=True)
 
+    check_against_onnxruntime(path, model, in_shape, seed)
+    print(f"{name}: wrote {path}, onnxruntime matches torch at batch 1 and 7")
+
+
+def check_against_onnxruntime(path, model, in_shape, seed):
+    """The exported file and the torch module agree at batch sizes 1 and 7 (random inputs)."""
     sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(seed)
     for batch in (1, 7):
@@ -121,17 +127,21 @@ def export(name, out_dir):
         with torch.no_grad():
             want = model(torch.from_numpy(x)).numpy()
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-    print(f"{name}: wrote {path}, onnxruntime matches torch at batch 1 and 7")
+
+
+def export_cli(doc, models, export_one):
+    """``--out DIR`` (default: this folder) and ``--only NAME``: export the models of a script."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--out", default=os.path.dirname(os.path.abspath(__file__)))
+    ap.add_argument("--only", choices=sorted(models))
+    args = ap.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    for name in [args.only] if args.only else models:
+        export_one(name, args.out)
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default=os.path.dirname(os.path.abspath(__file__)))
-    ap.add_argument("--only", choices=sorted(MODELS))
-    args = ap.parse_args()
-    os.makedirs(args.out, exist_ok=True)
-    for name in [args.only] if args.only else MODELS:
-        export(name, args.out)
+    export_cli(__doc__, MODELS, export)
 
 
 if __name__ == "__main__":
