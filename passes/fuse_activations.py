@@ -3,6 +3,8 @@
     Tanh | Sigmoid | Softplus | Elu | Gelu | HardSwish (x)     -> sum_smooth[fn](x)
     HardSigmoid | Round | Floor | Ceil (x)                       -> sum_pwl[fn](x)
     mul(x, Sigmoid(x))   (torch's SiLU export)                   -> sum_smooth[silu](x)
+    0.5 · x · (1 + Erf(x / √2))   (torch's GELU below opset 20)  -> sum_smooth[gelu](x)
+    0.5 · x · (1 + Tanh(√(2/π) · (x + 0.044715 · x³)))           -> sum_smooth[gelu_tanh](x)
     DequantizeLinear(QuantizeLinear(x, s, z), s, z) (per tensor) -> sum_pwl[fake_quant, scale=s, zero_point=z](x)
     sum_pwl[fake_quant](sum_pwl[relu](x)) with qmin == zero_point -> sum_pwl[fake_quant](x)   # clamps at 0 anyway
     sum_pwl|sum_smooth[f](sum(a, b), c) -> sum_pwl|sum_smooth[f](a, b, c)   # f(a+b+c); sums are associative
@@ -79,6 +81,118 @@ def _scalar(v):
     return None if data is None or data.size != 1 else data.reshape(())
 
 
+# -- GELU decomposed into elementwise ops (torch exports nn.GELU so below opset 20, where Gelu is missing)
+_MULS = ("mul", "Mul")
+GELU_ERF_SCALE = 1.0 / np.sqrt(2.0)       # erf(x / √2)
+GELU_TANH_SCALE = np.sqrt(2.0 / np.pi)    # tanh(√(2/π) (x + 0.044715 x³))
+GELU_TANH_CUBIC = 0.044715
+
+
+def _close(a, b) -> bool:
+    return bool(np.isclose(float(a), b, rtol=1e-5, atol=0.0))  # float32 constants of the exporter
+
+
+class _Match:
+    """Walks a candidate pattern: ``absorbed`` collects its inner ops (each output used once)."""
+
+    def __init__(self, graph: Graph, producers, users):
+        self.graph, self.producers, self.users = graph, producers, users
+        self.absorbed: list[Op] = []
+
+    def inner(self, v, kinds) -> Op | None:
+        """The producer of v if its kind is one of ``kinds`` and v has no other use."""
+        p = self.producers.get(v)
+        if p is None or p.kind not in kinds or not _single_use(self.graph, self.users, v):
+            return None
+        self.absorbed.append(p)
+        return p
+
+    def product(self, values) -> tuple[float, list] | None:
+        """values multiplied out through single-use muls (and Pow by 3): (constant factor, other factors)."""
+        coef, rest = 1.0, []
+        for v in values:
+            c = _scalar(v)
+            if c is not None:
+                coef *= float(c)
+                continue
+            p = self.inner(v, _MULS + ("Pow",))
+            if p is None:
+                rest.append(v)
+            elif p.kind == "Pow":
+                e = _scalar(p.inputs[1])
+                if e is None or float(e) != 3.0:
+                    return None
+                rest += [p.inputs[0]] * 3
+            else:
+                sub = self.product(p.inputs)
+                if sub is None:
+                    return None
+                coef *= sub[0]
+                rest += sub[1]
+        return coef, rest
+
+    def one_plus(self, v, kind):
+        """1 + kind(u) (a sum of the constant 1 and a single-use ``kind`` op): u, else None."""
+        s = self.inner(v, ("sum",))
+        if s is None or len(s.inputs) != 2:
+            return None
+        for one, f in (s.inputs, reversed(s.inputs)):
+            c = _scalar(one)
+            if c is not None and _close(c, 1.0):
+                p = self.inner(f, (kind,))
+                return None if p is None else p.inputs[0]
+        return None
+
+    def scaled(self, u):
+        """u = k · w through muls: (k, w) with one non-constant factor w, else None."""
+        prod = self.product([u])
+        return None if prod is None or len(prod[1]) != 1 else (prod[0], prod[1][0])
+
+
+def _gelu_form(m: _Match, x, g) -> str | None:
+    """The gelu fn when g is 1 + erf(x/√2) or 1 + tanh(√(2/π)(x + 0.044715 x³)), else None."""
+    n = len(m.absorbed)
+    u = m.one_plus(g, "Erf")
+    if u is not None:
+        ks = m.scaled(u)
+        if ks is not None and ks[1] is x and _close(ks[0], GELU_ERF_SCALE):
+            return "gelu"
+    del m.absorbed[n:]
+    u = m.one_plus(g, "Tanh")
+    ks = None if u is None else m.scaled(u)
+    if ks is None or not _close(ks[0], GELU_TANH_SCALE):
+        return None
+    s = m.inner(ks[1], ("sum",))
+    if s is None or len(s.inputs) != 2:
+        return None
+    lin, cub = s.inputs if s.inputs[0] is x else reversed(s.inputs)
+    prod = m.product([cub]) if lin is x else None
+    cubic = prod is not None and len(prod[1]) == 3 and all(v is x for v in prod[1])
+    return "gelu_tanh" if cubic and _close(prod[0], GELU_TANH_CUBIC) else None
+
+
+def _gelu_rule(producers, users, dead):
+    """A mul whose product is 0.5 · x · g with g = 1 + erf(x/√2) (or the tanh form) -> sum_smooth[gelu]."""
+
+    def rule(rw: Rewriter, op: Op):
+        m = _Match(rw.graph, producers, users)
+        prod = m.product(op.inputs)
+        if prod is None or len(prod[1]) != 2 or not _close(prod[0], 0.5):
+            return None
+        for x, g in (prod[1], reversed(prod[1])):
+            n = len(m.absorbed)
+            # the scalar constants must not broadcast x to a larger rank
+            ok = x.dtype.startswith("f") and tuple(x.shape) == tuple(op.outputs[0].shape)
+            fn = _gelu_form(m, x, g) if ok else None
+            if fn is not None:
+                dead.update(m.absorbed)
+                return rw.emit("sum_smooth", [x], {"fn": fn}, shape=op.outputs[0].shape)
+            del m.absorbed[n:]
+        return None
+
+    return rule
+
+
 def _fake_quant_rule(producers, users, dead):
     """DequantizeLinear(QuantizeLinear(x, s, z), s, z) with equal per-tensor consts -> sum_pwl[fake_quant]."""
 
@@ -124,9 +238,17 @@ def _absorb_relu(graph: Graph) -> bool:
 def lower_activations(graph: Graph) -> bool:
     """The first three rule groups of the module docstring (the SiLU and Q/DQ patterns first)."""
     producers, users, dead = graph.producers(), graph.users(), set()
-    silu = _silu_rule(producers, users, dead)
-    changed = rewrite(graph, {"mul": silu, "Mul": silu, "DequantizeLinear": _fake_quant_rule(producers, users, dead)})
-    graph.ops = [op for op in graph.ops if op not in dead]  # the absorbed Sigmoid / QuantizeLinear
+    silu, gelu = _silu_rule(producers, users, dead), _gelu_rule(producers, users, dead)
+
+    def mul_rule(rw: Rewriter, op: Op):
+        if op in dead:  # an inner mul of a pattern matched earlier in the sweep
+            return None
+        out = gelu(rw, op)
+        return silu(rw, op) if out is None else out
+
+    changed = rewrite(graph, {"mul": mul_rule, "Mul": mul_rule,
+                              "DequantizeLinear": _fake_quant_rule(producers, users, dead)})
+    graph.ops = [op for op in graph.ops if op not in dead]  # the absorbed Sigmoid / QuantizeLinear / GELU parts
     changed |= rewrite(graph, {kind: _activation_rule for kind in ACTIVATIONS})
     return _absorb_relu(graph) or changed
 

@@ -41,6 +41,31 @@ def _qdq(scale, zp, dtype=np.uint8):
     return nodes, (sc_t, zp_t)
 
 
+def _const(name, value):
+    return helper.make_node("Constant", [], [name], value=numpy_helper.from_array(np.array(value, np.float32)))
+
+
+def _mul(a, b, out):
+    return helper.make_node("Mul", [a, b], [out])
+
+
+# GELU decomposed into elementwise ops as torch exports nn.GELU below opset 20 (Gelu is opset 20)
+def _node(kind, ins, out):
+    return helper.make_node(kind, ins, [out])
+
+
+GELU_ERF_TORCH = [_const("r2", np.sqrt(2.0)), _node("Div", ["h", "r2"], "d"), _node("Erf", ["d"], "e"),
+                  _const("one", 1.0), _node("Add", ["e", "one"], "g"), _mul("h", "g", "p"), _const("half", 0.5),
+                  _mul("p", "half", "a")]
+GELU_ERF_OTHER_ORDER = [_const("k", 1 / np.sqrt(2.0)), _mul("k", "h", "d"), _node("Erf", ["d"], "e"),
+                        _const("one", 1.0), _node("Add", ["one", "e"], "g"), _const("half", 0.5),
+                        _mul("half", "h", "p"), _mul("p", "g", "a")]
+GELU_TANH_TORCH = [_mul("h", "h", "x2"), _mul("h", "x2", "x3"), _const("c", 0.044715), _mul("c", "x3", "cx3"),
+                   _node("Add", ["h", "cx3"], "s"), _const("k", np.sqrt(2 / np.pi)), _mul("k", "s", "u"),
+                   _node("Tanh", ["u"], "t"), _const("one", 1.0), _node("Add", ["one", "t"], "g"),
+                   _mul("h", "g", "p"), _const("half", 0.5), _mul("half", "p", "a")]
+GELU_TANH_POW = [_const("three", 3.0), helper.make_node("Pow", ["h", "three"], ["x3"]), *GELU_TANH_TORCH[2:]]
+
 CASES = {  # name -> (nodes, extra initializers, opset, expected family, expected fn)
     "tanh": ([helper.make_node("Tanh", ["h"], ["a"])], (), 17, "sum_smooth", "tanh"),
     "sigmoid": ([helper.make_node("Sigmoid", ["h"], ["a"])], (), 17, "sum_smooth", "sigmoid"),
@@ -58,6 +83,10 @@ CASES = {  # name -> (nodes, extra initializers, opset, expected family, expecte
     "ceil": ([helper.make_node("Ceil", ["h"], ["a"])], (), 17, "sum_pwl", "ceil"),
     "qdq_u8": (*_qdq(0.125, 7), 17, "sum_pwl", "fake_quant"),
     "qdq_i8": (*_qdq(0.05, -3, np.int8), 17, "sum_pwl", "fake_quant"),
+    "gelu_erf_decomposed": (GELU_ERF_TORCH, (), 17, "sum_smooth", "gelu"),
+    "gelu_erf_other_order": (GELU_ERF_OTHER_ORDER, (), 17, "sum_smooth", "gelu"),
+    "gelu_tanh_decomposed": (GELU_TANH_TORCH, (), 17, "sum_smooth", "gelu_tanh"),
+    "gelu_tanh_pow": (GELU_TANH_POW, (), 17, "sum_smooth", "gelu_tanh"),
 }
 
 
@@ -96,6 +125,51 @@ def test_unfused_qdq_stays_onnx(tmp_path):
     graph = load_model(str(tmp_path / "m.onnx"))
     with pytest.raises(Exception, match="QuantizeLinear|DequantizeLinear"):
         compile_for_training(graph)
+
+
+@pytest.mark.parametrize("nodes", [
+    [_const("r2", 0.7), *GELU_ERF_TORCH[1:]],                                   # erf(x/0.7): not GELU
+    [*GELU_ERF_TORCH[:-2], _const("half", 0.4), _mul("p", "half", "a")],      # 0.4 x (1 + erf(x/√2))
+    [*GELU_TANH_TORCH[:2], _const("c", 0.05), *GELU_TANH_TORCH[3:]],          # wrong cubic coefficient
+], ids=["erf_scale", "outer_factor", "cubic"])
+def test_near_gelu_is_not_lowered_as_gelu(nodes, tmp_path):
+    """A product that is not exactly GELU keeps its ops (Erf then has no projection; Tanh lowers alone)."""
+    onnx.save(_mlp_with(nodes, 17), tmp_path / "m.onnx")
+    graph = load_model(str(tmp_path / "m.onnx"))
+    try:
+        train = compile_for_training(graph)
+    except Exception as err:  # the Erf forms: lower names the op that cannot train
+        assert "Erf" in str(err)
+        return
+    fns = [op.params.get("fn") for op in train.ops if op.kind == "sum_smooth"]
+    assert fns == ["tanh"], fns
+
+
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_torch_gelu_opset17_lowers_to_one_family(approximate, tmp_path):
+    """torch exports nn.GELU at opset 17 decomposed; it lowers to one sum_smooth gelu family whose
+    forward matches onnxruntime."""
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.GELU(approximate=approximate),
+                                torch.nn.Linear(5, 3)).eval()
+    path = str(tmp_path / "gelu.onnx")
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.randn(2, 6),), path, dynamo=False, opset_version=17, input_names=["x"],
+                          output_names=["logits"], dynamic_axes={"x": {0: "B"}, "logits": {0: "B"}})
+    assert "Gelu" not in {n.op_type for n in onnx.load(path).graph.node}  # decomposed, as claimed
+    x = (np.random.default_rng(2).normal(size=(9, 6)) * 3).astype(np.float32)
+    (want,) = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    train = compile_for_training(load_model(path))
+    (act,) = [op for op in train.ops if op.kind == "sum_smooth"]
+    assert act.params["fn"] == ("gelu_tanh" if approximate == "tanh" else "gelu") and len(act.inputs) == 2
+    assert all(op.kind[:1].islower() for op in train.ops)
+    (lossop,) = [op for op in train.ops if op.kind == "cross_entropy"]
+    train.outputs = [lossop.inputs[0]]
+    (ir_out,) = evaluate(train, {"x": x, "y": np.zeros(9, np.int64)})
+    np.testing.assert_allclose(ir_out, want, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.slow
