@@ -248,7 +248,10 @@ def pwl_best_y_cost(tab, S, y0):
 
 def pwl_oracle(tab, S0, y0, n):
     """Global min of (S-S0)²/n + (φ(S)-y0)²: dense grid + endpoints + bounded 1-D minimization."""
-    R = np.sqrt(n) * np.sqrt(pwl_best_y_cost(tab, S0, y0)) * 1.01 + 1e-300
+    # any better S has (S-S0)²/n below the cost of some feasible point: the nearest point of each piece
+    # in S (S0 itself when a piece covers it; tables with gaps, e.g. sign's margin, need the clip)
+    Sk = np.clip(S0, tab.lo, tab.hi)
+    R = np.sqrt(n * np.min((Sk - S0) ** 2 / n + (tab.slope * Sk + tab.intercept - y0) ** 2)) * 1.01 + 1e-300
     grid = np.concatenate([S0 + np.linspace(-R, R, 4001), tab.lo[np.isfinite(tab.lo)], tab.hi[np.isfinite(tab.hi)]])
     best = np.min((grid - S0) ** 2 / n + pwl_best_y_cost(tab, grid, y0))
     for lo, hi, s, c in zip(*tab):

@@ -198,3 +198,47 @@ def test_stair_eval_matches_onnx_semantics():
     fq = P.fake_quant(0.5, 10, 0, 255)
     ref = 0.5 * (np.clip(np.round(np.asarray(x) / 0.5) + 10, 0, 255) - 10)
     assert np.allclose(P.stair_eval(fq, x), ref)
+
+
+# -- sign with a margin (the "sign" preset): a closed subset of the graph itself ----------------------
+
+def sign_margin_oracle(m, S0, y0, n):
+    """Least (S-S0)²/n + (sign(S)-y0)² over S = 0 or |S| >= m: dense grid plus the ends ±m and 0."""
+    R = math.sqrt(n) * (abs(S0) + abs(y0) + 2.0)  # (0, 0) costs less than that
+    grid = np.concatenate([S0 + np.linspace(-R, R, 200001), [-m, m, 0.0]])
+    grid = grid[(np.abs(grid) >= m) | (grid == 0)]
+    return float(np.min((grid - S0) ** 2 / n + (np.sign(grid) - y0) ** 2))
+
+
+@settings(**SETTINGS)
+@given(st.sampled_from([None, 0.2, 1.0]), st.floats(-3, 3), st.floats(-3, 3), st.integers(1, 4), st.booleans())
+def test_sign_margin_oracle(margin, S0, y0, n, tie):
+    """Feasible on the exact graph (y = sign(S), |S| >= margin unless S = 0) and as close as the oracle."""
+    fn, m = ("sign", P.pwl.SIGN_MARGIN) if margin is None else (P.sign(margin), margin)
+    if tie:  # the flip's tie line y0 = -m S0/n and the zero point's tie y0 = (1 + m²/n)/2 at S0 = 0
+        S0, y0 = (S0, -m * S0 / n) if S0 > 0 else (0.0, (1 + m * m / n) / 2)
+    ops = [S0 / n] * n
+    with jax.enable_x64(True):
+        *a, y = (float(v) for v in P.sum_pwl(*[jnp.asarray(o) for o in ops], jnp.asarray(y0), fn=fn))
+    S = sum(a)
+    if y == 0:
+        assert abs(S) <= 1e-12 * (1 + abs(S0)), (S0, y0, S)
+    else:
+        assert y == np.sign(S) and abs(S) >= m * (1 - 1e-12), (S0, y0, S, y)
+    ours = sum((ai - oi) ** 2 for ai, oi in zip(a, ops)) + (y - y0) ** 2
+    oracle = sign_margin_oracle(m, S0, y0, n)
+    assert record(f"sum_pwl sign m={m}", ours, oracle) <= 1e-7, (S0, y0, n, ours, oracle)
+
+
+def test_sign_margin_versus_closure():
+    """Margin 0 (the closure) leaves a flipped unit on the jump, off the graph: (S, y) = (0, -1) while
+    sign(0) = 0.  The training preset moves it past the threshold instead; pwl_eval stays exact."""
+    S0, y0 = jnp.asarray([0.1]), jnp.asarray([-1.0])
+    a, y = P.sum_pwl(S0, y0, fn=P.sign(0.0))
+    assert float(a[0]) == 0.0 and float(y[0]) == -1.0 and float(jnp.sign(a[0])) != float(y[0])
+    a, y = P.sum_pwl(S0, y0, fn="sign")
+    assert float(y[0]) == -1.0 and float(a[0]) == pytest.approx(-P.pwl.SIGN_MARGIN)
+    x = jnp.asarray([-2.0, -0.3, 0.0, 0.1, 0.5, 4.0])
+    assert np.array_equal(P.pwl_eval("sign", x), np.sign(np.asarray(x)))
+    with pytest.raises(ValueError, match="margin"):
+        P.sign(-0.1)

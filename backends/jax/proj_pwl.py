@@ -1,10 +1,11 @@
 """Piecewise-linear functions and the exact projection onto the graph of y = φ(Σ_i a_i).
 
 A function φ is a table of closed pieces (lo_k ≤ x ≤ hi_k, value slope_k·x + intercept_k).  The graph
-used by the projection is the union of the closed pieces; for a discontinuous φ (sign, step,
-quantize) this is the closure of the graph of φ, so at a jump the nearest point may be the other
-side's limit (e.g. (0, -1) for sign).  `pwl_eval` resolves overlaps by table order: the first piece
-whose closed interval contains x wins; presets are ordered to give the ONNX value at jumps.
+used by the projection is the union of the closed pieces; for a discontinuous φ (step, quantize)
+this is the closure of the graph of φ, so at a jump the nearest point may be the other side's limit.
+The "sign" preset instead keeps a margin around its jump (a closed subset of the graph itself, see
+sign()).  `pwl_eval` resolves overlaps by table order: the first piece whose closed interval contains
+x wins; presets are ordered to give the ONNX value at jumps.
 """
 from __future__ import annotations
 
@@ -79,9 +80,24 @@ def abs() -> Pieces:  # noqa: A001 - preset name mirrors the ONNX op
     return pieces([(-_INF, 0.0, -1.0, 0.0), (0.0, _INF, 1.0, 0.0)])
 
 
-def sign() -> Pieces:
-    """ONNX Sign: -1 for x < 0, 0 at x = 0 (a degenerate piece [0, 0]), +1 for x > 0."""
-    return pieces([(0.0, 0.0, 0.0, 0.0), (-_INF, 0.0, 0.0, -1.0), (0.0, _INF, 0.0, 1.0)])
+# The margin of the sign family's projection (the "sign" preset): see sign() and docs/design-notes.md.
+SIGN_MARGIN = 0.5
+
+
+def sign(margin: float = 0.0) -> Pieces:
+    """ONNX Sign: -1 for x < 0, 0 at x = 0 (a degenerate piece [0, 0]), +1 for x > 0.
+
+    margin 0: the closure of the graph, whose points (0, ±1) are not on the graph itself (sign(0) is
+    0), so a projection that flips a unit leaves its sum exactly on the jump, where the forward gives 0
+    or a rounding-decided sign.  margin m > 0: the closed subset {(S, -1): S <= -m} ∪ {(0, 0)} ∪
+    {(S, 1): S >= m} of the graph; every projected point is exactly on the graph and a flip moves the
+    sum m past the threshold.  The "sign" preset (what training uses) has margin SIGN_MARGIN;
+    ``pwl_eval("sign", x)`` evaluates the exact function.
+    """
+    m = float(margin)
+    if not m >= 0:
+        raise ValueError(f"sign needs margin >= 0, got {margin}")
+    return pieces([(0.0, 0.0, 0.0, 0.0), (-_INF, -m, 0.0, -1.0), (m, _INF, 0.0, 1.0)])
 
 
 def step() -> Pieces:
@@ -213,7 +229,7 @@ PRESETS: dict[str, Callable[..., Pieces]] = {
     "clip": clip,
     "hardtanh": clip,
     "abs": abs,
-    "sign": sign,
+    "sign": lambda: sign(SIGN_MARGIN),  # the projection's table; pwl_eval uses sign() (_EVAL_PRESETS)
     "step": step,
     "quantize": quantize,
     "hardsigmoid": hardsigmoid,
@@ -241,6 +257,10 @@ def resolve(fn: Any) -> Pieces | Staircase:
     return pieces(fn)
 
 
+# presets whose projection table leaves out part of the graph (a margin): evaluate the exact function
+_EVAL_PRESETS: dict[str, Callable[[], Pieces]] = {"sign": sign}
+
+
 def _table(p: Pieces, dt):
     return tuple(jnp.asarray(f, dt) for f in p)
 
@@ -252,7 +272,7 @@ def pwl_eval(fn: Any, x):
     """
     (x,) = as_floats(x)
     dt = x.dtype
-    fn = resolve(fn)
+    fn = resolve(_EVAL_PRESETS[fn]() if isinstance(fn, str) and fn in _EVAL_PRESETS else fn)
     if isinstance(fn, Staircase):
         return stair_eval(fn, x)
     lo, hi, s, c = _table(fn, dt)
