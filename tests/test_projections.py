@@ -303,7 +303,8 @@ def test_sum_pwl_oracle(c, n, fname):
                 np.abs(S[i]) + np.sqrt(max(ours, 0)) + 1e-6) * 10.0 ** rng.uniform(-6, 0, (200, 1))
             o = np.stack([oi[i] for oi in ops])
             cost = np.sum((pert - o) ** 2, -1) + pwl_best_y_cost(tab, pert.sum(-1), y0[i])
-            record_gap("sum_pwl(perturbed)", ours, cost.min(), z0)
+            if np.isfinite(cost.min()):  # all perturbed sums can fall in a gap of the table (sign's margin)
+                record_gap("sum_pwl(perturbed)", ours, cost.min(), z0)
             assert (ours - cost.min()) <= GAP_TOL * (cost.min() + 1e-12 * (1 + z0))
 
 
