@@ -6,7 +6,8 @@ operands and the output together) on the graph {(a, y): y = f(a)} comes out, out
 broadcast against each other over leading dims and the results have the broadcast shape; vector ops
 (linear, bilinear, max) work along the last axis (max: `axis`).  All functions are pure, jit- and
 vmap-able, and compute in the inputs' floating dtype (float32 or float64; integer inputs promote to
-the default float).  The graph of a discontinuous φ in sum_pwl is taken closed (see proj_pwl).
+the default float).  The graph of a discontinuous φ in sum_pwl is taken closed, except sign, which
+keeps a margin around its jump (see proj_pwl).
 
 Helpers live in sibling modules and are re-exported here: proj_pwl (piecewise-linear tables,
 presets, sum_pwl, staircases), proj_smooth (sum_smooth: tanh, sigmoid, ... after a sum; the
