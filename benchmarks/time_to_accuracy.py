@@ -4,14 +4,15 @@
         [--eval-every 5] [--configs adam:256,consensus-cp:128:50,...] [--png PATH] [--json PATH]
 
 A config is ``layout-solver:batch:steps_per_update[:option=value...]`` (options are passed to
-``projc.compile``, e.g. ``tol=1e-6``, ``anderson=3``, ``update_scale=2`` or ``lam=10``), or ``adam:batch[:lr=0.001]`` for the
-gradient baseline on the same compiled forward. Each run starts from the file's initial parameters,
+``projc.compile``, e.g. ``anderson=3``, ``inertia=0.5``, ``update_scale=1.5``, ``tol=1e-6`` or
+``lam=10``), or ``adam:batch[:lr=0.001]`` for the gradient baseline on the same compiled forward. Each run starts from the file's initial parameters,
 draws shuffled minibatches (seed 0, reshuffled every epoch), and evaluates test accuracy every
 ``--eval-every`` updates. Reported time is training wall time excluding the evaluations, with the
 first update's jit compile both included (``train s``) and excluded (``s after compile``); a run stops
 at the target or after ``--cap`` seconds of training after the compile (then it did not reach the
-target; the cap leaves out the compile because on a loaded machine it varies from 3 to 20 s). The ratio
-printed last is the fastest projection configuration's time to the target over Adam's, both from this
+target; the cap leaves out the compile because on a loaded machine it varies from 3 to 20 s).
+``steps run`` counts the projection steps of all updates (fewer than updates × steps with ``tol``).
+The ratio printed last is the fastest projection configuration's time to the target over Adam's, both from this
 run. ``--png`` draws test accuracy against training seconds for every configuration.
 """
 from __future__ import annotations
