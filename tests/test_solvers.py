@@ -229,7 +229,7 @@ def _run(steps, tol=None, **kw):
     lay = PlanesLayout()
     s = Solver(lay, "ap", **kw)
     ctx = lay.make_ctx(V0, {})
-    _, x, used = jax.jit(lambda c: run_steps(lay, s, steps, lay.init_state(c), c, tol))(ctx)
+    x, _, used = jax.jit(lambda c: run_steps(lay, s, steps, lay.init_state(c), c, tol))(ctx)
     return np.asarray(x["v"]), int(used)
 
 

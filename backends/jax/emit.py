@@ -30,28 +30,40 @@ from .state_layout import Layout
 
 
 def run_steps(layout: Layout, solver: Solver, steps: int, x0, ctx, tol: float | None = None):
-    """(state before the last step, state after it, steps run): ``steps`` iterations, or fewer when
-    ``tol`` stops them (the last one is always ``solver.plain_step``)."""
+    """(final state, (num, den) of its last step's squared change, steps run): ``steps`` iterations,
+    or fewer when ``tol`` stops them. The last one is the solver's plain step (``Solver.advance``
+    with ``last``; after the while loop, ``plain_step``), so the final state is a projected point."""
     carry = solver.init_carry(x0)
+    den = layout.sq_dist(x0, x0, ctx)[1]  # a static count (the unused sum is dropped by XLA)
+
+    def sq(y, tx):
+        return jnp.asarray(layout.sq_dist(tx, y, ctx)[0], jnp.float32)
+
     if tol is None:
-        def body(c, _):
-            return solver.advance(c, ctx)[0], None
-        carry, _ = jax.lax.scan(body, carry, None, length=steps - 1) if steps > 1 else (carry, None)
-        used = jnp.asarray(steps)
-    else:
-        def cond(s):
-            k, _, r = s
-            return (k < steps - 1) & (r > tol)
+        # one loop for all the steps (the step is traced and compiled once): the residual is
+        # computed on the last step only
+        def body(state, k):
+            c, _ = state
+            last = k == steps - 1
+            c, (y, tx) = solver.advance(c, ctx, last)
+            return (c, jax.lax.cond(last, sq, lambda *_: jnp.zeros((), jnp.float32), y, tx)), None
 
-        def loop(s):
-            k, c, _ = s
-            c, (num, den) = solver.advance(c, ctx)
-            return k + 1, c, jnp.asarray(num / max(den, 1), jnp.float32)
+        (carry, num), _ = jax.lax.scan(body, (carry, jnp.zeros((), jnp.float32)), jnp.arange(steps))
+        return solver.current(carry), (num, den), jnp.asarray(steps)
 
-        k, carry, _ = jax.lax.while_loop(cond, loop, (jnp.asarray(0), carry, jnp.asarray(jnp.inf, jnp.float32)))
-        used = k + 1
+    def cond(s):
+        k, _, r = s
+        return (k < steps - 1) & (r > tol)
+
+    def loop(s):
+        k, c, _ = s
+        c, (y, tx) = solver.advance(c, ctx)
+        return k + 1, c, sq(y, tx) / max(den, 1)
+
+    k, carry, _ = jax.lax.while_loop(cond, loop, (jnp.asarray(0), carry, jnp.asarray(jnp.inf, jnp.float32)))
     x_prev = solver.current(carry)
-    return x_prev, solver.plain_step(x_prev, ctx), used
+    x = solver.plain_step(x_prev, ctx)
+    return x, (sq(x_prev, x), den), k + 1
 
 
 def make_update(layout: Layout, solver: Solver, steps: int, *, tol: float | None = None,
@@ -67,8 +79,7 @@ def make_update(layout: Layout, solver: Solver, steps: int, *, tol: float | None
     def update(params: dict[str, Any], inputs: dict[str, Any]):
         ctx = layout.make_ctx(params, inputs)
         x0 = layout.init_state(ctx)
-        x_prev, x, used = run_steps(layout, solver, steps, x0, ctx, tol)
-        num, den = layout.sq_dist(x, x_prev, ctx)
+        x, (num, den), used = run_steps(layout, solver, steps, x0, ctx, tol)
         point = solver.shadow(x, ctx)
         new_params = layout.readout(point, ctx)
         if update_scale != 1.0:

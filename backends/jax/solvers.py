@@ -88,14 +88,18 @@ class Solver:
     def R(self, x, key, ctx):
         return combine((2.0, self.P(x, key, ctx)), (-1.0, x))
 
-    def Pw(self, x, key, ctx):
-        """The (over-)relaxed projection x + ω (P x − x) of AP and CP."""
-        px = self.P(x, key, ctx)
-        return px if self.omega == 1.0 else combine((1.0 - self.omega, x), (self.omega, px))
+    def _sweep(self, x, ctx, omega=None):
+        """AP (sets A, B) or CP (the layers) with every P_S replaced by x + ω (P_S x − x); ω None: plain
+        projections. ω may be traced (1.0 then gives the plain sweep exactly)."""
+        keys = self.layout.two_sets if self.name == "ap" else self.layout.layer_sets
+        for key in keys:
+            px = self.P(x, key, ctx)
+            x = px if omega is None else combine((1.0 - omega, x), (omega, px))
+        return x
 
     # two-set methods
     def _ap(self, x, ctx):
-        return self.Pw(self.Pw(x, "A", ctx), "B", ctx)
+        return self._sweep(x, ctx, None if self.omega == 1.0 else self.omega)
 
     def _dr(self, x, ctx):
         lam = self.relaxation
@@ -115,9 +119,7 @@ class Solver:
 
     # cyclic methods
     def _cp(self, x, ctx):
-        for key in self.layout.layer_sets:
-            x = self.Pw(x, key, ctx)
-        return x
+        return self._sweep(x, ctx, None if self.omega == 1.0 else self.omega)
 
     def _cdr(self, x, ctx):
         keys = self.layout.layer_sets
@@ -138,12 +140,7 @@ class Solver:
 
     def plain_step(self, x, ctx):
         """T without over-relaxation: the update's last step, so the readout point is projected."""
-        if self.omega == 1.0:
-            return self.step(x, ctx)
-        keys = self.layout.two_sets if self.name == "ap" else self.layout.layer_sets
-        for key in keys:
-            x = self.P(x, key, ctx)
-        return x
+        return self.step(x, ctx) if self.omega == 1.0 else self._sweep(x, ctx, None)
 
     # -- iterating with acceleration ---------------------------------------------------------
     def init_carry(self, x):
@@ -164,20 +161,27 @@ class Solver:
     def current(carry):
         return carry["x"]
 
-    def advance(self, carry, ctx):
-        """(next carry, (num, den)): one evaluation of T, and the squared residual |T(y) − y|²
-        (sum, count, as ``layout.sq_dist``) at the point y it was evaluated at."""
+    def advance(self, carry, ctx, last=None):
+        """(next carry, (y, T(y))): one evaluation of T at the point y the method picks. ``last``
+        (a traced bool, or None: never) makes this step the plain one: no over-relaxation, no
+        extrapolation, and the next iterate is T(y), so a loop can end on a projected point."""
+        import jax.numpy as jnp
+
         x = carry["x"]
         if self.anderson:
-            return self._anderson(carry, ctx)
+            return self._anderson(carry, ctx, last)
         if self.inertia:
-            y = combine((1.0 + self.inertia, x), (-self.inertia, carry["prev"]))
+            beta = self.inertia if last is None else jnp.where(last, 0.0, self.inertia)
+            y = combine((1.0 + beta, x), (-beta, carry["prev"]))
             tx = self.step(y, ctx)
-            return {"x": tx, "prev": x}, self.layout.sq_dist(tx, y, ctx)
-        tx = self.step(x, ctx)
-        return {"x": tx}, self.layout.sq_dist(tx, x, ctx)
+            return {"x": tx, "prev": x}, (y, tx)
+        if self.omega != 1.0 and last is not None:
+            tx = self._sweep(x, ctx, jnp.where(last, 1.0, self.omega))
+        else:
+            tx = self.step(x, ctx)
+        return {"x": tx}, (x, tx)
 
-    def _anderson(self, carry, ctx):
+    def _anderson(self, carry, ctx, last=None):
         import jax
         import jax.numpy as jnp
 
@@ -199,9 +203,11 @@ class Solver:
         alpha = anderson_weights(gram, valid, self.anderson_reg)
         # plain step when the residual grew, or at a fixed point / singular system (r = 0, NaN weights)
         plain = grew | (r <= 0) | ~jnp.all(jnp.isfinite(alpha))
+        if last is not None:
+            plain = plain | last
         nxt = tree.tree_map(lambda h, a: jnp.where(plain, a, jnp.tensordot(alpha.astype(h.dtype), h, 1)), G, tx)
         new = {"x": nxt, "G": G, "F": F, "gram": gram, "valid": valid, "i": (i + 1) % valid.size, "r": r}
-        return new, self.layout.sq_dist(tx, x, ctx)
+        return new, (x, tx)
 
 
 def anderson_weights(gram, valid, reg: float):
