@@ -2,10 +2,11 @@
 
 ``make_update(layout, solver, steps)`` returns ``update(params, inputs) -> (params, stats)``, jitted
 once per (model, batch shape): build the state by a forward pass with the current parameters, run
-up to ``steps`` solver iterations, read the parameters out. The iterations run inside ``lax.scan``;
-with ``tol`` inside ``lax.while_loop``, which stops as soon as the fixed-point residual (below) of an
-iteration falls to ``tol`` or under. The last iteration is always the solver's plain step (see
-``Solver.plain_step``), so the readout point is a projected one whatever acceleration ran before.
+up to ``steps`` solver iterations, read the parameters out. The iterations run in one ``lax.scan``
+(the step is traced and compiled once); with ``tol`` inside ``lax.while_loop``, which stops as soon
+as the fixed-point residual (below) of an iteration falls to ``tol`` or under. The last iteration is
+always the solver's plain step (``Solver.advance`` with ``last``, or ``Solver.plain_step``), so the
+readout point is a projected one whatever acceleration ran before.
 
 ``update_scale`` α stretches the update on the parameters: p ← p + α (readout − p) (outer
 over-relaxation of the update map; 1 is the plain readout).
