@@ -146,7 +146,13 @@ class TrainingRun:
         return {"model": file_digest(a.model), "data": a.data, "seed": a.seed, "batch": a.batch,
                 "updates": self.total, "solver": a.solver, "steps": a.steps, "loss": a.loss,
                 "lam": a.lam, "relaxation": a.relaxation, "layout": a.layout, "lr": a.lr,
-                "repair": not a.no_repair, "freeze": sorted(a.freeze)}
+                "repair": not a.no_repair, "freeze": sorted(a.freeze), **self._acceleration()}
+
+    def _acceleration(self) -> dict:
+        """The time-to-accuracy options that differ from their defaults (so that checkpoints
+        written before they existed still resume)."""
+        defaults = {"tol": None, "omega": 1.0, "inertia": 0.0, "anderson": 0, "update_scale": 1.0}
+        return {k: getattr(self.args, k, d) for k, d in defaults.items() if getattr(self.args, k, d) != d}
 
     def _save(self, params: dict) -> None:
         import numpy as np

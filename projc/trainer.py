@@ -15,6 +15,12 @@ initializers kept fixed: they become constants of the compiled graph). ``ce_meth
 go to the ``attach-loss`` pass as options. ``init`` ("file": the exported values | "he": He-normal
 weights, zero biases; see projc.init_params) and ``seed`` (the init's seed, 0).
 
+Time-to-accuracy options of the projection solvers (off by default; README "Time to accuracy"):
+``tol`` (stop an update's steps once the fixed-point residual is <= tol; ``steps_per_update`` is then
+the maximum), ``omega`` (over-relaxed projections for ap/cp, in (0, 2)), ``inertia`` (inertial
+extrapolation, [0, 1)), ``anderson`` (Anderson memory, 0: off) and ``update_scale`` (p ← p +
+α (readout − p), > 0). See projc.backends.jax.solvers and emit.
+
 ``devices`` (None | N | "all" | a jax Mesh) shards every minibatch over that many devices and
 replicates the parameters (data parallelism, see ``projc.distributed``); in a multi-process run
 (``jax.distributed.initialize`` first) each process passes its own slice of every global minibatch.
@@ -33,7 +39,7 @@ from projc.errors import DataError, DivergenceError, ParamError, ProjcError
 
 STATE_LAYOUTS = ("auto", "copies", "consensus")
 _OPTIONS = ("lam", "ce_method", "relaxation", "beta", "repair", "layout", "lr", "factor_linear",
-            "freeze", "init", "seed")
+            "freeze", "init", "seed", "tol", "omega", "inertia", "anderson", "update_scale")
 DEFAULT_INIT = "file"  # measured: benchmarks/init.py (README "Initialization")
 
 
@@ -83,6 +89,21 @@ def make_state_layout(name: str, solver: str, graph, *, factor_linear: bool = Tr
     return ConsensusLayout(graph, solver=solver)
 
 
+def _check_acceleration(solver, tol, omega, inertia, anderson, update_scale) -> None:
+    """Range checks of the time-to-accuracy options, before anything is compiled."""
+    from projc.backends.jax.solvers import check_acceleration
+
+    for name, v in (("tol", tol), ("update_scale", update_scale), ("omega", omega), ("inertia", inertia)):
+        if v is not None and not (isinstance(v, (int, float)) and math.isfinite(v)):
+            raise ProjcError(f"{name} must be a finite number, got {v!r}")
+    if tol is not None and tol <= 0:
+        raise ProjcError(f"tol must be > 0 (or None: always run steps_per_update), got {tol!r}")
+    if update_scale <= 0:
+        raise ProjcError(f"update_scale must be > 0, got {update_scale!r}")
+    if solver != "adam":
+        check_acceleration(solver, omega, inertia, anderson)
+
+
 class Trainer:
     """A compiled projection trainer for one ONNX model (see the module docstring)."""
 
@@ -90,7 +111,8 @@ class Trainer:
                  steps_per_update: int = 50, lam: float = 5.0, ce_method: str = "newton",
                  relaxation: float = 0.5, beta: float = 1.0, repair: bool = True, layout: str = "auto",
                  lr: float = 1e-3, factor_linear: bool = True, freeze=(), devices=None,
-                 init: str = DEFAULT_INIT, seed: int = 0):
+                 init: str = DEFAULT_INIT, seed: int = 0, tol: float | None = None, omega: float = 1.0,
+                 inertia: float = 0.0, anderson: int = 0, update_scale: float = 1.0):
         from projc.init_params import INITS, initial_params
         from projc.onnx_import import load_model
         from projc.passes import compile_for_training
@@ -109,11 +131,13 @@ class Trainer:
             raise ProjcError(f"lam must be a positive number, got {lam!r}")
         if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
             raise ProjcError(f"lr must be a positive number, got {lr!r}")
+        _check_acceleration(solver, tol, omega, inertia, anderson, update_scale)
         self.model_path = os.fspath(model)
         self.loss, self.solver_name, self.steps_per_update = loss, solver, steps_per_update
         self.options = dict(lam=lam, ce_method=ce_method, relaxation=relaxation, beta=beta,
                             repair=repair, layout=layout, lr=lr, factor_linear=factor_linear,
-                            init=init, seed=seed)
+                            init=init, seed=seed, tol=tol, omega=omega, inertia=inertia,
+                            anderson=anderson, update_scale=update_scale)
         self.source_graph = load_model(self.model_path)
         self.frozen = freeze_params(self.source_graph, freeze)
         self.graph = compile_for_training(self.source_graph, loss=loss, lam=lam, ce_method=ce_method,
@@ -146,8 +170,10 @@ class Trainer:
             from projc.backends.jax.emit import make_update
             from projc.backends.jax.solvers import Solver
 
-            self.solver = Solver(self.layout, solver, relaxation=relaxation, beta=beta)
-            self._update = make_update(self.layout, self.solver, steps_per_update, **shardings)
+            self.solver = Solver(self.layout, solver, relaxation=relaxation, beta=beta, omega=omega,
+                                 inertia=inertia, anderson=anderson)
+            self._update = make_update(self.layout, self.solver, steps_per_update, tol=tol,
+                                       update_scale=update_scale, **shardings)
 
     # -- public API ------------------------------------------------------------------------
     def init_params(self) -> dict[str, np.ndarray]:

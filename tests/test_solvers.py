@@ -1,6 +1,8 @@
 """Solver and copies-layout tests: fast path vs the projection library, AP monotonicity, training."""
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -173,3 +175,158 @@ def test_solver_trains_mlp_digits(solver, digits):
 def test_ar_trains_mlp_digits(digits):
     acc, _ = _train("ar", 50, 64, 44, digits)
     assert acc >= 0.90
+
+
+# -- time-to-accuracy options on a toy two-set problem -------------------------------------------
+# AP between two planes of R^3 at a small angle (linear convergence, slow): the limit is the
+# projection of the start onto their intersection line, known in closed form.
+class _Ctx(NamedTuple):
+    params: dict
+
+
+class PlanesLayout:
+    """A minimal Layout: the state is {"v": point}; set A and B are planes through 0."""
+
+    name = "toy"
+    two_sets = ("A", "B")
+    layer_sets = (("layer", 0), ("layer", 1))
+
+    def __init__(self, angle=0.15):
+        n_a = np.array([0.0, 0.0, 1.0])
+        n_b = np.array([0.0, np.sin(angle), np.cos(angle)])
+        self.normals = {"A": n_a, "B": n_b, ("layer", 0): n_a, ("layer", 1): n_b}
+
+    def check_two_set(self):
+        return None
+
+    def make_ctx(self, params, inputs):
+        return _Ctx({k: jnp.asarray(v) for k, v in params.items()})
+
+    def init_state(self, ctx):
+        return {"v": ctx.params["v"]}
+
+    def project(self, x, key, ctx):
+        n = jnp.asarray(self.normals[key], x["v"].dtype)
+        return {"v": x["v"] - jnp.dot(x["v"], n) * n}
+
+    def readout(self, x, ctx):
+        return {"v": x["v"]}
+
+    def sq_dist(self, x, y, ctx):
+        return jnp.sum((x["v"] - y["v"]) ** 2), 3
+
+    def violation(self, x, ctx, last_set=None):
+        return jnp.sum(jnp.asarray(self.normals["A"], x["v"].dtype) * x["v"]) ** 2
+
+
+V0 = {"v": np.array([0.3, 1.0, -0.7], np.float32)}
+LIMIT = np.array([0.3, 0.0, 0.0])   # the intersection of the planes is the x axis
+
+
+def _run(steps, tol=None, **kw):
+    from projc.backends.jax.emit import run_steps
+
+    lay = PlanesLayout()
+    s = Solver(lay, "ap", **kw)
+    ctx = lay.make_ctx(V0, {})
+    x, _, used = jax.jit(lambda c: run_steps(lay, s, steps, lay.init_state(c), c, tol))(ctx)
+    return np.asarray(x["v"]), int(used)
+
+
+def test_tol_stops_early_at_the_fixed_step_point():
+    v_tol, used = _run(2000, tol=1e-10)
+    assert 10 < used < 2000                         # stopped by the residual, not the cap
+    v_fixed, used_fixed = _run(used)                 # the same number of plain steps
+    np.testing.assert_allclose(v_tol, v_fixed, rtol=1e-6, atol=1e-7)
+    assert used_fixed == used
+    np.testing.assert_allclose(v_tol, LIMIT, atol=1e-3)   # and it is near the limit
+    _, capped = _run(5, tol=1e-10)
+    assert capped == 5                               # max = steps_per_update
+
+
+def test_acceleration_off_by_default_is_the_plain_loop():
+    base, _ = _run(30)
+    for kw in ({"omega": 1.0}, {"inertia": 0.0}, {"anderson": 0}):
+        np.testing.assert_array_equal(_run(30, **kw)[0], base)
+
+
+@pytest.mark.parametrize("kw", [{"omega": 1.6}, {"inertia": 0.6}, {"anderson": 2}])
+def test_accelerations_reach_the_limit_in_fewer_steps(kw):
+    plain = np.linalg.norm(_run(40)[0] - LIMIT)
+    fast = np.linalg.norm(_run(40, **kw)[0] - LIMIT)
+    assert fast < 0.5 * plain, (kw, fast, plain)
+    assert _run(2000, tol=1e-10, **kw)[1] < _run(2000, tol=1e-10)[1]
+
+
+def test_anderson_safeguard_falls_back_to_the_plain_step():
+    lay = PlanesLayout()
+    s = Solver(lay, "ap", anderson=3)
+    ctx = lay.make_ctx(V0, {})
+    carry = s.init_carry(lay.init_state(ctx))
+    for _ in range(3):
+        carry, _ = s.advance(carry, ctx)
+    assert int(carry["valid"].sum()) == 3
+    x = carry["x"]
+    plain = s.step(x, ctx)
+    carry["r"] = jnp.asarray(0.0, jnp.float32)   # pretend the residual was 0 before: it grew
+    carry, _ = s.advance(carry, ctx)
+    np.testing.assert_array_equal(carry["x"]["v"], plain["v"])   # the plain step, history dropped
+    assert int(carry["valid"].sum()) == 1
+
+
+def test_anderson_weights_solve_the_constrained_least_squares():
+    from projc.backends.jax.solvers import anderson_weights
+
+    rng = np.random.default_rng(0)
+    F = jnp.asarray(rng.normal(size=(4, 9)))
+    valid = jnp.asarray([True, True, False, True])
+    a = np.asarray(anderson_weights(F @ F.T, valid, 0.0))
+    assert a[2] == 0 and abs(a.sum() - 1) < 1e-9
+    # brute force: min |Fᵀα| over α = e + N z (Σα = 1 on the valid rows)
+    rows = np.asarray(F)[[0, 1, 3]]
+    best = min((np.linalg.norm(np.array([1 - u - w, u, w]) @ rows), u, w)
+               for u in np.linspace(-3, 3, 121) for w in np.linspace(-3, 3, 121))
+    assert np.linalg.norm(a[[0, 1, 3]] @ rows) <= best[0] + 1e-9
+
+
+def test_update_scale_stretches_the_parameter_change():
+    lay = PlanesLayout()
+    outs = [make_update(lay, Solver(lay, "ap"), 3, update_scale=a)(V0, {})[0]["v"] for a in (1.0, 2.5)]
+    np.testing.assert_allclose(np.asarray(outs[1]) - V0["v"], 2.5 * (np.asarray(outs[0]) - V0["v"]),
+                               rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"omega": 2.0}, "omega"), ({"omega": 1.5, "name": "dr"}, "applies to ap and cp"),
+    ({"inertia": 1.0}, "inertia"), ({"anderson": -1}, "anderson"),
+    ({"anderson": 2, "inertia": 0.3}, "not both")])
+def test_acceleration_options_are_checked(kw, match):
+    name = kw.pop("name", "ap")
+    with pytest.raises(ProjcError, match=match):
+        Solver(PlanesLayout(), name, **kw)
+
+
+@pytest.mark.parametrize("kw, match", [({"tol": 0.0}, "tol"), ({"update_scale": -1.0}, "update_scale"),
+                                       ({"tol": float("nan")}, "tol")])
+def test_trainer_checks_the_options_before_loading(kw, match):
+    import projc
+
+    with pytest.raises(ProjcError, match=match):
+        projc.compile("no-such-file.onnx", solver="cp", **kw)
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--omega", "2"], "--omega"), (["--inertia", "1"], "--inertia"), (["--anderson", "-1"], "--anderson"),
+    (["--tol", "0"], "--tol"), (["--update-scale", "nan"], "--update-scale"), (["--solver", "ar"], "--solver"),
+    (["--solver", "dr", "--omega", "1.5"], "applies to ap and cp")])
+def test_cli_refuses_bad_acceleration_options(argv, match, tmp_path, capsys):
+    from projc.cli import main
+
+    out = tmp_path / "m.onnx"
+    try:
+        code = main(["train", "models/mlp_digits.onnx", *argv, "-o", str(out)])
+    except SystemExit as e:
+        code = e.code
+    assert code == 2
+    assert match in capsys.readouterr().err
+    assert not out.exists()
