@@ -13,7 +13,10 @@ weight, 5.0), ``ce_method`` ("newton" | "fixed-point"), ``relaxation`` (DR λ, 0
 True), ``freeze`` (names of
 initializers kept fixed: they become constants of the compiled graph). ``ce_method`` and ``lam``
 go to the ``attach-loss`` pass as options. ``init`` ("file": the exported values | "he": He-normal
-weights, zero biases; see projc.init_params) and ``seed`` (the init's seed, 0).
+weights, zero biases | "auto", the default: he for a model with a Conv, else file; see
+projc.init_params) and ``seed`` (the init's seed, 0). ``train_batchnorm`` (False): train the
+scale/bias (gamma/beta) of BatchNormalization nodes as parameters (its statistics stay frozen);
+by default the whole BatchNormalization is a frozen per-channel affine.
 
 ``devices`` (None | N | "all" | a jax Mesh) shards every minibatch over that many devices and
 replicates the parameters (data parallelism, see ``projc.distributed``); in a multi-process run
@@ -33,8 +36,8 @@ from projc.errors import DataError, DivergenceError, ParamError, ProjcError
 
 STATE_LAYOUTS = ("auto", "copies", "consensus")
 _OPTIONS = ("lam", "ce_method", "relaxation", "beta", "repair", "layout", "lr", "factor_linear",
-            "freeze", "init", "seed")
-DEFAULT_INIT = "file"  # measured: benchmarks/init.py (README "Initialization")
+            "freeze", "init", "seed", "train_batchnorm")
+DEFAULT_INIT = "auto"  # he for a model with a Conv, else file; measured: benchmarks/init.py (README "Initialization")
 
 
 def compile(model: str | os.PathLike, *, loss: str = "cross_entropy", solver: str = "dr",  # noqa: A001
@@ -90,8 +93,8 @@ class Trainer:
                  steps_per_update: int = 50, lam: float = 5.0, ce_method: str = "newton",
                  relaxation: float = 0.5, beta: float = 1.0, repair: bool = True, layout: str = "auto",
                  lr: float = 1e-3, factor_linear: bool = True, freeze=(), devices=None,
-                 init: str = DEFAULT_INIT, seed: int = 0):
-        from projc.init_params import INITS, initial_params
+                 init: str = DEFAULT_INIT, seed: int = 0, train_batchnorm: bool = False):
+        from projc.init_params import INITS, initial_params, resolve_init
         from projc.onnx_import import load_model
         from projc.passes import compile_for_training
 
@@ -113,11 +116,12 @@ class Trainer:
         self.loss, self.solver_name, self.steps_per_update = loss, solver, steps_per_update
         self.options = dict(lam=lam, ce_method=ce_method, relaxation=relaxation, beta=beta,
                             repair=repair, layout=layout, lr=lr, factor_linear=factor_linear,
-                            init=init, seed=seed)
+                            init=init, seed=seed, train_batchnorm=bool(train_batchnorm))
         self.source_graph = load_model(self.model_path)
+        self.options["init"] = init = resolve_init(init, self.source_graph)  # "auto" -> file | he
         self.frozen = freeze_params(self.source_graph, freeze)
         self.graph = compile_for_training(self.source_graph, loss=loss, lam=lam, ce_method=ce_method,
-                                          repair=repair)
+                                          repair=repair, train_batchnorm=bool(train_batchnorm))
         self.layout = make_state_layout(layout, solver, self.graph, factor_linear=factor_linear)
         data = self.graph.data_inputs
         if len(data) != 1:

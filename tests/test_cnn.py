@@ -381,3 +381,27 @@ def test_tiny_cnn_updates_under_every_solver(tmp_path, solver):
     tr.export(p1, out)
     got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     np.testing.assert_allclose(got, tr.logits(p1, x), rtol=1e-4, atol=1e-4)
+
+
+# -- BatchNormalization with trained gamma/beta ------------------------------------------------------
+def test_batchnorm_trains_gamma_beta_when_asked(tmp_path):
+    import projc
+
+    rng = np.random.default_rng(12)
+    path = gap_model(tmp_path / "m.onnx", rng, op="GlobalMaxPool", bn=True)
+    x = rng.normal(size=(4, 2, 5, 5)).astype(np.float32)
+    frozen = compile_for_training(load_model(path))
+    trained = compile_for_training(load_model(path), train_batchnorm=True)
+    assert {"g", "b"} <= {v.hint for v in trained.params} and not {"g", "b"} & {v.hint for v in frozen.params}
+    want = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(evaluate(trained, {"x": x})[0], want, rtol=1e-5, atol=1e-5)
+    muls = [op for op in trained.ops if op.kind == "mul"]
+    assert sorted(op.annots["proj"] for op in muls) == ["bilinear", "linear"]   # inv_std const; gamma free
+    tr = projc.compile(path, solver="dr", steps_per_update=3, train_batchnorm=True)
+    p0 = tr.init_params()
+    p1, _ = tr.update(p0, x, rng.integers(0, 4, 4))
+    assert np.max(np.abs(p1["g"] - p0["g"])) > 1e-5 and np.max(np.abs(p1["b"] - p0["b"])) > 1e-5
+    out = tmp_path / "t.onnx"
+    tr.export(p1, out)
+    got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, tr.logits(p1, x), rtol=1e-4, atol=1e-4)
