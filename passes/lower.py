@@ -14,8 +14,8 @@ Averages become ``mean`` families (a fixed-coefficient sum y = (1/K) sum_k a_k).
 is closed-form in a metric the pass option ``mean_metric`` chooses: ``sum`` (the default) weighs
 the output by K², i.e. projects the sum onto K times the target, so every input moves by the
 residual's K/(K+1) and the correction reaches the layer below; ``euclidean`` is the plain nearest
-point, in which the output takes K/(K+1) of the residual and each input only 1/(K+1) (measured:
-a global average pool over 8x8 then barely trains the convolution under it). docs/design-notes.md
+point, in which each input moves by only 1/(K+1) of the residual and the output stays near the
+current mean (measured: a global average pool over 8x8 then barely trains the convolution under it). docs/design-notes.md
 "Average pooling" has the measurements.
 
 Grouped convolutions (group > 1) are rejected as unsupported for training.

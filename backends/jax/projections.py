@@ -99,8 +99,9 @@ def mean(a, target, axis: int = -1, weight=None):
     """Project onto {y = mean_axis a} in the metric |a - a0|² + weight·(y - y0)² (n = a.shape[axis];
     weight None means n², the default). With d = mean(a0) - y0 every entry moves by the same
     -(weight/n)·d/(1 + weight/n), and y = mean(a). weight=1 is the Euclidean projection
-    (entries move by d/(n+1), y by almost all of d); weight=n² is the Euclidean projection of the
-    sum Σa onto the target n·y0 (entries move by n·d/(n+1), y by d/(n+1)). Returns (a, y)."""
+    (entries move by d/(n+1): y stays near the current mean); weight=n² is the Euclidean projection
+    of the sum Σa onto the target n·y0 (entries move by n·d/(n+1): y ends d/(n+1) from y0).
+    Returns (a, y)."""
     a, y0 = as_floats(a, target)
     neg = axis % a.ndim - a.ndim  # stable under leading broadcast
     a = jnp.moveaxis(a, neg, -1)
