@@ -69,7 +69,8 @@ def add_train_parser(sub) -> None:
                    "biases, seeded by --seed) or auto (he for a model with a Conv, else file); "
                    "default: projc.trainer.DEFAULT_INIT (auto)")
     p.add_argument("--train-batchnorm", action="store_true",
-                   help="train BatchNormalization scale/bias as parameters (default: frozen affine)")
+                   help="train BatchNormalization scale/bias as parameters (default: a frozen affine; "
+                   "experimental, see README \"CNNs on digits\")")
     p.add_argument("-o", "--output", default=None, help="trained model path (default MODEL.trained.onnx)")
     add_scaling_args(p)
 
