@@ -17,7 +17,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import projc  # noqa: E402
 from common import format_table, write_json  # noqa: E402
-from projc.cli_train import iterate_updates  # noqa: E402
+from projc.batches import UpdateSchedule  # noqa: E402
 from projc.data import load_data  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,7 +32,7 @@ def run(name: str, init: str, solver: str, updates: int, every: int, seed: int, 
     data = load_data(DATA.get(name, "digits"), seed=seed, input_shape=tr.input_shape)
     params = tr.init_params()
     curve, t0 = [], time.perf_counter()
-    for i, (_, idx) in enumerate(iterate_updates(len(data.y_train), batch, None, updates, seed), 1):
+    for i, (_, idx) in enumerate(UpdateSchedule(len(data.y_train), batch, updates, seed), 1):
         params, _ = tr.update(params, data.x_train[idx], data.y_train[idx])
         if i % every == 0 or i == updates:
             curve.append((i, tr.evaluate(params, data.x_test, data.y_test)["accuracy"]))

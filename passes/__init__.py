@@ -183,15 +183,19 @@ class PassManager:
 
 
 def compile_for_training(graph: Graph, *, loss: str = "cross_entropy", lam: float = 5.0,
-                         ce_method: str = "newton", repair: bool = True, pipeline: str | None = None,
+                         ce_method: str = "newton", repair: bool = True, train_batchnorm: bool = False,
+                         pipeline: str | None = None,
                          print_after_all: bool = False,
                          print_after: tuple[str, ...] = (), time_passes: bool = False,
                          out: IO[str] | None = None) -> Graph:
-    """A copy of ``graph`` run through TRAINING_PIPELINE (attach-loss and bipartite options set)."""
+    """A copy of ``graph`` run through TRAINING_PIPELINE (attach-loss, canonicalize and bipartite
+    options set)."""
     if pipeline is None:
         pipeline = TRAINING_PIPELINE.replace(
             "attach-loss", f"attach-loss{{loss={loss} lam={lam} method={ce_method}}}", 1)
         pipeline = pipeline.replace("bipartite", f"bipartite{{repair={'true' if repair else 'false'}}}", 1)
+        if train_batchnorm:
+            pipeline = pipeline.replace("canonicalize", "canonicalize{train_batchnorm=true}", 1)
     manager = PassManager(pipeline, print_after_all=print_after_all, print_after=print_after,
                           time_passes=time_passes, out=out)
     return manager.run(graph.clone())

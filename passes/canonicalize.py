@@ -3,8 +3,14 @@
 One rule per ONNX kind (table at the bottom). Conv, MaxPool, GlobalMaxPool and ReduceMax are left
 to ``lower``. BatchNormalization (inference) becomes a mul by a const scale and a sum with a const
 shift: the BN statistics and affine parameters are FROZEN (folded into consts, never trained).
+With the option ``train_batchnorm=true`` only the statistics are frozen: a BatchNormalization whose
+scale and bias are trainable initializers becomes
+``sum(mul(mul(sum(x, -mean), 1/sqrt(var+eps)), scale), bias)`` (scale and bias reshaped to
+``[C,1,..]``), so gamma and beta train as parameters.
 """
 from __future__ import annotations
+
+from functools import partial
 
 import numpy as np
 
@@ -144,10 +150,12 @@ def clip(rw: Rewriter, op: Op):
     return rw.emit("sum_pwl", [x], {"fn": "clip", "lo": float(lo), "hi": float(hi)})
 
 
-def batchnorm(rw: Rewriter, op: Op):
+def batchnorm(rw: Rewriter, op: Op, train_affine: bool = False):
     x, scale, bias, mean, var = op.inputs[:5]
     if op.params.get("training_mode", 0) or len(op.outputs) > 1:
         return None
+    if train_affine and scale.role == "param" and bias.role == "param":
+        return _batchnorm_trained_affine(rw, op)
     arrays = [v.data for v in (scale, bias, mean, var)]
     if any(a is None for a in arrays):
         raise PassError(f"BatchNormalization {src_of(op)}: its scale/bias/mean/var need values to be frozen")
@@ -156,6 +164,21 @@ def batchnorm(rw: Rewriter, op: Op):
     bshape = (-1,) + (1,) * (x.rank - 2)
     y = rw.emit("mul", [x, rw.const(s.reshape(bshape), x.dtype, hint=(scale.hint or "bn") + ".frozen_scale")])
     return rw.emit("sum", [y, rw.const(shift.reshape(bshape), x.dtype, hint=(bias.hint or "bn") + ".frozen_shift")])
+
+
+def _batchnorm_trained_affine(rw: Rewriter, op: Op):
+    """Frozen statistics, trained gamma/beta: ((x - mean) * inv_std) * gamma + beta."""
+    x, scale, bias, mean, var = op.inputs[:5]
+    if mean.data is None or var.data is None:
+        raise PassError(f"BatchNormalization {src_of(op)}: its mean/var need values to be frozen")
+    bshape = (-1,) + (1,) * (x.rank - 2)
+    inv = 1.0 / np.sqrt(np.asarray(var.data) + float(op.params.get("epsilon", 1e-5)))
+    hint = scale.hint or "bn"
+    centred = rw.emit("sum", [x, rw.const(-np.asarray(mean.data).reshape(bshape), x.dtype, hint=hint + ".minus_mean")])
+    normed = rw.emit("mul", [centred, rw.const(inv.reshape(bshape), x.dtype, hint=hint + ".inv_std")])
+    gamma = rw.emit("reshape", [scale], {"shape": list(bshape)})
+    beta = rw.emit("reshape", [bias], {"shape": list(bshape)})
+    return rw.emit("sum", [rw.emit("mul", [normed, gamma]), beta])
 
 
 # post_transforms that keep the order of each row's scores: the argmax label stays the same, so
@@ -214,5 +237,9 @@ RULES = {
 
 @register_pass("canonicalize")
 class Canonicalize(Pass):
+    train_batchnorm: bool = False
+
     def run(self, graph) -> bool:
-        return rewrite(graph, RULES)
+        if not self.train_batchnorm:
+            return rewrite(graph, RULES)
+        return rewrite(graph, {**RULES, "BatchNormalization": partial(batchnorm, train_affine=True)})

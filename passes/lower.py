@@ -6,19 +6,24 @@ PassError listing them all).
     MaxPool(x)      -> transpose(max(reshape(patches(pad(x, -inf)), [N,*O,C,K]), axis=-1))
     GlobalMaxPool(x)-> max[axes=spatial, keepdims=1](x)
     ReduceMax(x)    -> max[axes, keepdims](x)
-    AveragePool(x)  -> transpose(reshape(dot(reshape(patches(x), [N,*O,C,K]), const 1/K [K,1]), [N,*O,C]))
-    GlobalAveragePool(x) -> reshape(dot(reshape(x, [N,C,S]), const 1/S [S,1]), [N,C,1..])
-    ReduceMean(x)   -> reshape(dot(reshape(transpose(x, kept+axes), [..,K]), const 1/K [K,1]), out)
+    AveragePool(x)  -> transpose(mean[axes=[n+2], keepdims=0](reshape(patches(x), [N,*O,C,K])))
+    GlobalAveragePool(x) -> mean[axes=spatial, keepdims=1](x)
+    ReduceMean(x)   -> mean[axes, keepdims](x)
 
-Averages are fixed-coefficient sums y = sum_i c_i a_i: a ``dot`` whose right operand is a constant
-column of c_i, so select-projections gives it the exact ``linear`` projection (DESIGN.md §8) and
-every layout and solver already handles it; the patches/reshape/transpose around it are moves.
+Averages become ``mean`` families (a fixed-coefficient sum y = (1/K) sum_k a_k). Their projection
+is closed-form in a metric the pass option ``mean_metric`` chooses: ``sum`` (the default) weighs
+the output by K², i.e. projects the sum onto K times the target, so every input moves by the
+residual's K/(K+1) and the correction reaches the layer below; ``euclidean`` is the plain nearest
+point, in which each input moves by only 1/(K+1) of the residual and the output stays near the
+current mean (measured: a global average pool over 8x8 then barely trains the convolution under it). docs/design-notes.md
+"Average pooling" has the measurements.
 
 Grouped convolutions (group > 1) are rejected as unsupported for training.
 """
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import numpy as np
 
@@ -27,7 +32,7 @@ from projc.ir import Graph, Op
 
 from . import Pass, register_pass
 from ._common import Rewriter, const_data, data_values, reshape_param, rewrite, src_of
-from projc.ops.constraint import CONSTRAINT_KINDS
+from projc.ops.constraint import CONSTRAINT_KINDS, MEAN_METRICS
 
 
 def _window(op: Op, spatial: tuple, kernel: list[int]):
@@ -135,13 +140,7 @@ def gather(rw: Rewriter, op: Op):
     return rw.emit("reshape", [y], {"shape": reshape_param(out)}, shape=out)
 
 
-def _mean_of_last(rw: Rewriter, x, k: int):
-    """dot(x [...,K], const [K,1] of 1/K) -> [...,1]: the mean over the last axis as a linear family."""
-    coeffs = rw.const(np.full((k, 1), 1.0 / k), x.dtype, hint="mean_coeffs")
-    return rw.emit("dot", [x, coeffs])
-
-
-def avgpool(rw: Rewriter, op: Op):
+def avgpool(rw: Rewriter, op: Op, metric: str = "sum"):
     (x,) = op.inputs[:1]
     kernel = [int(k) for k in op.params["kernel_shape"]]
     n = len(kernel)
@@ -149,7 +148,7 @@ def avgpool(rw: Rewriter, op: Op):
     if op.params.get("ceil_mode", 0):
         raise PassError(f"AveragePool {src_of(op)}: ceil_mode=1 is unsupported; export with ceil_mode=0")
     if any(pads) and not op.params.get("count_include_pad", 0):
-        # border windows would average fewer elements: per-position coefficients, not one column
+        # border windows would average fewer elements: per-position divisors, not one mean
         raise PassError(f"AveragePool {src_of(op)}: padding with count_include_pad=0 is unsupported for "
                         "training; export with count_include_pad=True (torch's default) or no padding")
     cols = rw.emit("patches", [x], {"kernel": kernel, "strides": strides, "pads": pads,
@@ -157,37 +156,26 @@ def avgpool(rw: Rewriter, op: Op):
     c, k = x.shape[1], math.prod(kernel)
     split = cols.shape[:-1] + (c, k)
     cols = rw.emit("reshape", [cols], {"shape": reshape_param(split)}, shape=split)  # [N, *O, C, K]
-    m = _mean_of_last(rw, cols, k)                                               # [N, *O, C, 1]
-    m = rw.emit("reshape", [m], {"shape": reshape_param(split[:-1])}, shape=split[:-1])
+    m = rw.emit("mean", [cols], {"axes": [n + 2], "keepdims": 0, "metric": metric})  # [N, *O, C]
     return rw.emit("transpose", [m], {"perm": [0, n + 1, *range(1, n + 1)]})
 
 
-def _mean_over(rw: Rewriter, x, axes: list[int], keepdims: bool):
-    """Mean of x over ``axes`` (sorted, non-negative) as transpose + reshape + dot-with-const."""
+def _mean_over(rw: Rewriter, x, axes: list[int], keepdims: bool, metric: str):
     if any(not isinstance(x.shape[a], int) for a in axes):
         return None  # averaging over the batch (symbolic) axis: left for the error report
-    keep = [a for a in range(x.rank) if a not in axes]
-    src = x.shape
-    out = tuple(1 if a in axes else d for a, d in enumerate(src)) if keepdims else tuple(src[a] for a in keep)
-    k = math.prod(x.shape[a] for a in axes)
-    if keep + axes != list(range(x.rank)):
-        x = rw.emit("transpose", [x], {"perm": keep + axes})
-    flat = tuple(x.shape[:len(keep)]) + (k,)
-    x = rw.emit("reshape", [x], {"shape": reshape_param(flat)}, shape=flat)
-    m = _mean_of_last(rw, x, k)                                                  # [..kept, 1]
-    return rw.emit("reshape", [m], {"shape": reshape_param(out)}, shape=out)
+    return rw.emit("mean", [x], {"axes": axes, "keepdims": int(keepdims), "metric": metric})
 
 
-def global_avgpool(rw: Rewriter, op: Op):
+def global_avgpool(rw: Rewriter, op: Op, metric: str = "sum"):
     x = op.inputs[0]
-    return _mean_over(rw, x, list(range(2, x.rank)), True)
+    return _mean_over(rw, x, list(range(2, x.rank)), True, metric)
 
 
-def reduce_mean(rw: Rewriter, op: Op):
+def reduce_mean(rw: Rewriter, op: Op, metric: str = "sum"):
     axes = reduce_axes(op)
     if not axes:
         return op.inputs[0] if axes == [] else None
-    return _mean_over(rw, op.inputs[0], axes, bool(op.params.get("keepdims", 1)))
+    return _mean_over(rw, op.inputs[0], axes, bool(op.params.get("keepdims", 1)), metric)
 
 
 RULES = {
@@ -228,10 +216,19 @@ def unsupported(graph: Graph) -> list[str]:
     return problems
 
 
+MEAN_RULES = {"AveragePool": avgpool, "GlobalAveragePool": global_avgpool, "ReduceMean": reduce_mean}
+
+
 @register_pass("lower")
 class Lower(Pass):
+    mean_metric: str = "sum"
+
     def run(self, graph: Graph) -> bool:
-        changed = rewrite(graph, RULES)
+        if self.mean_metric not in MEAN_METRICS:
+            raise PassError(f"lower: mean_metric={self.mean_metric!r}; choose one of {', '.join(MEAN_METRICS)}")
+        rules = dict(RULES)
+        rules.update({kind: partial(rule, metric=self.mean_metric) for kind, rule in MEAN_RULES.items()})
+        changed = rewrite(graph, rules)
         problems = unsupported(graph)
         if problems:
             raise PassError(f"@{graph.name}: {len(problems)} op(s) cannot be trained by projection:\n"

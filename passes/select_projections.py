@@ -20,7 +20,7 @@ class SelectProjections(Pass):
         for op in graph.ops:
             if op.kind in ("dot", "mul"):
                 proj = "linear" if any(v in fixed for v in op.inputs) else "bilinear"
-            elif op.kind in ("sum", "sum_pwl", "sum_smooth", "max", "identity"):
+            elif op.kind in ("sum", "sum_pwl", "sum_smooth", "max", "mean", "identity"):
                 proj = "closed"
             else:
                 continue

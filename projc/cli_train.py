@@ -67,9 +67,13 @@ def add_train_parser(sub) -> None:
                    help="checkpoint every N updates (default: at the end of each epoch)")
     p.add_argument("--resume", action="store_true",
                    help="continue from the checkpoint in --checkpoint DIR (same command otherwise)")
-    p.add_argument("--init", default=None, choices=("file", "he"),
-                   help="starting weights: file (the exported values) or he (He-normal weights, zero "
-                   "biases, seeded by --seed); default: projc.trainer.DEFAULT_INIT")
+    p.add_argument("--init", default=None, choices=("auto", "file", "he"),
+                   help="starting weights: file (the exported values), he (He-normal weights, zero "
+                   "biases, seeded by --seed) or auto (he for a model with a Conv, else file); "
+                   "default: projc.trainer.DEFAULT_INIT (auto)")
+    p.add_argument("--train-batchnorm", action="store_true",
+                   help="train BatchNormalization scale/bias as parameters (default: a frozen affine; "
+                   "experimental, see README \"CNNs on digits\")")
     p.add_argument("-o", "--output", default=None, help="trained model path (default MODEL.trained.onnx)")
     add_scaling_args(p)
 
@@ -220,7 +224,7 @@ def cmd_train(args) -> int:
     options = dict(lam=args.lam, relaxation=args.relaxation, layout=args.layout, lr=args.lr,
                    repair=not args.no_repair, freeze=args.freeze, seed=args.seed, tol=args.tol,
                    omega=args.omega, inertia=args.inertia, anderson=args.anderson,
-                   update_scale=args.update_scale)
+                   update_scale=args.update_scale, train_batchnorm=args.train_batchnorm)
     if args.init is not None:
         options["init"] = args.init
     trainer = projc.compile(args.model, loss=args.loss, solver=args.solver,

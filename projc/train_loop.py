@@ -149,9 +149,10 @@ class TrainingRun:
                 "repair": not a.no_repair, "freeze": sorted(a.freeze), **self._acceleration()}
 
     def _acceleration(self) -> dict:
-        """The time-to-accuracy options that differ from their defaults (so that checkpoints
-        written before they existed still resume)."""
-        defaults = {"tol": None, "omega": 1.0, "inertia": 0.0, "anderson": 0, "update_scale": 1.0}
+        """The time-to-accuracy and BatchNorm options that differ from their defaults (so that
+        checkpoints written before they existed still resume)."""
+        defaults = {"tol": None, "omega": 1.0, "inertia": 0.0, "anderson": 0, "update_scale": 1.0,
+                    "train_batchnorm": False}
         return {k: getattr(self.args, k, d) for k, d in defaults.items() if getattr(self.args, k, d) != d}
 
     def _save(self, params: dict) -> None:

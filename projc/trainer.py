@@ -13,7 +13,10 @@ weight, 5.0), ``ce_method`` ("newton" | "fixed-point"), ``relaxation`` (DR λ, 0
 True), ``freeze`` (names of
 initializers kept fixed: they become constants of the compiled graph). ``ce_method`` and ``lam``
 go to the ``attach-loss`` pass as options. ``init`` ("file": the exported values | "he": He-normal
-weights, zero biases; see projc.init_params) and ``seed`` (the init's seed, 0).
+weights, zero biases | "auto", the default: he for a model with a Conv, else file; see
+projc.init_params) and ``seed`` (the init's seed, 0). ``train_batchnorm`` (False): train the
+scale/bias (gamma/beta) of BatchNormalization nodes as parameters (its statistics stay frozen);
+by default the whole BatchNormalization is a frozen per-channel affine.
 
 Time-to-accuracy options of the projection solvers (off by default; README "Time to accuracy"):
 ``tol`` (stop an update's steps once the fixed-point residual is <= tol; ``steps_per_update`` is then
@@ -39,8 +42,9 @@ from projc.errors import DataError, DivergenceError, ParamError, ProjcError
 
 STATE_LAYOUTS = ("auto", "copies", "consensus")
 _OPTIONS = ("lam", "ce_method", "relaxation", "beta", "repair", "layout", "lr", "factor_linear",
-            "freeze", "init", "seed", "tol", "omega", "inertia", "anderson", "update_scale")
-DEFAULT_INIT = "file"  # measured: benchmarks/init.py (README "Initialization")
+            "freeze", "init", "seed", "tol", "omega", "inertia", "anderson", "update_scale",
+            "train_batchnorm")
+DEFAULT_INIT = "auto"  # he for a model with a Conv, else file; measured: benchmarks/init.py (README "Initialization")
 
 
 def compile(model: str | os.PathLike, *, loss: str = "cross_entropy", solver: str = "dr",  # noqa: A001
@@ -112,8 +116,9 @@ class Trainer:
                  relaxation: float = 0.5, beta: float = 1.0, repair: bool = True, layout: str = "auto",
                  lr: float = 1e-3, factor_linear: bool = True, freeze=(), devices=None,
                  init: str = DEFAULT_INIT, seed: int = 0, tol: float | None = None, omega: float = 1.0,
-                 inertia: float = 0.0, anderson: int = 0, update_scale: float = 1.0):
-        from projc.init_params import INITS, initial_params
+                 inertia: float = 0.0, anderson: int = 0, update_scale: float = 1.0,
+                 train_batchnorm: bool = False):
+        from projc.init_params import INITS, initial_params, resolve_init
         from projc.onnx_import import load_model
         from projc.passes import compile_for_training
 
@@ -137,11 +142,13 @@ class Trainer:
         self.options = dict(lam=lam, ce_method=ce_method, relaxation=relaxation, beta=beta,
                             repair=repair, layout=layout, lr=lr, factor_linear=factor_linear,
                             init=init, seed=seed, tol=tol, omega=omega, inertia=inertia,
-                            anderson=anderson, update_scale=update_scale)
+                            anderson=anderson, update_scale=update_scale,
+                            train_batchnorm=bool(train_batchnorm))
         self.source_graph = load_model(self.model_path)
+        self.options["init"] = init = resolve_init(init, self.source_graph)  # "auto" -> file | he
         self.frozen = freeze_params(self.source_graph, freeze)
         self.graph = compile_for_training(self.source_graph, loss=loss, lam=lam, ce_method=ce_method,
-                                          repair=repair)
+                                          repair=repair, train_batchnorm=bool(train_batchnorm))
         self.layout = make_state_layout(layout, solver, self.graph, factor_linear=factor_linear)
         data = self.graph.data_inputs
         if len(data) != 1:

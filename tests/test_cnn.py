@@ -96,15 +96,15 @@ def _check_forward(path, x):
     dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], count_include_pad=1),
     dict(kernel_shape=[2, 3], strides=[1, 2], pads=[0, 1, 1, 0], count_include_pad=1),
 ])
-def test_avgpool_lowers_to_dot_with_a_constant_column(tmp_path, attrs):
+def test_avgpool_lowers_to_a_mean_family(tmp_path, attrs):
     rng = np.random.default_rng(0)
     path = avgpool_model(tmp_path / "m.onnx", rng, **attrs)
     x = rng.normal(size=(3, 2, 6, 6)).astype(np.float32)
     g = _check_forward(path, x)
-    means = [op for op in g.ops if op.kind == "dot" and op.inputs[1].hint == "mean_coeffs"]
-    assert len(means) == 1 and means[0].annots["proj"] == "linear"
+    means = [op for op in g.ops if op.kind == "mean"]
+    assert len(means) == 1 and means[0].annots["proj"] == "closed"
     k = int(np.prod(attrs["kernel_shape"]))
-    np.testing.assert_allclose(means[0].inputs[1].data, np.full((k, 1), 1 / k), rtol=1e-7)
+    assert means[0].inputs[0].shape[-1] == k and means[0].params["metric"] == "sum"
 
 
 def test_avgpool_refuses_excluded_padding(tmp_path):
@@ -119,11 +119,11 @@ def test_global_means_lower_and_match_onnxruntime(tmp_path, op, opset):
     rng = np.random.default_rng(1)
     path = gap_model(tmp_path / "m.onnx", rng, op=op, opset=opset)
     g = _check_forward(path, rng.normal(size=(4, 2, 5, 5)).astype(np.float32))
-    assert op_counts(g)["dot"] == 2 and "ReduceMean" not in op_counts(g)
+    assert op_counts(g)["dot"] == 1 and op_counts(g)["mean"] == 1 and "ReduceMean" not in op_counts(g)
 
 
 def test_reduce_mean_over_middle_axis(tmp_path):
-    """keepdims=0 over a non-trailing axis: a transpose moves it last before the dot."""
+    """keepdims=0 over a non-trailing axis."""
     rng = np.random.default_rng(2)
     nodes = [helper.make_node("Conv", ["x", "cw", "cb"], ["c"], pads=[1, 1, 1, 1]),
              helper.make_node("ReduceMean", ["c"], ["m"], axes=[1], keepdims=0),   # [N,5,5]
@@ -218,6 +218,91 @@ def test_mean_family_projection_is_the_nearest_point(layout):
                    np.asarray(y1).reshape(-1), rng)
 
 
+# -- the mean family: closed-form projection in a weighted metric ---------------------------------------
+def _nearest_weighted_mean(a0, y0, weight):
+    """argmin |a-a0|^2 + weight (mean(a)-y0)^2 by a dense solve: (I + w c c^T) a = a0 + w c y0, c = 1/K."""
+    c = np.full(len(a0), 1 / len(a0))
+    a = np.linalg.solve(np.eye(len(c)) + weight * np.outer(c, c), a0 + weight * c * y0)
+    return a, c @ a
+
+
+@pytest.mark.parametrize("weight", [None, 1.0, 7.0])
+def test_mean_projection_is_the_weighted_nearest_point(weight):
+    from projc.backends.jax.projections import mean, sum_reduce
+
+    rng = np.random.default_rng(9)
+    k = 6
+    a0, y0 = rng.normal(size=(4, k)), rng.normal(size=4)
+    with jax.enable_x64(True):
+        a1, y1 = (np.asarray(v) for v in mean(a0, y0, axis=-1, weight=weight))
+        w = float(k * k) if weight is None else weight
+        for row in range(4):
+            want, y_want = _nearest_weighted_mean(a0[row], y0[row], w)
+            np.testing.assert_allclose(a1[row], want, rtol=1e-9, atol=1e-12)
+            np.testing.assert_allclose(y1[row], y_want, rtol=1e-9, atol=1e-12)
+            np.testing.assert_allclose(y1[row], a1[row].mean(), rtol=1e-12)       # on the graph
+            d = np.sum((a1[row] - a0[row]) ** 2) + w * (a1[row].mean() - y0[row]) ** 2
+            samples = a1[row] + rng.normal(size=(200, k)) * 0.1
+            assert np.all(np.sum((samples - a0[row]) ** 2, 1) + w * (samples.mean(1) - y0[row]) ** 2 >= d - 1e-12)
+        if weight is None:  # the "sum" metric = the exact projection of the sum onto K times the target
+            a2, s2 = (np.asarray(v) for v in sum_reduce(a0, k * y0, axis=-1))
+            np.testing.assert_allclose(a1, a2, rtol=1e-12)
+            np.testing.assert_allclose(y1, s2 / k, rtol=1e-12)
+
+
+MEAN_IR = """graph @avg {
+  input %x: f32[B,4]
+  label %y: i64[B]
+  param %w: f32[4,12]
+  %z: f32[B,12] = dot %x, %w  {proj="linear"}
+  %h: f32[B,12] = sum_pwl[fn="relu"] %z
+  %r: f32[B,3,2,2] = reshape[shape=[-1, 3, 2, 2]] %h
+  %m: f32[B,2] = mean[axes=[1, 3], keepdims=0, metric=METRIC] %r
+  cross_entropy[lam=5.0] %m, %y
+  return %m
+}
+"""
+
+
+@pytest.mark.parametrize("metric", ["sum", "euclidean"])
+def test_mean_family_projects_over_non_trailing_axes(metric):
+    """The family moves its [B,3,2,2] slots exactly as projections.mean on the gathered axes (1, 3)."""
+    from projc.backends.jax.families import ProjOptions
+    from projc.backends.jax.layout_copies import CopiesLayout
+    from projc.parser import parse_graph
+    from projc.passes import PassManager
+
+    rng = np.random.default_rng(10)
+    with jax.enable_x64(True):
+        g = parse_graph(MEAN_IR.replace("METRIC", f'"{metric}"'))
+        PassManager("select-projections,bipartite,schedule").run(g)
+        lay = CopiesLayout(g)
+        ctx = lay.make_ctx({"w": rng.normal(size=(4, 12))},
+                           {"x": rng.normal(size=(5, 4)), "y": rng.integers(0, 2, 5).astype(np.int32)})
+        state = lay.init_state(ctx)
+        fam = next(f for f in lay.families if f.kind == "mean")
+        a0 = np.asarray(fam.storage.full(fam, state[fam.key], ctx)[0])          # [B,3,2,2]
+        y0 = np.asarray(fam.storage.output(fam, state[fam.key], ctx)) + rng.normal(size=(5, 2))
+        slots, y1 = fam.storage.project(fam, state[fam.key], ctx, lambda fallback: y0, ProjOptions())
+    a1 = np.asarray(slots[0])
+    w = 36.0 if metric == "sum" else 1.0
+    for b, j in np.ndindex(5, 2):
+        want, y_want = _nearest_weighted_mean(a0[b, :, j, :].reshape(-1), y0[b, j], w)
+        np.testing.assert_allclose(a1[b, :, j, :].reshape(-1), want, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(np.asarray(y1)[b, j], y_want, rtol=1e-9, atol=1e-12)
+
+
+def test_lower_mean_metric_option_and_error(tmp_path):
+    from projc.passes import PassManager
+
+    path = gap_model(tmp_path / "m.onnx", np.random.default_rng(11))
+    pipeline = "attach-loss,canonicalize,fold-constants,dce,fuse-activations,lower{mean_metric=euclidean}"
+    g = PassManager(pipeline).run(load_model(path))
+    assert [op.params["metric"] for op in g.ops if op.kind == "mean"] == ["euclidean"]
+    with pytest.raises(PassError, match="mean_metric='l1'"):
+        PassManager(pipeline.replace("euclidean", "l1")).run(load_model(path))
+
+
 # -- sum_pwl with a constant operand of a broadcast shape (frozen BatchNorm shift) ---------------------
 def test_sum_pwl_per_element_table_is_the_elementwise_projection():
     """The piece table shifted by a per-channel constant [C,1,1]: the result equals projecting each
@@ -292,6 +377,30 @@ def test_tiny_cnn_updates_under_every_solver(tmp_path, solver):
     p1, stats = tr.update(p0, x, y)
     assert np.isfinite(stats["residual"])
     assert max(float(np.max(np.abs(np.asarray(p1[k]) - p0[k]))) for k in p0) > 1e-4  # it trained
+    out = tmp_path / "t.onnx"
+    tr.export(p1, out)
+    got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, tr.logits(p1, x), rtol=1e-4, atol=1e-4)
+
+
+# -- BatchNormalization with trained gamma/beta ------------------------------------------------------
+def test_batchnorm_trains_gamma_beta_when_asked(tmp_path):
+    import projc
+
+    rng = np.random.default_rng(12)
+    path = gap_model(tmp_path / "m.onnx", rng, op="GlobalMaxPool", bn=True)
+    x = rng.normal(size=(4, 2, 5, 5)).astype(np.float32)
+    frozen = compile_for_training(load_model(path))
+    trained = compile_for_training(load_model(path), train_batchnorm=True)
+    assert {"g", "b"} <= {v.hint for v in trained.params} and not {"g", "b"} & {v.hint for v in frozen.params}
+    want = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(evaluate(trained, {"x": x})[0], want, rtol=1e-5, atol=1e-5)
+    muls = [op for op in trained.ops if op.kind == "mul"]
+    assert sorted(op.annots["proj"] for op in muls) == ["bilinear", "linear"]   # inv_std const; gamma free
+    tr = projc.compile(path, solver="dr", steps_per_update=3, train_batchnorm=True)
+    p0 = tr.init_params()
+    p1, _ = tr.update(p0, x, rng.integers(0, 4, 4))
+    assert np.max(np.abs(p1["g"] - p0["g"])) > 1e-5 and np.max(np.abs(p1["b"] - p0["b"])) > 1e-5
     out = tmp_path / "t.onnx"
     tr.export(p1, out)
     got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]

@@ -65,3 +65,23 @@ def test_cli_train_with_adam_and_init(capsys, tmp_path):
     code = main(["train", str(MODELS / "mlp_digits.onnx"), "--solver", "adam", "--init", "file",
                  "--updates", "2", "--batch", "32", "-o", str(out)])
     assert code == 0 and out.exists() and "init file" in capsys.readouterr().out
+
+
+def test_auto_init_is_he_for_convolutions_and_file_otherwise():
+    from projc.init_params import resolve_init
+    from projc.trainer import DEFAULT_INIT
+
+    assert DEFAULT_INIT == "auto"
+    g_cnn, vals_cnn = _file_values("cnn_digits")
+    g_mlp, vals_mlp = _file_values("mlp_digits")
+    assert resolve_init("auto", g_cnn) == "he" and resolve_init("auto", g_mlp) == "file"
+    assert resolve_init("file", g_cnn) == "file" and resolve_init("he", g_mlp) == "he"
+    auto, he = (initial_params(g_cnn, vals_cnn, i, seed=4) for i in ("auto", "he"))
+    assert all(np.array_equal(auto[k], he[k]) for k in he)
+    auto = initial_params(g_mlp, vals_mlp, "auto", seed=4)
+    assert all(np.array_equal(auto[k], vals_mlp[k]) for k in vals_mlp)
+    # the trainer records what auto resolved to (the CLI prints it)
+    tr = projc.compile(str(MODELS / "mlp_digits.onnx"), steps_per_update=2)
+    assert tr.options["init"] == "file"
+    with pytest.raises(ProjcError, match="unknown init 'xavier'"):
+        resolve_init("xavier", g_mlp)

@@ -54,7 +54,7 @@ def test_print_after_and_timing():
                 out=out).run(parse_graph(MLP))
     text = out.getvalue()
     assert text.count("// -----// IR Dump After") == 1
-    assert "// -----// IR Dump After canonicalize //----- //" in text
+    assert "// -----// IR Dump After canonicalize{train_batchnorm=false} //----- //" in text
     assert "Pass execution timing report" in text and "Total" in text
     out = io.StringIO()
     PassManager("attach-loss,canonicalize", print_after_all=True, out=out).run(parse_graph(MLP))

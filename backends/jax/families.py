@@ -211,6 +211,22 @@ def _project_max(fam: Family, full: dict, y0, opts: ProjOptions):
     return (a2,), y.reshape(y0.shape)
 
 
+def _project_mean(fam: Family, full: dict, y0, opts: ProjOptions):
+    """mean over ``axes``, in the metric chosen by the op's ``metric`` (projections.mean)."""
+    a = full[0]
+    axes = fam.op.params.get("axes")
+    axes = list(range(a.ndim)) if axes is None else [ax % a.ndim for ax in axes]
+    keep = [ax for ax in range(a.ndim) if ax not in axes]
+    perm = keep + axes
+    at = jnp.transpose(a, perm)
+    kshape = at.shape[:len(keep)]
+    flat = at.reshape(kshape + (-1,))
+    weight = 1.0 if fam.op.params.get("metric", "sum") == "euclidean" else None
+    a2, y = P.REGISTRY["mean"](flat, y0.reshape(kshape), axis=-1, weight=weight)
+    a2 = jnp.transpose(a2.reshape(at.shape), np.argsort(perm))
+    return (a2,), y.reshape(y0.shape)
+
+
 def _project_identity(fam: Family, full: dict, y0, opts: ProjOptions):
     a2, y = P.REGISTRY["identity"](full[0], y0)
     return (a2,), y
@@ -277,6 +293,7 @@ RULES: dict[str, FamilyRule] = {r.kind: r for r in (
     _elementwise("sum_smooth", "x_1 ... x_n (broadcast)", _broadcast_slot_map, _project_activation,
                  ("sum_smooth",)),
     _elementwise("max", "a", _same_slot_map, _project_max, ("max",)),
+    _elementwise("mean", "a", _same_slot_map, _project_mean, ("mean",)),
     _elementwise("identity", "a", _same_slot_map, _project_identity, ("identity",)),
     _loss("cross_entropy", _project_cross_entropy),
     _loss("margin", _project_margin),

@@ -50,7 +50,7 @@ from .proj_smooth import SMOOTH_FNS, smooth_eval, sum_activation, sum_smooth
 from .proj_smooth import handles as activation_handles
 
 __all__ = [
-    "identity", "sum", "sum_reduce", "sum_pwl", "linear", "bilinear", "bilinear_root",
+    "identity", "sum", "sum_reduce", "mean", "sum_pwl", "linear", "bilinear", "bilinear_root",
     "bilinear_root_ab", "max", "cross_entropy_prox", "margin", "squared_error", "Pieces", "pieces",
     "pwl_eval", "PRESETS", "relu", "leaky_relu", "clip", "abs", "sign", "step", "quantize",
     "identity_fn", "pwl", "REGISTRY", "sum_smooth", "smooth_eval", "SMOOTH_FNS", "sum_activation",
@@ -94,6 +94,26 @@ def sum_reduce(a, target, axis: int = -1):
     d = (jnp.sum(a, axis=-1) - y0) / (a.shape[-1] + 1)
     a = a - d[..., None]
     return jnp.moveaxis(a, -1, neg), jnp.sum(a, axis=-1)  # = y0 + d
+
+
+def mean(a, target, axis: int = -1, weight=None):
+    """Project onto {y = mean_axis a} in the metric |a - a0|² + weight·(y - y0)² (n = a.shape[axis];
+    weight None means n², the default). With d = mean(a0) - y0 every entry moves by the same
+    -(weight/n)·d/(1 + weight/n), and y = mean(a). weight=1 is the Euclidean projection
+    (entries move by d/(n+1): y stays near the current mean); weight=n² is the Euclidean projection
+    of the sum Σa onto the target n·y0 (entries move by n·d/(n+1): y ends d/(n+1) from y0).
+    Returns (a, y)."""
+    a, y0 = as_floats(a, target)
+    neg = axis % a.ndim - a.ndim  # stable under leading broadcast
+    a = jnp.moveaxis(a, neg, -1)
+    n = a.shape[-1]
+    shape = jnp.broadcast_shapes(a.shape[:-1], y0.shape)
+    a = jnp.broadcast_to(a, shape + (n,))
+    y0 = jnp.broadcast_to(y0, shape)
+    q = (float(n) if weight is None else float(weight) / n)  # weight / n
+    shift = -(q / (1.0 + q)) * (jnp.mean(a, axis=-1) - y0)
+    a = a + shift[..., None]
+    return jnp.moveaxis(a, -1, neg), jnp.mean(a, axis=-1)
 
 
 def linear(c, w, target):
@@ -167,6 +187,7 @@ REGISTRY = {
     "identity": identity,
     "sum": sum,
     "sum_reduce": sum_reduce,
+    "mean": mean,
     "sum_pwl": sum_pwl,
     "sum_smooth": sum_smooth,
     "linear": linear,

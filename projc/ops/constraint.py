@@ -24,7 +24,7 @@ import numpy as np
 
 from .registry import register
 
-FAMILIES = ("dot", "mul", "sum", "sum_pwl", "sum_smooth", "max", "identity")
+FAMILIES = ("dot", "mul", "sum", "sum_pwl", "sum_smooth", "max", "mean", "identity")
 MOVES = ("reshape", "transpose", "concat", "slice", "pad", "patches")
 LOSSES = ("cross_entropy", "margin", "squared_error")
 PWL_FNS = ("relu", "leaky_relu", "clip", "abs", "sign", "identity",
@@ -133,6 +133,15 @@ def sum_smooth(*xs, fn="tanh", alpha=1.0):
 def max_(a, axes=None, keepdims=1):
     """z = max of a over axes."""
     return jnp.max(a, axis=None if axes is None else tuple(axes), keepdims=bool(keepdims))
+
+
+MEAN_METRICS = ("sum", "euclidean")
+
+
+@register("mean", since=1, attrs={"axes": None, "keepdims": 1, "metric": "sum"})
+def mean(a, axes=None, keepdims=1, metric="sum"):
+    """z = mean of a over axes (``metric`` only chooses how the solver projects it)."""
+    return jnp.mean(a, axis=None if axes is None else tuple(axes), keepdims=bool(keepdims))
 
 
 @register("identity", since=1)
@@ -287,7 +296,7 @@ def infer_shape(kind: str, params: dict[str, Any], shapes: Sequence[Shape]) -> S
         return broadcast(*shapes)
     if kind == "identity":
         return tuple(shapes[0])
-    if kind == "max":
+    if kind in ("max", "mean"):
         (a,) = shapes
         axes = range(len(a)) if p.get("axes") is None else [ax % len(a) for ax in p["axes"]]
         if p.get("keepdims", 1):
@@ -346,12 +355,13 @@ def infer_shape(kind: str, params: dict[str, Any], shapes: Sequence[Shape]) -> S
 # -- verifier rules -------------------------------------------------------------------------
 
 _ARITY = {"dot": (2, 2), "mul": (2, 2), "sum": (1, None), "sum_pwl": (1, None), "sum_smooth": (1, None),
-          "max": (1, 1),
+          "max": (1, 1), "mean": (1, 1),
           "identity": (1, 1), "reshape": (1, 1), "transpose": (1, 1), "concat": (1, None),
           "slice": (1, 1), "pad": (1, 1), "patches": (1, 1), "cross_entropy": (2, 2),
           "margin": (2, 2), "squared_error": (2, 2)}
 _REQUIRED = {"sum_pwl": ("fn",), "sum_smooth": ("fn",), "reshape": ("shape",), "slice": ("starts", "ends"),
-             "pad": ("pads",), "patches": ("kernel",), "max": ("axes",)}
+             "pad": ("pads",), "patches": ("kernel",), "max": ("axes",),
+             "mean": ("axes",)}
 
 
 def _rule(kind: str) -> Callable:
@@ -363,6 +373,8 @@ def _rule(kind: str) -> Callable:
         for key in _REQUIRED.get(kind, ()):
             if key not in op.params:
                 return f"missing param {key!r}"
+        if kind == "mean" and op.params.get("metric", "sum") not in MEAN_METRICS:
+            return f"unknown metric {op.params['metric']!r} (one of {', '.join(MEAN_METRICS)})"
         if kind == "sum_pwl" and op.params["fn"] not in PWL_FNS:
             return f"unknown fn {op.params['fn']!r} (one of {', '.join(PWL_FNS)})"
         if kind == "sum_pwl" and op.params["fn"] == "fake_quant" and "scale" not in op.params:
