@@ -21,12 +21,14 @@ from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from projc.errors import PassError, ProjcError
 from projc.ir import Graph, Op, Value
 
 from .families import MOVES, RULES, Family, ProjOptions
 from .forward import Interpreter, op_forward
+from .slot_storage import seen_value, static_tuple
 
 
 class Layout(Protocol):
@@ -224,7 +226,8 @@ class StateLayout:
     # -- state ----------------------------------------------------------------------------------------
     def init_state(self, ctx: StepContext) -> dict:
         """Every family's slots from a forward pass with ctx's params."""
-        wanted = [u for f in self.families for u in f.op.inputs] + [f.out for f in self.families if f.out]
+        wanted = ([u for f in self.families for u in f.op.inputs] + [f.out for f in self.families if f.out]
+                  + [seen_value(f, i) for f in self.families for i in f.free_idx])
         env = self.values(ctx, wanted)
         return {f.key: f.storage.init(f, env, ctx) for f in self.families}
 
@@ -243,7 +246,7 @@ class StateLayout:
         for fam in self.families:
             slots = state[fam.key]
             for j, i in enumerate(fam.free_idx):
-                add(fam.op.inputs[i], *fam.storage.edge_mean(fam, i, j, slots, ctx))
+                add(seen_value(fam, i), *fam.storage.edge_mean(fam, i, j, slots, ctx))
         for op in reversed(self.moves):
             out = op.outputs[0]
             if out not in acc:
@@ -251,15 +254,20 @@ class StateLayout:
             ws, w = acc[out]
             ins = list(op.inputs)
             prim = [jax.ShapeDtypeStruct(*ctx.shapes[u]) for u in ins]
-            linear = MOVES[op.kind].linear_overrides
-            t = jax.linear_transpose(lambda *xs, op=op, linear=linear: op_forward(op, *xs, overrides=linear),
-                                     *prim)
-            cnts = t(jnp.ones(ws.shape, ws.dtype))
-            wss, wws = t(ws), t(w)
+
+            def transpose(op=op, prim=prim):
+                linear = MOVES[op.kind].linear_overrides
+                return jax.linear_transpose(
+                    lambda *xs: op_forward(op, *xs, overrides=linear), *prim)
+            t = transpose()
+            # the copy counts and weights depend on shapes only: constants of the compiled step
+            cnts = static_tuple(lambda ws=ws: transpose()(jnp.ones(ws.shape, ws.dtype)))
+            wws = static_tuple(lambda w=w: transpose()(jnp.asarray(w)))
+            wss = t(ws)
             for u, c, a, b in zip(ins, cnts, wss, wws):
                 if self.free[u]:
-                    d = jnp.maximum(c, 1)
-                    add(u, a / d, b / d)
+                    d = np.maximum(c, 1)
+                    add(u, a if np.all(d == 1) else a / d, b / d)
         return acc
 
     @staticmethod
@@ -267,10 +275,11 @@ class StateLayout:
         """The mean of v's consumer copies (``fallback()`` where no copy holds it)."""
         if v not in acc:
             return fallback()
-        ws, w = acc[v]
-        safe = jnp.where(w > 0, w, 1)
-        fb = fallback()
-        return jnp.where(w > 0, ws / safe, fb)
+        ws, w = acc[v]  # w: numpy, static (see slot_storage.edge_mean)
+        if np.all(w > 0):
+            return ws if np.all(w == 1) else ws / w
+        safe = np.where(w > 0, w, 1)
+        return jnp.where(w > 0, ws / safe, fallback())
 
     def _param_values(self, acc, ctx: StepContext) -> dict[Value, Any]:
         return {p: self.consumer_mean(acc, p, lambda p=p: ctx.params[p.hint]) for p in self.params}
@@ -313,7 +322,7 @@ class StateLayout:
             idx = [i for i in fam.free_idx if S is None or (fam.sources[i] & S)]
             if idx:
                 todo.append((fam, idx))
-                wanted += [fam.op.inputs[i] for i in idx]
+                wanted += [seen_value(fam, i) for i in idx]
 
         def family_output(op: Op):
             fam = self.fam_of.get(op)
@@ -326,7 +335,7 @@ class StateLayout:
             slots = list(new_state[fam.key])
             for j, i in enumerate(fam.free_idx):
                 if i in idx:
-                    slots[j] = fam.storage.copy_forward(fam, i, env[fam.op.inputs[i]], ctx)
+                    slots[j] = fam.storage.copy_forward(fam, i, env[seen_value(fam, i)], ctx)
             new_state[fam.key] = tuple(slots)
         return new_state
 
