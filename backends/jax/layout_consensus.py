@@ -5,11 +5,8 @@ is *not* valid for DR, AR, DM or cyclic DR, whose iterates are affine combinatio
 
 What is stored: a ``dot`` family keeps, per free operand, the **edge mean** of its slots plus its
 last projected output (``slot_storage.EdgeMeans``; the projection on means is
-``proj_dot_means.dot_project_means``). A convolution's dot whose image operand is free (a
-``patches`` move feeds it) keeps that mean per pixel of the image and projects with convolutions
-(``slot_storage.ConvEdgeMeans``, ``proj_conv_means``), never building the im2col matrix; every
-other family and the loss keeps its slots as the copies layout does (they are output- or
-operand-shaped already). The family-rule table says which.
+``proj_dot_means.dot_project_means``); every other family and the loss keeps its slots as the copies
+layout does (they are output- or operand-shaped already). The family-rule table says which.
 
 Reading a dot's slots from their means is exact when every free slot holds a forward value (was
 overwritten, or set by the initial forward pass, since the family's last projection): the "value
@@ -32,7 +29,7 @@ from typing import Any
 from projc.errors import ProjcError
 from projc.ir import Graph
 
-from .slot_storage import ConvEdgeMeans, EdgeMeans
+from .slot_storage import EdgeMeans
 from .state_layout import StateLayout
 
 EXACT_SOLVERS = ("ap", "cp")
@@ -49,11 +46,6 @@ class ConsensusLayout(StateLayout):
                              f"use layout='copies' (or 'auto')")
         super().__init__(graph, factor_linear=False, bilinear_iters=bilinear_iters)
         self.solver = solver
-        producer = graph.producers()
-        for fam in self.families:
-            patches = producer.get(fam.op.inputs[0]) if fam.kind == "dot" else None
-            if patches is not None and patches.kind == "patches" and fam.free == [True, True]:
-                fam.storage = ConvEdgeMeans(patches)  # a conv after the first layer: no im2col
         self.dots = [f for f in self.families if isinstance(f.storage, EdgeMeans)]
         plans: dict[Any, dict] = {}    # set key -> {dot key: form the overwrite reads it in}
         after: dict[Any, dict] = {}    # set key -> {dot key: form the dot is left in}

@@ -24,7 +24,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from .families import Family, ProjOptions
-from .proj_conv_means import ConvGeometry, conv_project_means
 from .proj_dot_means import dot_project_means
 
 
@@ -197,74 +196,6 @@ class EdgeMeans:
             num = num + n * jnp.sum(d * d)
             den += n * d.size
         return num, den
-
-
-class ConvEdgeMeans(EdgeMeans):
-    """A conv's dot ``patches(h) @ b`` with both operands free, in the consensus layout: the mean of
-    the left operand's copies is kept per pixel of ``h`` (the copies of one pixel are its entries in
-    every patch: the mean the consumer sees through the ``patches`` move) instead of per patch entry,
-    and the projection runs as convolutions (``proj_conv_means``): the im2col matrix is never built.
-    ``seen_value(fam, 0)`` is ``h``: its slots copy ``h`` and feed ``h``'s consumer mean directly."""
-
-    def __init__(self, patches_op):
-        self.patches_op = patches_op
-        self.geom = ConvGeometry(patches_op.params)
-
-    def seen_value(self, fam: Family, i: int):
-        return self.patches_op.inputs[0] if i == 0 else fam.op.inputs[i]
-
-    def _image(self, fam: Family, ctx):
-        return ctx.shapes[self.patches_op.inputs[0]]
-
-    def _copies(self, fam: Family, ctx) -> np.ndarray:
-        return self.geom.copies(*self._image(fam, ctx))
-
-    def init(self, fam: Family, env, ctx):
-        return (env[self.seen_value(fam, 0)], env[fam.op.inputs[1]], env[fam.out])
-
-    def output(self, fam: Family, slots, ctx, form: str = "value"):
-        if form == "proj":
-            return slots[-1]
-        h, b = slots[0], slots[1]
-        return jnp.moveaxis(self.geom.conv(h, self.geom.kernel_of(b, h.shape[1])), 1, -1)
-
-    def edge_mean(self, fam: Family, i: int, j: int, slots, ctx):
-        if i == 1:
-            return super().edge_mean(fam, i, j, slots, ctx)
-        shape, dtype = self._image(fam, ctx)
-        return slots[0], np.broadcast_to(self._copies(fam, ctx) > 0, shape).astype(dtype)
-
-    def project(self, fam: Family, slots, ctx, target, opts: ProjOptions):
-        h, b = slots[0], slots[1]
-        y0 = target(lambda: self.output(fam, slots, ctx))
-        mh, mb, y = conv_project_means(h, b, y0, self.geom, self._copies(fam, ctx), opts.bilinear_iters)
-        return (mh, mb, y), y
-
-    def copies_per_element(self, fam: Family, i: int, ctx):
-        if i == 1:
-            return super().copies_per_element(fam, i, ctx)
-        return self._copies(fam, ctx) * int(ctx.shapes[fam.out][0][-1])   # per pixel, x M outputs
-
-    def sq_dist(self, fam: Family, a, b, ctx, num):
-        """As ``EdgeMeans.sq_dist``, a pixel's difference weighted by its copies; the count is every
-        slot entry (padding included), as the copies layout counts them."""
-        den = 0
-        for j, i in enumerate(fam.free_idx):
-            n = self.copies_per_element(fam, i, ctx)
-            d = a[j] - b[j]
-            num = num + jnp.sum(n * d * d)
-            if i == 0:
-                den += int(np.prod(ctx.shapes[fam.op.inputs[0]][0])) * int(ctx.shapes[fam.out][0][-1])
-            else:
-                den += n * d.size
-        return num, den
-
-
-def seen_value(fam: Family, i: int):
-    """The value whose forward value operand i's slots copy, and whose consumer mean they feed: the
-    operand itself, or for a storage that sees through a move (``ConvEdgeMeans``) the move's input."""
-    see = getattr(fam.storage, "seen_value", None)
-    return fam.op.inputs[i] if see is None else see(fam, i)
 
 
 MATERIALIZED = Materialized()

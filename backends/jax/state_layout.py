@@ -28,7 +28,7 @@ from projc.ir import Graph, Op, Value
 
 from .families import MOVES, RULES, Family, ProjOptions
 from .forward import Interpreter, op_forward
-from .slot_storage import seen_value, static_tuple
+from .slot_storage import static_tuple
 
 
 class Layout(Protocol):
@@ -226,8 +226,7 @@ class StateLayout:
     # -- state ----------------------------------------------------------------------------------------
     def init_state(self, ctx: StepContext) -> dict:
         """Every family's slots from a forward pass with ctx's params."""
-        wanted = ([u for f in self.families for u in f.op.inputs] + [f.out for f in self.families if f.out]
-                  + [seen_value(f, i) for f in self.families for i in f.free_idx])
+        wanted = [u for f in self.families for u in f.op.inputs] + [f.out for f in self.families if f.out]
         env = self.values(ctx, wanted)
         return {f.key: f.storage.init(f, env, ctx) for f in self.families}
 
@@ -246,7 +245,7 @@ class StateLayout:
         for fam in self.families:
             slots = state[fam.key]
             for j, i in enumerate(fam.free_idx):
-                add(seen_value(fam, i), *fam.storage.edge_mean(fam, i, j, slots, ctx))
+                add(fam.op.inputs[i], *fam.storage.edge_mean(fam, i, j, slots, ctx))
         for op in reversed(self.moves):
             out = op.outputs[0]
             if out not in acc:
@@ -322,7 +321,7 @@ class StateLayout:
             idx = [i for i in fam.free_idx if S is None or (fam.sources[i] & S)]
             if idx:
                 todo.append((fam, idx))
-                wanted += [seen_value(fam, i) for i in idx]
+                wanted += [fam.op.inputs[i] for i in idx]
 
         def family_output(op: Op):
             fam = self.fam_of.get(op)
@@ -335,7 +334,7 @@ class StateLayout:
             slots = list(new_state[fam.key])
             for j, i in enumerate(fam.free_idx):
                 if i in idx:
-                    slots[j] = fam.storage.copy_forward(fam, i, env[seen_value(fam, i)], ctx)
+                    slots[j] = fam.storage.copy_forward(fam, i, env[fam.op.inputs[i]], ctx)
             new_state[fam.key] = tuple(slots)
         return new_state
 
