@@ -22,8 +22,12 @@ from projc.backends.jax.proj_dot_means import bilinear_coeffs, dot_project_means
 from projc.backends.jax.solvers import Solver
 from projc.errors import ProjcError
 
-MODELS = ["mlp_digits", "mlp_mnist", "cnn_digits", "resmlp", "binary_mlp", "sklearn_mlp"]
+MODELS = ["mlp_digits", "mlp_mnist", "cnn_digits", "resmlp", "binary_mlp", "sklearn_mlp"] + [
+    pytest.param(m, marks=pytest.mark.slow) for m in ("cnn2_digits", "lenet_digits")]  # two convs: ~100 s
 RTOL = 1e-5
+# one projection from the same state, float64: the layouts differ by rounding only (lenet_digits'
+# frozen BatchNorm and average-pool families reach 3e-10)
+PER_FAMILY_RTOL = 1e-9
 
 
 @pytest.fixture(autouse=True)
@@ -170,10 +174,10 @@ def _per_family_check(g, key_seq):
         ep, en = edge_means(cop, xp, ctx_p), edge_means(con, xn, ctx_n)
         for fam in con.families:
             for got, ref in zip(en[fam.key], ep[fam.key]):
-                assert _rel(got, ref) < 1e-10, (key, fam.kind)
+                assert _rel(got, ref) < PER_FAMILY_RTOL, (key, fam.kind)
         tp, tn = means(cop, xp, ctx_p), means(con, xn, ctx_n)
         for v in tp:
-            assert _rel(tn[v][0], tp[v][0]) < 1e-10, (key, v)
+            assert _rel(tn[v][0], tp[v][0]) < PER_FAMILY_RTOL, (key, v)
 
 
 @pytest.mark.parametrize("model", MODELS)

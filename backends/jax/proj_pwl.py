@@ -303,24 +303,28 @@ def sum_pwl(*args, fn: Any = "relu"):
     for x in ops[1:]:
         S0 = S0 + x
     lo, hi, s, c = _table(resolve(fn), dt)
-    S0e = S0[..., None]
-    ye = y0[..., None]
-    Sk = jnp.clip((S0e + n * s * (ye - c)) / (1 + n * s * s), lo, hi)
-    yk = s * Sk + c
-    dS = Sk - S0e
-    dy = yk - ye
-    cost = dS * dS / n + dy * dy
-    k = jnp.argmin(cost, axis=-1)[..., None]
-    S = jnp.take_along_axis(Sk, k, axis=-1)[..., 0]
+    # the pieces are few and static: scan them in table order keeping the first of least cost
+    # (argmin's tie rule) with selects; a gather along the piece axis is several times slower
+    S = lo_k = hi_k = s_k = c_k = best = None
+    for k in range(lo.shape[-1]):
+        lk, hk, sk, ck = lo[..., k], hi[..., k], s[..., k], c[..., k]
+        Sk = jnp.clip((S0 + n * sk * (y0 - ck)) / (1 + n * sk * sk), lk, hk)
+        dS = Sk - S0
+        dy = sk * Sk + ck - y0
+        cost = dS * dS / n + dy * dy
+        if best is None:
+            S, lo_k, hi_k, s_k, c_k, best = Sk, lk, hk, sk, ck, cost
+            continue
+        take = cost < best
+        S, best = jnp.where(take, Sk, S), jnp.where(take, cost, best)
+        lo_k, hi_k, s_k, c_k = (jnp.where(take, new_, old_) for new_, old_ in
+                                ((lk, lo_k), (hk, hi_k), (sk, s_k), (ck, c_k)))
     shift = (S - S0) / n
     new = [x + shift for x in ops]
     Snew = new[0]
     for x in new[1:]:
         Snew = Snew + x
     # y = s S* + c of the chosen piece, at the new operands' actual sum (clipped into the piece
-    # against rounding, so that e.g. abs never returns -0.0000001)
-    # the table may be per element (a constant operand shifts it, see layout_copies): pick along
-    # the piece axis rather than indexing a 1-D table
-    lo_k, hi_k, s_k, c_k = (jnp.take_along_axis(jnp.broadcast_to(t, Sk.shape), k, -1)[..., 0]
-                            for t in (lo, hi, s, c))
+    # against rounding, so that e.g. abs never returns -0.0000001); the table may be per element
+    # (a constant operand shifts it, see families._project_sum_pwl)
     return (*new, s_k * jnp.clip(Snew, lo_k, hi_k) + c_k)

@@ -9,6 +9,8 @@ family gets in each state layout; the layouts only call these methods:
 - ``copy_forward(fam, i, value, ctx)``: what free operand i's slot holds when it copies ``value``;
 - ``output(fam, slots, ctx, form)``: the family's output read from its slots;
 - ``edge_mean(fam, i, j, slots, ctx)``: (weighted sum, weight) of operand i's copies, operand-shaped;
+  the weight (which entries have copies) depends on shapes only: a numpy array, a constant of the
+  compiled step, never recomputed in it;
 - ``project(fam, slots, ctx, target, opts)``: (new entry, projected output); ``target(fallback)``
   gives the consumers' mean of the output (``fallback()`` where there is none);
 - ``sq_dist(fam, a, b, ctx, num)``: (``num`` + the squared slot differences, number of slot entries).
@@ -19,9 +21,23 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from .families import Family, ProjOptions
 from .proj_dot_means import dot_project_means
+
+
+def static_eval(fn):
+    """``fn()`` evaluated now, as numpy, even inside a trace: for arrays that depend on shapes only
+    (copy counts), which then enter the compiled step as constants instead of being recomputed."""
+    with jax.ensure_compile_time_eval():
+        return np.asarray(fn())
+
+
+def static_tuple(fn) -> tuple:
+    """``static_eval`` of a function returning a tuple of arrays."""
+    with jax.ensure_compile_time_eval():
+        return tuple(np.asarray(x) for x in fn())
 
 
 def _out_shape(fam: Family, ctx) -> tuple:
@@ -64,8 +80,8 @@ class Materialized:
         transpose = jax.linear_transpose(expand, jax.ShapeDtypeStruct(tuple(v_shape), dtype))
         slot = slots[j]
         (ws,) = transpose(slot)
-        (cnt,) = transpose(jnp.ones(slot.shape, dtype))
-        return ws / jnp.maximum(cnt, 1), (cnt > 0).astype(dtype)
+        cnt = static_eval(lambda: transpose(jnp.ones(slot.shape, dtype))[0])
+        return ws / np.maximum(cnt, 1), (cnt > 0).astype(dtype)
 
     def project(self, fam: Family, slots, ctx, target, opts: ProjOptions):
         full = self.full(fam, slots, ctx)
@@ -105,7 +121,7 @@ class Factored(Materialized):
         lead = alpha.shape[:-1]
         nb = math.prod(lead) if lead else 1
         mean = g + (alpha.reshape(nb, -1).T @ c.reshape(nb, -1)) / nb  # [M,K]
-        return mean.T, jnp.ones(v_shape, dtype)
+        return mean.T, np.ones(v_shape, dtype)
 
     def project(self, fam: Family, slots, ctx, target, opts: ProjOptions):
         c, g, alpha = self._parts(fam, slots, ctx)
@@ -153,7 +169,7 @@ class EdgeMeans:
         return a @ b
 
     def edge_mean(self, fam: Family, i: int, j: int, slots, ctx):
-        return slots[j], jnp.ones(ctx.shapes[fam.op.inputs[i]][0], ctx.shapes[fam.op.inputs[i]][1])
+        return slots[j], np.ones(*ctx.shapes[fam.op.inputs[i]])
 
     def project(self, fam: Family, slots, ctx, target, opts: ProjOptions):
         a, b = self.operands(fam, slots, ctx)

@@ -21,12 +21,14 @@ from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from projc.errors import PassError, ProjcError
 from projc.ir import Graph, Op, Value
 
 from .families import MOVES, RULES, Family, ProjOptions
 from .forward import Interpreter, op_forward
+from .slot_storage import static_tuple
 
 
 class Layout(Protocol):
@@ -251,15 +253,20 @@ class StateLayout:
             ws, w = acc[out]
             ins = list(op.inputs)
             prim = [jax.ShapeDtypeStruct(*ctx.shapes[u]) for u in ins]
-            linear = MOVES[op.kind].linear_overrides
-            t = jax.linear_transpose(lambda *xs, op=op, linear=linear: op_forward(op, *xs, overrides=linear),
-                                     *prim)
-            cnts = t(jnp.ones(ws.shape, ws.dtype))
-            wss, wws = t(ws), t(w)
+
+            def transpose(op=op, prim=prim):
+                linear = MOVES[op.kind].linear_overrides
+                return jax.linear_transpose(
+                    lambda *xs: op_forward(op, *xs, overrides=linear), *prim)
+            t = transpose()
+            # the copy counts and weights depend on shapes only: constants of the compiled step
+            cnts = static_tuple(lambda ws=ws: transpose()(jnp.ones(ws.shape, ws.dtype)))
+            wws = static_tuple(lambda w=w: transpose()(jnp.asarray(w)))
+            wss = t(ws)
             for u, c, a, b in zip(ins, cnts, wss, wws):
                 if self.free[u]:
-                    d = jnp.maximum(c, 1)
-                    add(u, a / d, b / d)
+                    d = np.maximum(c, 1)
+                    add(u, a if np.all(d == 1) else a / d, b / d)
         return acc
 
     @staticmethod
@@ -267,10 +274,11 @@ class StateLayout:
         """The mean of v's consumer copies (``fallback()`` where no copy holds it)."""
         if v not in acc:
             return fallback()
-        ws, w = acc[v]
-        safe = jnp.where(w > 0, w, 1)
-        fb = fallback()
-        return jnp.where(w > 0, ws / safe, fb)
+        ws, w = acc[v]  # w: numpy, static (see slot_storage.edge_mean)
+        if np.all(w > 0):
+            return ws if np.all(w == 1) else ws / w
+        safe = np.where(w > 0, w, 1)
+        return jnp.where(w > 0, ws / safe, fallback())
 
     def _param_values(self, acc, ctx: StepContext) -> dict[Value, Any]:
         return {p: self.consumer_mean(acc, p, lambda p=p: ctx.params[p.hint]) for p in self.params}
