@@ -152,7 +152,7 @@ def insert_identity(graph: Graph, g: nx.Graph, u: Op | Value, v: Op | Value) -> 
             emit(Op("identity", [val], [out], {}, {"proj": "closed", "repair": 1, "src": src_of(consumer)}))
         else:  # a move (or op) carrying the producer's value: clone it over the rebuilt inputs
             move = producers[val]
-            inputs = [rebuild(w) if carries(w) else w for w in move.inputs]
+            inputs = [rebuild(w) if w is not None and carries(w) else w for w in move.inputs]
             outs = [Value(o.dtype, o.shape, "tmp") for o in move.outputs]
             emit(Op(move.kind, inputs, outs, dict(move.params), dict(move.annots)))
             out = outs[move.outputs.index(val)]
@@ -160,7 +160,9 @@ def insert_identity(graph: Graph, g: nx.Graph, u: Op | Value, v: Op | Value) -> 
         return out
 
     for i in sorted(set(g.edges[u, v]["uses"])):
-        consumer.inputs[i] = rebuild(consumer.inputs[i])
+        operand = consumer.inputs[i]
+        assert operand is not None  # an edge's operand carries the producer's value
+        consumer.inputs[i] = rebuild(operand)
 
 
 @register_pass("bipartite")
