@@ -375,6 +375,74 @@ def test_bipartite_without_repair_names_a_cycle():
         assert f"src='{src}'" in msg
 
 
+def _sets_around_params(g) -> dict[str, set[str]]:
+    """param name -> the sets of the families that read it (through any moves)."""
+    from projc.passes.bipartite import family_graph
+    fg = family_graph(g, with_params=True)
+    return {p.hint: {op.annots["set"] for op in fg.neighbors(p)} for p in g.params if p in fg}
+
+
+TIED = """graph @tied {
+  input %x: f32[B,4]
+  param %w: f32[4,4]
+  label %y: i64[B]
+  %a: f32[B,4] = dot %x, %w  {src="/a"}
+  %h: f32[B,4] = sum_pwl[fn="relu"] %a  {src="/h"}
+  %u: f32[B,4] = sum_pwl[fn="relu"] %h  {src="/u"}
+  %z: f32[B,4] = dot %u, %w  {src="/z"}
+  cross_entropy[lam=5.0] %z, %y
+  return %z
+}
+"""
+
+
+def test_bipartite_repair_breaks_the_cycle_through_a_shared_param():
+    # w feeds %a and %z, an odd distance apart: the families alone form a path, but w cannot be
+    # opposite both (an unrolled recurrent weight read by gates of both parities)
+    g, out = run_ir(TIED, "bipartite,schedule")
+    assert [op.kind for op in g.ops].count("identity") == 1
+    assert all(len(sets) == 1 for sets in _sets_around_params(g).values())
+    with pytest.raises(PassError, match="param %w"):
+        PassManager("bipartite{repair=false}").run(parse_graph(TIED))
+    x = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
+    repaired, original = parse_graph(out), parse_graph(TIED)
+    fill_data(repaired)
+    fill_data(original)
+    np.testing.assert_allclose(evaluate(repaired, {"x": x})[0], evaluate(original, {"x": x})[0])
+
+
+def test_bipartite_repair_passes_only_the_producer_through_a_concat():
+    # %s reads concat(%h, %z) with %h - %z adjacent: a triangle, cut (rooted at the loss) on the
+    # edge %h - %s. An identity after the concat would touch both colours again (no convergence);
+    # the repair copies %h alone and clones the concat.
+    g, out = run_ir("""graph @mix {
+  input %x: f32[B,4]
+  param %w: f32[4,4]
+  label %y: i64[B]
+  %h: f32[B,4] = sum_pwl[fn="relu"] %x  {src="/h"}
+  %z: f32[B,4] = dot %h, %w  {src="/z"}
+  %c: f32[B,8] = concat[axis=1] %h, %z
+  %s: f32[B,8] = sum %c  {src="/s"}
+  cross_entropy[lam=5.0] %z, %y
+  return %s
+}
+# CHECK: %z: f32[B,4] = dot %h, %w
+# CHECK: %c: f32[B,8] = concat[axis=1] %h, %z
+# CHECK: %0: f32[B,4] = identity %h  {
+# CHECK: = concat[axis=1] %0, %z
+# CHECK: sum
+""", "bipartite,schedule")
+    kinds = [op.kind for op in g.ops]
+    assert kinds.count("identity") == 1 and kinds.count("concat") == 2
+    graph0 = parse_graph(out)
+    fill_data(graph0)
+    x = np.random.default_rng(1).standard_normal((3, 4)).astype(np.float32)
+    w = graph0.params[0].data
+    h = np.maximum(x, 0)
+    np.testing.assert_allclose(evaluate(graph0, {"x": x})[0], np.concatenate([h, h @ w], 1),
+                               rtol=1e-5, atol=1e-5)
+
+
 def test_bipartite_layout_ops_are_transparent():
     # the skip goes through a reshape pair: still the same 4-cycle parity (even) -> no repair
     g, _ = run_ir("""graph @g {

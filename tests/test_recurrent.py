@@ -13,9 +13,11 @@ from onnx import TensorProto, helper, numpy_helper
 from projc.backends.jax.forward import run_forward
 from projc.compare import compare_model
 from projc.errors import PassError
+from projc.ir import Value
 from projc.onnx_import import from_onnx, load_model
 from projc.ops.constraint import FAMILIES
 from projc.passes import PassManager, compile_for_training
+from projc.passes.bipartite import family_graph
 from projc.passes.unroll import SMOOTH
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -248,17 +250,19 @@ def test_rnn_training_forward_matches_onnxruntime():
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
-_LSTM_REPAIR = ("bipartite repair inserts the identity after a concat that mixes families of both "
-                "colours and does not converge on the unrolled LSTM (issue 12)")
-
-
-@pytest.mark.parametrize("name", ["gru_digits", "rnn_tanh_digits", pytest.param(
-    "lstm_digits", marks=pytest.mark.xfail(raises=PassError, strict=True, reason=_LSTM_REPAIR))])
+@pytest.mark.parametrize("name", ["gru_digits", "rnn_tanh_digits", "lstm_digits"])
 def test_smooth_gates_lower_to_sum_smooth(name):
-    """tanh/sigmoid gates become sum_smooth families (the activations' exact projections)."""
+    """tanh/sigmoid gates become sum_smooth families (the activations' exact projections), and the
+    repaired graph splits into two sets: every weight shared across steps and gates is read by
+    families of one set only (else the two-set solvers refuse it), no edge joins one set."""
     assert SMOOTH in FAMILIES
     graph = compile_for_training(load_model(os.path.join(ROOT, "models", f"{name}.onnx")))
     assert any(op.kind == SMOOTH for op in graph.ops)
+    fg = family_graph(graph, with_params=True)
+    for p in graph.params:
+        assert len({op.annots["set"] for op in fg.neighbors(p)}) == 1, p.hint
+    ops = [n for n in fg.nodes if not isinstance(n, Value)]
+    assert all(u.annots["set"] != v.annots["set"] for u, v in fg.subgraph(ops).edges)
 
 
 def test_untrainable_variants_are_refused_by_name():
