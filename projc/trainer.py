@@ -293,6 +293,11 @@ class Trainer:
             row = int(np.argwhere(~np.isfinite(x.reshape(len(x), -1)))[0][0])
             raise DataError(f"x holds NaN or inf (first in sample {row}); clean or impute the data "
                             f"before training")
+        if self._input.dtype in ("i64", "i32"):  # token ids (an embedding lookup): keep them integers
+            if x.dtype.kind == "f" and np.any(x != np.round(x)):
+                raise DataError(f"x must hold integer ids: the model's input {self.input_name!r} is "
+                                f"{self._input.dtype}, and x holds fractions")
+            return x.astype(np.int32, copy=False)
         return x.astype(np.float32, copy=False)
 
     def _check_data(self, x, y) -> tuple[np.ndarray, np.ndarray]:
