@@ -229,7 +229,8 @@ def cmd_train(args) -> int:
         options["init"] = args.init
     trainer = projc.compile(args.model, loss=args.loss, solver=args.solver,
                             steps_per_update=args.steps, devices=devices, **options)
-    data = load_data(args.data, seed=args.seed, input_shape=trainer.input_shape)
+    data = load_data(args.data, seed=args.seed, input_shape=trainer.input_shape,
+                     per_step=trainer.per_step)
     warn(input_scale_warning(data.x_train))
     steps = f"lr {args.lr}" if args.solver == "adam" else f"{args.steps} steps/update"
     print(f"projc train: {args.model} on {data.name} ({len(data.y_train)} train, {len(data.y_test)} "

@@ -406,6 +406,9 @@ def _rule(kind: str) -> Callable:
             if kind == "squared_error":
                 if lab.shape != out.shape:
                     return f"targets {lab.type_str()} do not match outputs {out.type_str()}"
+            elif kind == "cross_entropy" and out.rank == 3:  # per-step logits [B,T,C], labels [B,T]
+                if lab.dtype != "i64" or tuple(lab.shape) != tuple(out.shape[:-1]):
+                    return f"expects logits [B,T,C] and labels i64[B,T], got {out.type_str()}, {lab.type_str()}"
             elif lab.dtype != "i64" or lab.rank != 1 or out.rank != 2 or lab.shape[0] != out.shape[0]:
                 return f"expects logits [B,C] and labels i64[B], got {out.type_str()}, {lab.type_str()}"
             return None
