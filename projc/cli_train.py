@@ -195,7 +195,9 @@ def onnxruntime_accuracy(path: str, input_name: str, logits_name: str, x, y) -> 
     if logits_name not in [o.name for o in model.graph.output]:
         model.graph.output.append(onnx.ValueInfoProto(name=logits_name))
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    (logits,) = session.run([logits_name], {input_name: x.astype(np.float32, copy=False)})
+    kind = next(i.type for i in session.get_inputs() if i.name == input_name)
+    ids = {"tensor(int64)": np.int64, "tensor(int32)": np.int32}  # token ids (an embedding lookup)
+    (logits,) = session.run([logits_name], {input_name: x.astype(ids.get(kind, np.float32), copy=False)})
     return float(np.mean(np.argmax(logits, axis=-1) == y))
 
 
