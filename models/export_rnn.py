@@ -2,7 +2,8 @@
 character-level next-character model) to ONNX.
 
 Untrained weights (torch's default init under a fixed seed), like export_torch.py: these are the
-models projc is meant to train. Each classifies from the last step's output, ``o[:, -1]``.
+models projc is meant to train. Each classifies from the last step's output, ``o[:, -1]``, except
+``char_rnn_seq``, which has per-step logits ``[B, T, C]`` (the next character after every step).
 
     .venv/bin/python models/export_rnn.py [--out DIR] [--only NAME]
 
@@ -26,8 +27,9 @@ class SequenceClassifier(nn.Module):
     """A recurrent layer over [B, T, I] (or [T, B, I]) then a linear layer on the last step."""
 
     def __init__(self, cell="rnn", inputs=8, hidden=32, classes=10, layers=1,
-                 bidirectional=False, batch_first=True, nonlinearity="tanh"):
+                 bidirectional=False, batch_first=True, nonlinearity="tanh", per_step=False):
         super().__init__()
+        self.per_step = per_step
         kwargs = {"nonlinearity": nonlinearity} if cell == "rnn" else {}
         self.batch_first = batch_first
         self.rnn = CELLS[cell](inputs, hidden, num_layers=layers, bidirectional=bidirectional,
@@ -36,6 +38,8 @@ class SequenceClassifier(nn.Module):
 
     def forward(self, x):
         out = self.rnn(x)[0]
+        if self.per_step:  # logits after every step, [B, T, C]
+            return self.fc(out if self.batch_first else out.transpose(0, 1))
         return self.fc(out[:, -1] if self.batch_first else out[-1])
 
 
@@ -47,6 +51,9 @@ MODELS = {
     "lstm_digits": (dict(cell="lstm"), 0, 8),
     # `--data text`: 16 one-hot characters (30 symbols, projc.data.TEXT_VOCAB) -> the next one
     "char_rnn": (dict(cell="rnn", nonlinearity="relu", inputs=30, hidden=64, classes=30), 0, 16),
+    # the same with per-step logits [B, 16, 30]: trained with the mean cross-entropy over the steps
+    "char_rnn_seq": (dict(cell="rnn", nonlinearity="relu", inputs=30, hidden=64, classes=30, per_step=True),
+                     0, 16),
 }
 
 

@@ -5,7 +5,8 @@ Squeeze, ArgMax, ml.ArrayFeatureExtractor, ml.ZipMap and, for classification los
 Softmax/LogSoftmax) to the float value feeding the classification: the logits. When that value is
 a pooled [B,C,1,...] tensor (a CNN whose head is Flatten(GlobalMaxPool(x))), the logits are the
 [B,C] reshape of it on the way back, which stays in the training graph. Adds a label input
-(i64[B] for cross_entropy/margin, the logits' type for squared_error) and the loss op; the graph's
+(i64[B] for cross_entropy/margin, i64[B,T] for cross_entropy on per-step logits [B,T,C], the
+logits' type for squared_error) and the loss op; the graph's
 outputs become [logits]. ``graph.meta["logits_output"]`` records the ONNX name of the logits (and
 ``meta["logits_from"]`` the ONNX output it was found from) so an exporter can keep the original
 graph. Options: ``loss``, ``lam`` (the prox weight), ``method`` (cross_entropy's prox solver). Runs
@@ -81,10 +82,14 @@ class AttachLoss(Pass):
         classify = self.loss != "squared_error"
         logits, origin = find_logits(graph, POSTPROCESS | (CLASSIFIER_HEADS if classify else set()), classify)
         if classify:
-            if logits.rank != 2:
-                raise PassError(f"attach-loss: {self.loss} needs logits [B, C], got {logits.hint or '?'}: "
-                                f"{logits.type_str()}")
-            label = Value("i64", (logits.shape[0],), "label", hint="y")
+            # cross_entropy also takes per-step logits [B, T, C] (labels [B, T]): the loss is then
+            # the mean cross-entropy over the steps, each step's logits a row of their own
+            per_step = self.loss == "cross_entropy" and logits.rank == 3
+            if logits.rank != 2 and not per_step:
+                raise PassError(f"attach-loss: {self.loss} needs logits [B, C]"
+                                f"{' or per-step [B, T, C]' if self.loss == 'cross_entropy' else ''}, "
+                                f"got {logits.hint or '?'}: {logits.type_str()}")
+            label = Value("i64", tuple(logits.shape[:-1]), "label", hint="y")
         else:
             label = Value(logits.dtype, logits.shape, "label", hint="y")
         params: dict[str, float | str] = {"lam": float(self.lam)}

@@ -9,6 +9,8 @@ PassError listing them all).
     AveragePool(x)  -> transpose(mean[axes=[n+2], keepdims=0](reshape(patches(x), [N,*O,C,K])))
     GlobalAveragePool(x) -> mean[axes=spatial, keepdims=1](x)
     ReduceMean(x)   -> mean[axes, keepdims](x)
+    Gather(E, idx)  -> embed(E, idx)  (E a param [V, D], axis 0, idx integer data: an embedding lookup)
+    Gather(x, c)    -> reshape(concat(slice(x) per constant index))
 
 Averages become ``mean`` families (a fixed-coefficient sum y = (1/K) sum_k a_k). Their projection
 is closed-form in a metric the pass option ``mean_metric`` chooses: ``sum`` (the default) weighs
@@ -125,9 +127,12 @@ def reduce_max(rw: Rewriter, op: Op):
 
 
 def gather(rw: Rewriter, op: Op):
-    """Gather by constant indices is a move: one slice per index (concat), reshaped."""
+    """Gather by constant indices is a move: one slice per index (concat), reshaped. Gather of a
+    trained table [V, D] along axis 0 by integer data (an embedding lookup) is an ``embed`` family."""
     x, indices = op.inputs
     idx, axis = const_data(indices), int(op.params.get("axis", 0)) % x.rank
+    if idx is None and axis == 0 and x.role == "param" and x.rank == 2 and indices in data_values(rw.graph):
+        return rw.emit("embed", [x, indices])
     if idx is None or not isinstance(x.shape[axis], int):
         return None  # runtime indices (or a symbolic axis): left for the error report
     dim = x.shape[axis]
@@ -186,14 +191,15 @@ RULES = {
     "MaxPool": maxpool,
     "GlobalMaxPool": global_maxpool,
     "ReduceMax": reduce_max,
-    "Gather": gather,  # x[..., i, ...] by constant indices -> slice (+ concat) + reshape
+    "Gather": gather,  # x[..., i, ...] by constant indices -> slice (+ concat) + reshape; embeddings -> embed
 }
 
 ADVICE = {
     "Softmax": "Softmax is supported only at the end of a classifier, where attach-loss strips it; "
                "remove it from the middle of the model",
     "LogSoftmax": "LogSoftmax is supported only at the end of a classifier (attach-loss strips it)",
-    "Gather": "Gather of trained values by runtime indices is not supported; use constant indices",
+    "Gather": "Gather of trained values by runtime indices is supported only as an embedding lookup "
+              "(a parameter [V, D] gathered along axis 0 by integer data); otherwise use constant indices",
     "RNN": "recurrent ops train through the unroll pass; run it before lower",
     "LSTM": "recurrent ops train through the unroll pass; run it before lower",
     "GRU": "recurrent ops train through the unroll pass; run it before lower",

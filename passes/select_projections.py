@@ -2,7 +2,7 @@
 
     dot/mul with a const or data operand (or one computed only from them) -> linear
     dot/mul with both operands free                                        -> bilinear
-    sum, sum_pwl, sum_smooth, max, identity                                -> closed
+    sum, sum_pwl, sum_smooth, max, mean, embed, identity                   -> closed
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ class SelectProjections(Pass):
         for op in graph.ops:
             if op.kind in ("dot", "mul"):
                 proj = "linear" if any(v in fixed for v in op.inputs) else "bilinear"
-            elif op.kind in ("sum", "sum_pwl", "sum_smooth", "max", "mean", "identity"):
+            elif op.kind in ("sum", "sum_pwl", "sum_smooth", "max", "mean", "embed", "identity"):
                 proj = "closed"
             else:
                 continue

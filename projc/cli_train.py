@@ -195,7 +195,9 @@ def onnxruntime_accuracy(path: str, input_name: str, logits_name: str, x, y) -> 
     if logits_name not in [o.name for o in model.graph.output]:
         model.graph.output.append(onnx.ValueInfoProto(name=logits_name))
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    (logits,) = session.run([logits_name], {input_name: x.astype(np.float32, copy=False)})
+    kind = next(i.type for i in session.get_inputs() if i.name == input_name)
+    ids = {"tensor(int64)": np.int64, "tensor(int32)": np.int32}  # token ids (an embedding lookup)
+    (logits,) = session.run([logits_name], {input_name: x.astype(ids.get(kind, np.float32), copy=False)})
     return float(np.mean(np.argmax(logits, axis=-1) == y))
 
 
@@ -229,7 +231,8 @@ def cmd_train(args) -> int:
         options["init"] = args.init
     trainer = projc.compile(args.model, loss=args.loss, solver=args.solver,
                             steps_per_update=args.steps, devices=devices, **options)
-    data = load_data(args.data, seed=args.seed, input_shape=trainer.input_shape)
+    data = load_data(args.data, seed=args.seed, input_shape=trainer.input_shape,
+                     per_step=trainer.per_step)
     warn(input_scale_warning(data.x_train))
     steps = f"lr {args.lr}" if args.solver == "adam" else f"{args.steps} steps/update"
     print(f"projc train: {args.model} on {data.name} ({len(data.y_train)} train, {len(data.y_test)} "

@@ -29,8 +29,11 @@ class Dataset(NamedTuple):
         return int(max(self.y_train.max(initial=-1), self.y_test.max(initial=-1)) + 1)
 
 
-def _raw(name: str) -> tuple[np.ndarray, np.ndarray, float | None]:
+def _raw(name: str, per_step: bool = False) -> tuple[np.ndarray, np.ndarray, float | None]:
     """(X, y, fixed test fraction or None)."""
+    if per_step and name != "text":
+        raise DataError(f"{name}: per-step labels (a model with per-step logits [B, T, C]) exist only "
+                        f"for --data text")
     if name == "digits":
         from sklearn.datasets import load_digits
 
@@ -44,7 +47,7 @@ def _raw(name: str) -> tuple[np.ndarray, np.ndarray, float | None]:
         X, y = mnist_data()
         return X / 255.0, y, 0.2
     if name == "text":
-        X, y = char_windows()
+        X, y = char_windows(per_step=per_step)
         return X, y, None
     if name.startswith("npz:"):
         path = name[4:]
@@ -70,12 +73,14 @@ TEXT_VOCAB = " abcdefghijklmnopqrstuvwxyz.,#"  # '#' stands for every other char
 TEXT_STEPS = 16
 
 
-def char_windows(samples: int = 12000, steps: int = TEXT_STEPS) -> tuple[np.ndarray, np.ndarray]:
+def char_windows(samples: int = 12000, steps: int = TEXT_STEPS,
+                 per_step: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Next-character prediction on Python's own reference documentation (the stdlib's
     ``pydoc_data.topics``: English prose that every Python install ships, so nothing is
     downloaded). Lowercased, whitespace runs made one space, other characters ``#``; cut into
     disjoint windows of ``steps + 1`` characters: X the first ``steps`` one-hot ``[steps, V]``,
-    y the index of the next one."""
+    y the index of the next one (``per_step``: y ``[steps]``, the character after each input
+    step, i.e. the window shifted by one)."""
     from pydoc_data.topics import topics
 
     text = " ".join(topics[key] for key in sorted(topics)).lower()
@@ -84,7 +89,7 @@ def char_windows(samples: int = 12000, steps: int = TEXT_STEPS) -> tuple[np.ndar
     ids = np.array([lookup.get(c, len(TEXT_VOCAB) - 1) for c in text], dtype=np.int64)
     windows = ids[: len(ids) // (steps + 1) * (steps + 1)].reshape(-1, steps + 1)
     X = np.eye(len(TEXT_VOCAB), dtype=np.float32)[windows[:, :steps]]
-    return X, windows[:, steps]
+    return X, (windows[:, 1:] if per_step else windows[:, steps])
 
 
 def _reshape(X: np.ndarray, input_shape: Sequence | None, name: str) -> np.ndarray:
@@ -101,16 +106,17 @@ def _reshape(X: np.ndarray, input_shape: Sequence | None, name: str) -> np.ndarr
 
 
 def load_data(name: str = "digits", *, seed: int = 0, test_fraction: float = 0.2,
-              input_shape: Sequence | None = None) -> Dataset:
-    """Load ``name`` and split it deterministically (``seed``); see the module docstring."""
+              input_shape: Sequence | None = None, per_step: bool = False) -> Dataset:
+    """Load ``name`` and split it deterministically (``seed``); see the module docstring.
+    ``per_step``: labels ``[N, T]`` for a model with per-step logits (``text`` only)."""
     if not isinstance(name, str):
         raise DataError(f"dataset name must be a string, got {type(name).__name__}")
     if not 0.0 < test_fraction < 1.0:
         raise DataError(f"test_fraction must lie in (0, 1), got {test_fraction}")
-    X, y, fixed = _raw(name)
+    X, y, fixed = _raw(name, per_step)
     X = np.asarray(X)
     y = np.asarray(y)
-    if X.ndim < 2 or len(X) != len(y) or y.ndim != 1:
+    if X.ndim < 2 or len(X) != len(y) or y.ndim != (2 if per_step else 1):
         raise DataError(f"{name}: X must be [N, features...] and y [N], got {list(X.shape)} and {list(y.shape)}")
     if not np.issubdtype(X.dtype, np.number):
         raise DataError(f"{name}: X must be numeric, got dtype {X.dtype}")

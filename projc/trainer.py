@@ -162,6 +162,9 @@ class Trainer:
         logits = self.layout.logits_value()
         self.logits_name = self.graph.meta.get("logits_output", logits.hint)
         self.num_classes = int(logits.shape[-1]) if isinstance(logits.shape[-1], int) else None
+        # per-step logits [B, T, C] with labels [B, T] (cross_entropy over every step)
+        self.per_step = self.loss != "squared_error" and self._label.rank == 2
+        self.label_steps = self._label.shape[1] if self.per_step else None
         self.param_names = [v.hint for v in self.graph.params]
         self._init = initial_params(self.source_graph, {v.hint: np.asarray(v.data) for v in self.graph.params},
                                     init, seed)
@@ -226,9 +229,11 @@ class Trainer:
         return np.asarray(self._forward(params, x))
 
     def evaluate(self, params: Mapping[str, Any], x, y) -> dict[str, float]:
-        """{"accuracy", "loss"} on (x, y): loss is the mean softmax cross-entropy of the logits."""
+        """{"accuracy", "loss"} on (x, y): loss is the mean softmax cross-entropy of the logits
+        (per-step logits: accuracy and loss over every sample and step)."""
         x, y = self._check_data(x, y)
         lg = self.logits(params, x).astype(np.float64)
+        lg, y = lg.reshape(-1, lg.shape[-1]), y.reshape(-1)  # per-step logits: every step a row
         m = lg.max(-1, keepdims=True)
         lse = (m[:, 0] + np.log(np.exp(lg - m).sum(-1)))
         ce = float(np.mean(lse - lg[np.arange(len(y)), y]))
@@ -293,12 +298,21 @@ class Trainer:
             row = int(np.argwhere(~np.isfinite(x.reshape(len(x), -1)))[0][0])
             raise DataError(f"x holds NaN or inf (first in sample {row}); clean or impute the data "
                             f"before training")
+        if self._input.dtype in ("i64", "i32"):  # token ids (an embedding lookup): keep them integers
+            if x.dtype.kind == "f" and np.any(x != np.round(x)):
+                raise DataError(f"x must hold integer ids: the model's input {self.input_name!r} is "
+                                f"{self._input.dtype}, and x holds fractions")
+            return x.astype(np.int32, copy=False)
         return x.astype(np.float32, copy=False)
 
     def _check_data(self, x, y) -> tuple[np.ndarray, np.ndarray]:
         x = self._check_x(x)
         y = np.asarray(y)
-        if y.ndim != 1 or len(y) != len(x):
+        if self.per_step:
+            if y.shape != (len(x), self.label_steps):
+                raise DataError(f"y must be [{len(x)}, {self.label_steps}]: the model has per-step logits, "
+                                f"one integer label per sample and step; got shape {list(y.shape)}")
+        elif y.ndim != 1 or len(y) != len(x):
             raise DataError(f"y must be a vector of {len(x)} integer labels (one per sample of x), "
                             f"got shape {list(y.shape)}")
         if y.dtype.kind == "f":

@@ -227,6 +227,12 @@ def _project_mean(fam: Family, full: dict, y0, opts: ProjOptions):
     return (a2,), y.reshape(y0.shape)
 
 
+def _project_embed(fam: Family, full: dict, y0, opts: ProjOptions):
+    """Embedding lookup: the table's slot is the whole table (one copy), the indices are data."""
+    e2, y = P.REGISTRY["embed"](full[0], full[1], y0)
+    return (e2,), y
+
+
 def _project_identity(fam: Family, full: dict, y0, opts: ProjOptions):
     a2, y = P.REGISTRY["identity"](full[0], y0)
     return (a2,), y
@@ -294,6 +300,8 @@ RULES: dict[str, FamilyRule] = {r.kind: r for r in (
                  ("sum_smooth",)),
     _elementwise("max", "a", _same_slot_map, _project_max, ("max",)),
     _elementwise("mean", "a", _same_slot_map, _project_mean, ("mean",)),
+    FamilyRule("embed", "table [V, D] (free), indices (integer data)", _same_slot_map, _forward_output,
+               _project_embed, ("embed",), PLAIN, fixed_operands=(1,)),
     _elementwise("identity", "a", _same_slot_map, _project_identity, ("identity",)),
     _loss("cross_entropy", _project_cross_entropy),
     _loss("margin", _project_margin),

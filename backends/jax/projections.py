@@ -50,7 +50,7 @@ from .proj_smooth import SMOOTH_FNS, smooth_eval, sum_activation, sum_smooth
 from .proj_smooth import handles as activation_handles
 
 __all__ = [
-    "identity", "sum", "sum_reduce", "mean", "sum_pwl", "linear", "bilinear", "bilinear_root",
+    "identity", "sum", "sum_reduce", "mean", "embed", "sum_pwl", "linear", "bilinear", "bilinear_root",
     "bilinear_root_ab", "max", "cross_entropy_prox", "margin", "squared_error", "Pieces", "pieces",
     "pwl_eval", "PRESETS", "relu", "leaky_relu", "clip", "abs", "sign", "step", "quantize",
     "identity_fn", "pwl", "REGISTRY", "sum_smooth", "smooth_eval", "SMOOTH_FNS", "sum_activation",
@@ -114,6 +114,22 @@ def mean(a, target, axis: int = -1, weight=None):
     shift = -(q / (1.0 + q)) * (jnp.mean(a, axis=-1) - y0)
     a = a + shift[..., None]
     return jnp.moveaxis(a, -1, neg), jnp.mean(a, axis=-1)
+
+
+def embed(table, indices, target):
+    """Project onto {(E, y): y[n] = E[idx[n]]} (E [V, D], integer idx of any shape, y idx.shape + [D]),
+    Euclidean in E and y jointly. The constraint splits by table row: row r ties E[r] to every y[n]
+    with idx[n] = r, and the nearest point of {all equal} is their common mean, (E0[r] + sum of those
+    y0[n]) / (count + 1); rows nobody looks up keep their value. Returns (E, y)."""
+    e0, y0 = as_floats(table, target)
+    v = e0.shape[0]
+    idx = jnp.asarray(indices).reshape(-1)
+    idx = jnp.where(idx < 0, idx + v, idx)
+    y0 = jnp.broadcast_to(y0, tuple(jnp.shape(indices)) + e0.shape[1:]).reshape((idx.shape[0],) + e0.shape[1:])
+    sums = jax.ops.segment_sum(y0, idx, num_segments=v)
+    counts = jax.ops.segment_sum(jnp.ones(idx.shape, e0.dtype), idx, num_segments=v)
+    e = (e0 + sums) / (1.0 + counts).reshape((v,) + (1,) * (e0.ndim - 1))
+    return e, jnp.take(e, idx, axis=0).reshape(tuple(jnp.shape(indices)) + e0.shape[1:])
 
 
 def linear(c, w, target):
@@ -188,6 +204,7 @@ REGISTRY = {
     "sum": sum,
     "sum_reduce": sum_reduce,
     "mean": mean,
+    "embed": embed,
     "sum_pwl": sum_pwl,
     "sum_smooth": sum_smooth,
     "linear": linear,

@@ -24,7 +24,7 @@ import numpy as np
 
 from .registry import register
 
-FAMILIES = ("dot", "mul", "sum", "sum_pwl", "sum_smooth", "max", "mean", "identity")
+FAMILIES = ("dot", "mul", "sum", "sum_pwl", "sum_smooth", "max", "mean", "embed", "identity")
 MOVES = ("reshape", "transpose", "concat", "slice", "pad", "patches")
 LOSSES = ("cross_entropy", "margin", "squared_error")
 PWL_FNS = ("relu", "leaky_relu", "clip", "abs", "sign", "identity",
@@ -142,6 +142,15 @@ MEAN_METRICS = ("sum", "euclidean")
 def mean(a, axes=None, keepdims=1, metric="sum"):
     """z = mean of a over axes (``metric`` only chooses how the solver projects it)."""
     return jnp.mean(a, axis=None if axes is None else tuple(axes), keepdims=bool(keepdims))
+
+
+@register("embed", since=1)
+def embed(table, indices):
+    """z[n, :] = table[indices[n], :] (an embedding lookup: a float table [V, D], integer data indices
+    in 0..V-1; negative ones count from the end, as ONNX Gather's)."""
+    idx = jnp.asarray(indices)
+    idx = jnp.where(idx < 0, idx + table.shape[0], idx)
+    return jnp.take(table, idx, axis=0, mode="clip")
 
 
 @register("identity", since=1)
@@ -296,6 +305,11 @@ def infer_shape(kind: str, params: dict[str, Any], shapes: Sequence[Shape]) -> S
         return broadcast(*shapes)
     if kind == "identity":
         return tuple(shapes[0])
+    if kind == "embed":
+        table, idx = shapes
+        if len(table) != 2:
+            raise ShapeError(f"embed needs a table [V,D], got {_fmt(table)}")
+        return tuple(idx) + (table[1],)
     if kind in ("max", "mean"):
         (a,) = shapes
         axes = range(len(a)) if p.get("axes") is None else [ax % len(a) for ax in p["axes"]]
@@ -355,7 +369,7 @@ def infer_shape(kind: str, params: dict[str, Any], shapes: Sequence[Shape]) -> S
 # -- verifier rules -------------------------------------------------------------------------
 
 _ARITY = {"dot": (2, 2), "mul": (2, 2), "sum": (1, None), "sum_pwl": (1, None), "sum_smooth": (1, None),
-          "max": (1, 1), "mean": (1, 1),
+          "max": (1, 1), "mean": (1, 1), "embed": (2, 2),
           "identity": (1, 1), "reshape": (1, 1), "transpose": (1, 1), "concat": (1, None),
           "slice": (1, 1), "pad": (1, 1), "patches": (1, 1), "cross_entropy": (2, 2),
           "margin": (2, 2), "squared_error": (2, 2)}
@@ -392,12 +406,17 @@ def _rule(kind: str) -> Callable:
             if kind == "squared_error":
                 if lab.shape != out.shape:
                     return f"targets {lab.type_str()} do not match outputs {out.type_str()}"
+            elif kind == "cross_entropy" and out.rank == 3:  # per-step logits [B,T,C], labels [B,T]
+                if lab.dtype != "i64" or tuple(lab.shape) != tuple(out.shape[:-1]):
+                    return f"expects logits [B,T,C] and labels i64[B,T], got {out.type_str()}, {lab.type_str()}"
             elif lab.dtype != "i64" or lab.rank != 1 or out.rank != 2 or lab.shape[0] != out.shape[0]:
                 return f"expects logits [B,C] and labels i64[B], got {out.type_str()}, {lab.type_str()}"
             return None
         if len(op.outputs) != 1:
             return f"expects 1 output, got {len(op.outputs)}"
-        dtypes = {v.dtype for v in op.inputs}
+        if kind == "embed" and op.inputs[1].dtype not in ("i64", "i32"):
+            return f"embed indices must be i64 or i32, got {op.inputs[1].type_str()}"
+        dtypes = {v.dtype for v in (op.inputs[:1] if kind == "embed" else op.inputs)}
         if len(dtypes) > 1:
             return f"operand dtypes differ: {', '.join(v.type_str() for v in op.inputs)}"
         if op.outputs[0].dtype not in dtypes:
