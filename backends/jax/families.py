@@ -197,34 +197,29 @@ def _project_sum_pwl(fam: Family, full: dict, y0, opts: ProjOptions):
     return tuple(res[:-1]), res[-1]
 
 
-def _project_max(fam: Family, full: dict, y0, opts: ProjOptions):
-    a = full[0]
+def _project_over_axes(fam: Family, a, y0, project):
+    """A reduction over the op's ``axes`` (all when absent) projected by ``project(flat, y0)``, which
+    reduces the last axis of ``flat``: the reduced axes are moved last and flattened, then restored."""
     axes = fam.op.params.get("axes")
     axes = list(range(a.ndim)) if axes is None else [ax % a.ndim for ax in axes]
     keep = [ax for ax in range(a.ndim) if ax not in axes]
     perm = keep + axes
     at = jnp.transpose(a, perm)
     kshape = at.shape[:len(keep)]
-    flat = at.reshape(kshape + (-1,))
-    a2, y = P.REGISTRY["max"](flat, y0.reshape(kshape), axis=-1)
+    a2, y = project(at.reshape(kshape + (-1,)), y0.reshape(kshape))
     a2 = jnp.transpose(a2.reshape(at.shape), np.argsort(perm))
     return (a2,), y.reshape(y0.shape)
+
+
+def _project_max(fam: Family, full: dict, y0, opts: ProjOptions):
+    return _project_over_axes(fam, full[0], y0, lambda a, t: P.REGISTRY["max"](a, t, axis=-1))
 
 
 def _project_mean(fam: Family, full: dict, y0, opts: ProjOptions):
     """mean over ``axes``, in the metric chosen by the op's ``metric`` (projections.mean)."""
-    a = full[0]
-    axes = fam.op.params.get("axes")
-    axes = list(range(a.ndim)) if axes is None else [ax % a.ndim for ax in axes]
-    keep = [ax for ax in range(a.ndim) if ax not in axes]
-    perm = keep + axes
-    at = jnp.transpose(a, perm)
-    kshape = at.shape[:len(keep)]
-    flat = at.reshape(kshape + (-1,))
     weight = 1.0 if fam.op.params.get("metric", "sum") == "euclidean" else None
-    a2, y = P.REGISTRY["mean"](flat, y0.reshape(kshape), axis=-1, weight=weight)
-    a2 = jnp.transpose(a2.reshape(at.shape), np.argsort(perm))
-    return (a2,), y.reshape(y0.shape)
+    return _project_over_axes(fam, full[0], y0,
+                              lambda a, t: P.REGISTRY["mean"](a, t, axis=-1, weight=weight))
 
 
 def _project_embed(fam: Family, full: dict, y0, opts: ProjOptions):
