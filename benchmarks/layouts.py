@@ -117,17 +117,22 @@ def measure(model_path, solver, layout, steps, batch, repeats, run=True) -> dict
 
 
 def bench_model(name, path, batch, repeats, steps=50, copies_repeats=None, materialized=False) -> list[dict]:
-    rows = []
     cr = copies_repeats or repeats
     configs = [("ap", "copies", steps, cr), ("ap", "consensus", steps, repeats),
                ("dr", "copies", steps, cr), ("ap", "consensus", 1, repeats), ("adam", None, 1, repeats)]
     if materialized:
         configs.insert(0, ("ap", "copies-materialized", steps, 3))
+    return measure_rows(name, path, batch, configs)
+
+
+def measure_rows(name, path, batch, configs) -> list[dict]:
+    """One measured row per (solver, layout, steps, repeats) config, printed as it comes."""
+    rows = []
     for solver, layout, st, reps in configs:
         r = measure(path, solver, layout, st, batch, reps)
         r["model"] = name
         rows.append(r)
-        print(f"{name:10s} {solver:4s} {r['layout']:9s} steps={st:<3d} {r['s_per_update']:.5f} s  "
+        print(f"{name:12s} {solver:4s} {r['layout']:9s} steps={st:<3d} {r['s_per_update']:.5f} s  "
               f"{r['mem_bytes'] / 2**20:.1f} MiB", flush=True)
     return rows
 
@@ -136,14 +141,8 @@ CNNS = ("cnn2_digits", "lenet_digits")
 
 
 def bench_cnn(name, path, batch, repeats, steps) -> list[dict]:
-    rows = []
-    for solver, layout, st in (("adam", None, 1), ("cp", "consensus", steps), ("dr", "copies", steps)):
-        r = measure(path, solver, layout, st, batch, repeats)
-        r["model"] = name
-        rows.append(r)
-        print(f"{name:12s} {solver:4s} {r['layout']:9s} steps={st:<3d} {r['s_per_update']:.5f} s  "
-              f"{r['mem_bytes'] / 2**20:.1f} MiB", flush=True)
-    return rows
+    configs = [("adam", None, 1, repeats), ("cp", "consensus", steps, repeats), ("dr", "copies", steps, repeats)]
+    return measure_rows(name, path, batch, configs)
 
 
 def cnn_ratios(rows) -> dict:

@@ -85,3 +85,17 @@ def op_counts(graph: Graph) -> dict[str, int]:
     for op in graph.ops:
         counts[op.kind] = counts.get(op.kind, 0) + 1
     return dict(sorted(counts.items()))
+
+
+def save_onnx(path, nodes, inputs, outputs, inits: dict, opset: int = 17) -> str:
+    """A checked ONNX model (float32 initializers from ``inits``) saved at ``path``; returns the path."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    g = helper.make_graph(nodes, "m", inputs, outputs,
+                          [numpy_helper.from_array(np.asarray(a, np.float32), n) for n, a in inits.items()])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+    m.ir_version = 8
+    onnx.checker.check_model(m)
+    onnx.save(m, str(path))
+    return str(path)

@@ -14,7 +14,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from pass_util import evaluate, op_counts
+from pass_util import evaluate, op_counts, save_onnx
 from projc.errors import DataError, PassError
 from projc.onnx_import import load_model
 from projc.passes import compile_for_training
@@ -69,14 +69,8 @@ def embed_model(path, rng, relu_first=False):
     nodes = front + [helper.make_node("Flatten", ["r"], ["f"]),
                      helper.make_node("Gemm", ["f", "W", "b"], ["logits"], transB=1)]
     inits = {"E": rng.normal(size=(V, D)), "W": rng.normal(size=(C, T * D)) / 3, "b": np.zeros(C)}
-    g = helper.make_graph(nodes, "m", [helper.make_tensor_value_info("x", TensorProto.INT64, ["N", T])],
-                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", C])],
-                          [numpy_helper.from_array(np.asarray(a, np.float32), n) for n, a in inits.items()])
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-    m.ir_version = 8
-    onnx.checker.check_model(m)
-    onnx.save(m, str(path))
-    return str(path)
+    return save_onnx(path, nodes, [helper.make_tensor_value_info("x", TensorProto.INT64, ["N", T])],
+                     [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", C])], inits)
 
 
 def test_embedding_lowers_to_embed_and_matches_onnxruntime(tmp_path):

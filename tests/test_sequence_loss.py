@@ -6,10 +6,10 @@ the Trainer takes and evaluates labels [B, T]; ``--data text`` has per-step next
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
+from pass_util import save_onnx
 from projc.errors import DataError, PassError
 from projc.onnx_import import load_model
 from projc.passes import compile_for_training
@@ -21,14 +21,8 @@ def per_step_model(path, rng):
     """x [N, T, F] -> MatMul W [F, C] + b -> logits [N, T, C] (a linear readout at every step)."""
     nodes = [helper.make_node("MatMul", ["x", "W"], ["h"]), helper.make_node("Add", ["h", "b"], ["logits"])]
     inits = {"W": rng.normal(size=(F, C)), "b": np.zeros(C)}
-    g = helper.make_graph(nodes, "m", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", T, F])],
-                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", T, C])],
-                          [numpy_helper.from_array(np.asarray(a, np.float32), n) for n, a in inits.items()])
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-    m.ir_version = 8
-    onnx.checker.check_model(m)
-    onnx.save(m, str(path))
-    return str(path)
+    return save_onnx(path, nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", T, F])],
+                     [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", T, C])], inits)
 
 
 def test_attach_loss_gives_per_step_logits_step_labels(tmp_path):
