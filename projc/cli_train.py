@@ -89,8 +89,9 @@ def add_acceleration_args(p) -> None:
                    help="inertial extrapolation between steps, in [0,1) (default 0: off)")
     g.add_argument("--anderson", type=nonnegative_int, default=0,
                    help="Anderson acceleration memory (default 0: off)")
-    g.add_argument("--update-scale", type=positive_float, default=1.0,
-                   help="p <- p + S*(projected p - p) after each update (default 1)")
+    g.add_argument("--update-scale", type=positive_float, default=None,
+                   help="p <- p + S*(projected p - p) after each update (default: "
+                        "projc.trainer.DEFAULT_UPDATE_SCALE, auto: 2 for a model with a Conv, else 1)")
 
 
 def bounded_float(lo: float, hi: float, *, closed_lo: bool):
@@ -226,9 +227,11 @@ def cmd_train(args) -> int:
     options = dict(lam=args.lam, relaxation=args.relaxation, layout=args.layout, lr=args.lr,
                    repair=not args.no_repair, freeze=args.freeze, seed=args.seed, tol=args.tol,
                    omega=args.omega, inertia=args.inertia, anderson=args.anderson,
-                   update_scale=args.update_scale, train_batchnorm=args.train_batchnorm)
+                   train_batchnorm=args.train_batchnorm)
     if args.init is not None:
         options["init"] = args.init
+    if args.update_scale is not None:
+        options["update_scale"] = args.update_scale
     trainer = projc.compile(args.model, loss=args.loss, solver=args.solver,
                             steps_per_update=args.steps, devices=devices, **options)
     data = load_data(args.data, seed=args.seed, input_shape=trainer.input_shape,
@@ -236,7 +239,8 @@ def cmd_train(args) -> int:
     warn(input_scale_warning(data.x_train))
     steps = f"lr {args.lr}" if args.solver == "adam" else f"{args.steps} steps/update"
     print(f"projc train: {args.model} on {data.name} ({len(data.y_train)} train, {len(data.y_test)} "
-          f"test), solver {args.solver}, {steps}, batch {args.batch}, init {trainer.options['init']}",
+          f"test), solver {args.solver}, {steps}, batch {args.batch}, init {trainer.options['init']}"
+          + (f", update scale {trainer.options['update_scale']:g}" if trainer.options["update_scale"] != 1 else ""),
           flush=True)
     run = TrainingRun(trainer, data, args, warn=warn, rank=rank, nproc=nproc)
     params = run.train()

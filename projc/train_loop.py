@@ -153,7 +153,9 @@ class TrainingRun:
         checkpoints written before they existed still resume)."""
         defaults = {"tol": None, "omega": 1.0, "inertia": 0.0, "anderson": 0, "update_scale": 1.0,
                     "train_batchnorm": False}
-        return {k: getattr(self.args, k, d) for k, d in defaults.items() if getattr(self.args, k, d) != d}
+        values = {k: getattr(self.args, k, d) for k, d in defaults.items()}
+        values["update_scale"] = self.trainer.options["update_scale"]  # "auto" resolved for this model
+        return {k: v for k, v in values.items() if v != defaults[k]}
 
     def _save(self, params: dict) -> None:
         import numpy as np

@@ -330,3 +330,30 @@ def test_cli_refuses_bad_acceleration_options(argv, match, tmp_path, capsys):
     assert code == 2
     assert match in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_auto_update_scale_is_2_for_convolutions_and_1_otherwise():
+    """update_scale="auto" (the default) stretches the updates of conv models only (README "CNNs
+    on digits"): the default run equals an explicit update_scale=2 run and not a plain one."""
+    import projc
+    from projc.trainer import CONV_UPDATE_SCALE, DEFAULT_UPDATE_SCALE
+
+    assert DEFAULT_UPDATE_SCALE == "auto" and CONV_UPDATE_SCALE == 2.0
+    cnn, mlp = "models/cnn_digits.onnx", "models/mlp_digits.onnx"
+    assert projc.compile(mlp, steps_per_update=2).options["update_scale"] == 1.0
+    assert projc.compile(cnn, solver="adam").options["update_scale"] == 1.0  # nothing to stretch
+    assert projc.compile(cnn, update_scale=1.5).options["update_scale"] == 1.5
+    with pytest.raises(ProjcError, match="update_scale"):
+        projc.compile(cnn, update_scale="fast")
+    rng = np.random.default_rng(0)
+    x = rng.random((8, 1, 8, 8), dtype=np.float32)
+    y = rng.integers(0, 10, 8)
+    moved, resolved = {}, {}
+    for scale in ("auto", 1.0, 2.0):
+        tr = projc.compile(cnn, solver="cp", steps_per_update=2, update_scale=scale)
+        p0 = tr.init_params()
+        p1, _ = tr.update(p0, x, y)
+        moved[scale], resolved[scale] = np.asarray(p1["conv.weight"]) - p0["conv.weight"], tr.options["update_scale"]
+    assert resolved == {"auto": 2.0, 1.0: 1.0, 2.0: 2.0} and np.abs(moved[1.0]).max() > 1e-6
+    np.testing.assert_allclose(moved["auto"], moved[2.0], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(moved["auto"], 2.0 * moved[1.0], rtol=1e-4, atol=1e-6)
