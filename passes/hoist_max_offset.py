@@ -50,14 +50,15 @@ def _hoist_rule(graph: Graph):
     outputs = set(graph.outputs)
 
     def rule(rw: Rewriter, op: Op):
-        (x,) = op.inputs
-        s = producers.get(x)
-        if s is None or s.kind != "sum" or len(users.get(x, ())) != 1 or x in outputs:
+        x = op.inputs[0]
+        s = producers.get(x) if x is not None else None
+        if x is None or s is None or s.kind != "sum" or len(users.get(x, ())) != 1 or x in outputs:
             return None
         rank = x.rank
         axes = sorted(int(a) % rank for a in (op.params.get("axes") or range(rank)))
-        moving = [v for v in s.inputs if not _is_offset(v, rank, axes)]
-        offsets = [v for v in s.inputs if _is_offset(v, rank, axes)]
+        addends = [v for v in s.inputs if v is not None]
+        moving = [v for v in addends if not _is_offset(v, rank, axes)]
+        offsets = [v for v in addends if _is_offset(v, rank, axes)]
         if not moving or not offsets:
             return None
         inner = moving[0] if len(moving) == 1 else rw.emit("sum", moving)
