@@ -21,8 +21,8 @@ Opt-in (``OPTIONAL_PASSES``: not in TRAINING_PIPELINE; e.g. ``compile_for_traini
 pipeline=...)`` with ``hoist-max-offset`` after ``lower``). Measured on maxlogits_digits (CP, 10
 epochs, He init): plain CP at batch 256 reaches 0.38 with it (the bias no longer pins one class),
 but with the best configuration (batch 32, anderson=1, update_scale=1.5) the graph as lowered does
-better, 0.766 against 0.724 (same batches): the undiluted bias soaks up the loss's correction at the logits and
-leaves less of it to the max and the conv weights under it.
+better, 0.766 against 0.724 (same batches): the undiluted bias soaks up the loss's correction at
+the logits and leaves less of it to the max and the conv weights under it.
 """
 from __future__ import annotations
 
