@@ -29,6 +29,8 @@ from projc.verify import verify
 # fuse-activations runs again after lower so that a lowered Conv's bias sum fuses into its ReLU.
 TRAINING_PIPELINE = ("attach-loss,canonicalize,unroll,fold-constants,dce,fuse-activations,lower,"
                      "fold-constants,dce,fuse-activations,select-projections,bipartite,schedule")
+# Registered passes that TRAINING_PIPELINE leaves out (opt-in through a pipeline string, after lower).
+OPTIONAL_PASSES = ("hoist-max-offset",)
 
 PASSES: dict[str, type["Pass"]] = {}
 
@@ -203,7 +205,7 @@ def compile_for_training(graph: Graph, *, loss: str = "cross_entropy", lam: floa
 
 # Importing the pass modules registers them (order is irrelevant).
 from . import (attach_loss, bipartite, canonicalize, dce, fold_constants, fuse_activations,  # noqa: E402,F401
-               lower, schedule, select_projections, unroll)
+               hoist_max_offset, lower, schedule, select_projections, unroll)
 
-__all__ = ["Pass", "PassManager", "PASSES", "TRAINING_PIPELINE", "compile_for_training",
+__all__ = ["Pass", "PassManager", "PASSES", "OPTIONAL_PASSES", "TRAINING_PIPELINE", "compile_for_training",
            "make_pass", "parse_pipeline", "register_pass", "verify_training_ir"]

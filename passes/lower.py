@@ -4,6 +4,7 @@ PassError listing them all).
 
     Conv(x, W, b)   -> sum(transpose(dot(patches(x), transpose(reshape(W, [OC, C*K])))), reshape(b, [OC,1..]))
     MaxPool(x)      -> transpose(max(reshape(patches(pad(x, -inf)), [N,*O,C,K]), axis=-1))
+    MaxPool(x), one window covering x (no pads) -> max[axes=spatial, keepdims=1](x)   (a global max)
     GlobalMaxPool(x)-> max[axes=spatial, keepdims=1](x)
     ReduceMax(x)    -> max[axes, keepdims](x)
     AveragePool(x)  -> transpose(mean[axes=[n+2], keepdims=0](reshape(patches(x), [N,*O,C,K])))
@@ -80,6 +81,12 @@ def conv(rw: Rewriter, op: Op):
     return y
 
 
+def _covers_input(spatial: tuple, kernel: list[int], pads: list[int], dilations: list[int]) -> bool:
+    """One unpadded, undilated window spanning every spatial dim (output 1x..x1, strides moot)."""
+    return (not any(pads) and all(d == 1 for d in dilations)
+            and all(isinstance(s, int) and s == k for s, k in zip(spatial, kernel)))
+
+
 def maxpool(rw: Rewriter, op: Op):
     (x,) = op.inputs[:1]
     if len(op.outputs) > 1 and (op.outputs[1] in rw.graph.outputs or any(op.outputs[1] in o.inputs for o in rw.graph.ops)):
@@ -89,6 +96,8 @@ def maxpool(rw: Rewriter, op: Op):
     strides, pads, dilations = _window(op, x.shape[2:], kernel)
     if op.params.get("ceil_mode", 0):
         raise PassError(f"MaxPool {src_of(op)}: ceil_mode=1 is unsupported; export with ceil_mode=0")
+    if _covers_input(x.shape[2:], kernel, pads, dilations):  # a global max exported as a MaxPool
+        return [rw.emit("max", [x], {"axes": list(range(2, n + 2)), "keepdims": 1})] + op.outputs[1:]
     if any(pads):
         x = rw.emit("pad", [x], {"pads": [0, 0, *pads[:n], 0, 0, *pads[n:]], "value": -math.inf})
     cols = rw.emit("patches", [x], {"kernel": kernel, "strides": strides, "pads": [0] * (2 * n),

@@ -328,7 +328,7 @@ CNN_MODELS = {
     "cnn2_digits": {"max": 2, "patches": 2, "concat": 1},
     "lenet_digits": {"patches": 4, "mul": 2},
     "gap_digits": {"patches": 2},
-    "maxlogits_digits": {"max": 1, "patches": 3},
+    "maxlogits_digits": {"max": 1, "patches": 2},   # the global MaxPool needs no patches
 }
 
 

@@ -9,7 +9,7 @@ import pytest
 from pass_util import evaluate, fill_data, run_ir
 from projc.errors import PassError
 from projc.parser import parse_graph
-from projc.passes import PASSES, TRAINING_PIPELINE, PassManager, make_pass, parse_pipeline
+from projc.passes import OPTIONAL_PASSES, PASSES, TRAINING_PIPELINE, PassManager, make_pass, parse_pipeline
 from projc.printer import format_graph
 
 MLP = """graph @mlp {
@@ -45,7 +45,7 @@ def test_parse_pipeline_errors(bad, msg):
 
 
 def test_training_pipeline_names_registered_passes():
-    assert {p.name for p in parse_pipeline(TRAINING_PIPELINE)} == set(PASSES)
+    assert {p.name for p in parse_pipeline(TRAINING_PIPELINE)} == set(PASSES) - set(OPTIONAL_PASSES)
 
 
 def test_print_after_and_timing():
@@ -284,6 +284,85 @@ def test_lower_numerics_match_onnx_ops():
     np.testing.assert_allclose(evaluate(g, {"x": x})[0], evaluate(ref, {"x": x})[0], rtol=1e-5, atol=1e-5)
 
 
+GLOBAL_MAX = """graph @gmax {
+  input %x: f32[B,2,4,4]
+  param %w: f32[3,2,3,3]
+  param %b: f32[3]
+  %c: f32[B,3,4,4] = Conv[dilations=[1, 1], group=1, kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[1, 1]] %x, %w, %b
+  %p: f32[B,3,1,1] = MaxPool[ceil_mode=0, kernel_shape=[4, 4], strides=[4, 4]] %c
+  %f: f32[B,3] = Flatten[axis=1] %p
+  return %f
+}
+"""
+
+
+def test_lower_maxpool_over_the_whole_input_is_a_global_max():
+    """A MaxPool whose one window covers the input (torch's AdaptiveMaxPool2d(1) export) needs no
+    patches: max over the spatial axes, as GlobalMaxPool."""
+    run_ir(GLOBAL_MAX + """
+# CHECK: %c: f32[B,3,4,4] = sum
+# CHECK-NOT: patches
+# CHECK: %p: f32[B,3,1,1] = max[axes=[2, 3], keepdims=1] %c
+""", "canonicalize,lower")
+    padded = GLOBAL_MAX.replace("strides=[4, 4]]", "pads=[0, 0, 1, 1], strides=[4, 4]]").replace(
+        "f32[B,3,1,1] = MaxPool", "f32[B,3,1,1] = MaxPool")
+    g, _ = run_ir(padded + "\n# CHECK: patches[dilations=[1, 1], kernel=[4, 4]\n", "canonicalize,lower")
+    assert sum(op.kind == "patches" for op in g.ops) == 2  # the conv's and the padded pool's
+
+
+@pytest.mark.parametrize("keepdims", [1, 0])
+def test_hoist_max_offset_moves_the_conv_bias_after_the_max(keepdims):
+    text = GLOBAL_MAX.replace("MaxPool[ceil_mode=0, kernel_shape=[4, 4], strides=[4, 4]]",
+                              f"ReduceMax[axes=[2, 3], keepdims={keepdims}]")
+    if not keepdims:
+        text = text.replace("%p: f32[B,3,1,1]", "%p: f32[B,3]").replace("Flatten[axis=1] %p", "Identity %p")
+    out = "f32[B,3,1,1]" if keepdims else "f32[B,3]"
+    bias = "%5" if keepdims else "%7"  # keepdims=0: the bias [3,1,1] is reshaped to [3]
+    g, _ = run_ir(text + f"""
+# CHECK: %4: f32[B,3,4,4] = transpose[perm=[0, 3, 1, 2]] %3
+# CHECK: %5: f32[3,1,1] = reshape[shape=[3, 1, 1]] %b
+# CHECK-NOT: sum
+# CHECK: %6: {out} = max[axes=[2, 3], keepdims={keepdims}] %4
+# CHECK: = sum %6, {bias}
+""", "canonicalize,lower,hoist-max-offset,dce")
+    assert [op.kind for op in g.ops].count("sum") == 1
+    ref = parse_graph(text)
+    fill_data(ref)
+    plain, hoisted = ref.clone(), ref.clone()
+    PassManager("canonicalize,lower").run(plain)
+    PassManager("canonicalize,lower,hoist-max-offset,dce").run(hoisted)
+    x = np.random.default_rng(3).standard_normal((4, 2, 4, 4)).astype(np.float32)
+    want = evaluate(ref, {"x": x})[0]
+    np.testing.assert_allclose(evaluate(hoisted, {"x": x})[0], want, rtol=1e-5, atol=1e-5)
+    # rounding is monotone, so max(z + b) and max(z) + b agree to the bit
+    np.testing.assert_array_equal(evaluate(hoisted, {"x": x})[0], evaluate(plain, {"x": x})[0])
+
+
+@pytest.mark.parametrize("case", ["two_uses", "offset_varies", "relu"])
+def test_hoist_max_offset_leaves_what_it_cannot_move(case):
+    """A sum with another use, an addend that varies along the reduced axes, an activation between
+    the sum and the max: the max keeps its input."""
+    body = {
+        "two_uses": "%s: f32[B,3,4] = sum %x, %b\n  %m: f32[B,1,4] = max[axes=[1], keepdims=1] %s\n"
+                    "  %o: f32[B,3,4] = sum %m, %s",
+        "offset_varies": "%s: f32[B,3,4] = sum %x, %v\n  %o: f32[B,1,4] = max[axes=[1], keepdims=1] %s",
+        "relu": "%s: f32[B,3,4] = sum_pwl[fn=\"relu\"] %x, %b\n  %o: f32[B,1,4] = max[axes=[1], keepdims=1] %s",
+    }[case]
+    text = f"""graph @g {{
+  input %x: f32[B,3,4]
+  param %b: f32[4]
+  param %v: f32[3,1]
+  {body}
+  return %o
+}}
+"""
+    g = parse_graph(text)
+    fill_data(g)
+    before = format_graph(g)
+    assert make_pass("hoist-max-offset").run(g) is False
+    assert format_graph(g) == before
+
+
 def test_lower_reports_every_unsupported_op():
     g = parse_graph("""graph @g {
   input %x: f32[B,4]
@@ -513,6 +592,8 @@ def test_every_pass_is_idempotent(name, text):
     g = parse_graph(text)
     fill_data(g)
     pipeline = TRAINING_PIPELINE.split(",")
+    if name in OPTIONAL_PASSES:  # opt-in passes run right after lower
+        pipeline.insert(pipeline.index("lower") + 1, name)
     PassManager(",".join(pipeline[:pipeline.index(name) + 1])).run(g)  # everything up to the pass, once
     before = format_graph(g)
     assert make_pass(name).run(g) is False, name
