@@ -26,9 +26,10 @@ UNTRAINED = ["mlp_digits", "resmlp", "binary_mlp", "cnn_digits", "mlp_mnist", "c
 DATA = {"mlp_mnist": "mnist5k"}
 
 
-def run(name: str, init: str, solver: str, updates: int, every: int, seed: int, batch: int = 256):
+def run(name: str, init: str, solver: str, updates: int, every: int, seed: int, batch: int = 256,
+        update_scale: float | str = "auto"):
     tr = projc.compile(os.path.join(ROOT, "models", f"{name}.onnx"), solver=solver, steps_per_update=50,
-                       init=init, seed=seed)
+                       init=init, seed=seed, update_scale=update_scale)
     data = load_data(DATA.get(name, "digits"), seed=seed, input_shape=tr.input_shape)
     params = tr.init_params()
     curve, t0 = [], time.perf_counter()
@@ -47,12 +48,16 @@ def main() -> None:
     ap.add_argument("--every", type=int, default=10)
     ap.add_argument("--solver", default="dr")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--update-scale", default="auto",
+                    help="auto (the trainer's default) or a number (the README table used 1)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
+    update_scale = args.update_scale if args.update_scale == "auto" else float(args.update_scale)
     rows, results = [], []
     for name in args.models.split(","):
         for init in args.inits.split(","):
-            curve, spu = run(name, init, args.solver, args.updates, args.every, args.seed)
+            curve, spu = run(name, init, args.solver, args.updates, args.every, args.seed,
+                             update_scale=update_scale)
             results.append({"model": name, "init": init, "solver": args.solver, "curve": curve,
                             "s_per_update": spu})
             rows.append([name, init, args.solver, " ".join(f"{a:.3f}@{i}" for i, a in curve), spu])
