@@ -9,12 +9,13 @@ all its consumer edges). Per direction d (gates g of width H, ``Wt = W[d]^T`` sl
     GRU   z, r = sigmoid(xw[t, z|r], biases, dot(h_{t-1}, Rt[z|r]))
           h~  = tanh(xw[t, h], Wbh, dot(mul(r, h_{t-1}), Rt[h]), Rbh)          linear_before_reset=0
           h~  = tanh(xw[t, h], Wbh, mul(r, sum(dot(h_{t-1}, Rt[h]), Rbh)))      linear_before_reset=1
-          h_t = sum(h~, mul(z, h_{t-1}), mul(mul(z, h~), -1))                 # (1-z) h~ + z h
+          h_t = sum(mul(1-z, h~), mul(z, h_{t-1}))    # 1-z: one_minus_sigmoid of z's operands
     LSTM  i, o, f = sigmoid(...), c~ = tanh(...)
-          c_t = sum(mul(f, c_{t-1}), mul(i, c~));  h_t = mul(o, tanh(c_t))
+          c_t = sum(mul(f, c_{t-1}), mul(i, c~));  h_t = mul(identity(o), tanh(c_t))
 
-Elementwise gate products are bilinear ``mul`` families; the bipartite pass repairs the odd cycles
-the cell closes. A zero initial state (a constant, or torch's ``projc.fill_like`` zeros of the
+Elementwise gate products are bilinear ``mul`` families. The cells are emitted bipartite (the
+identity on o, the 1-z family): the repair has at most a bias read at step 0 left to fix (a
+repair identity on the path from the loss halves the pull that passes it). A zero initial state (a constant, or torch's ``projc.fill_like`` zeros of the
 batch) drops the step-0 recurrent terms. Y and Y_h are rebuilt from the steps' h by reshape and
 concat (moves, no constraints). Tanh and sigmoid are ``sum_smooth`` families (the activations
 work); where that family is missing the pass says so.
