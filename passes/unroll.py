@@ -9,12 +9,13 @@ all its consumer edges). Per direction d (gates g of width H, ``Wt = W[d]^T`` sl
     GRU   z, r = sigmoid(xw[t, z|r], biases, dot(h_{t-1}, Rt[z|r]))
           h~  = tanh(xw[t, h], Wbh, dot(mul(r, h_{t-1}), Rt[h]), Rbh)          linear_before_reset=0
           h~  = tanh(xw[t, h], Wbh, mul(r, sum(dot(h_{t-1}, Rt[h]), Rbh)))      linear_before_reset=1
-          h_t = sum(h~, mul(z, h_{t-1}), mul(mul(z, h~), -1))                 # (1-z) h~ + z h
+          h_t = sum(mul(1-z, h~), mul(z, h_{t-1}))    # 1-z: one_minus_sigmoid of z's operands
     LSTM  i, o, f = sigmoid(...), c~ = tanh(...)
-          c_t = sum(mul(f, c_{t-1}), mul(i, c~));  h_t = mul(o, tanh(c_t))
+          c_t = sum(mul(f, c_{t-1}), mul(i, c~));  h_t = mul(identity(o), tanh(c_t))
 
-Elementwise gate products are bilinear ``mul`` families; the bipartite pass repairs the odd cycles
-the cell closes. A zero initial state (a constant, or torch's ``projc.fill_like`` zeros of the
+Elementwise gate products are bilinear ``mul`` families. The cells are emitted bipartite (the
+identity on o, the 1-z family): the repair has at most a bias read at step 0 left to fix (a
+repair identity on the path from the loss halves the pull that passes it). A zero initial state (a constant, or torch's ``projc.fill_like`` zeros of the
 batch) drops the step-0 recurrent terms. Y and Y_h are rebuilt from the steps' h by reshape and
 concat (moves, no constraints). Tanh and sigmoid are ``sum_smooth`` families (the activations
 work); where that family is missing the pass says so.
@@ -158,6 +159,28 @@ class _Unroller:
     def negated(self, v: Value) -> Value:
         return self.mul(v, self.rw.const(np.array(-1.0), v.dtype, "minus_one"))
 
+    def gru_state(self, d: int, z: Value, candidate: Value, h: Value | None, complement) -> Value:
+        """h_t = (1 - z) h~ + z h_{t-1}.
+
+        With sigmoid gates: sum(mul(1 - z, h~), mul(z, h_{t-1})), where 1 - z is a
+        one_minus_sigmoid family on z's operands (``complement()``). Both products then read
+        operands of one parity, so the cell is bipartite as emitted: the form below puts h~ and
+        -z h~ (one family deeper) into one sum, and the repair needs identities at every step
+        (18 in gru_digits), each of which halves what the loss's pull passes on. A zero initial
+        state leaves h_0 = (1 - z) h~, behind an identity that keeps h_0 at the parity of the
+        sums of the later steps.
+        Other gate activations: sum(h~, -(z h~), z h_{t-1}), left to the bipartite repair.
+        """
+        if self.acts[d][0] == (SMOOTH, {"fn": "sigmoid"}):
+            kept = self.mul(complement(), candidate)
+            if h is None:
+                return self.rw.emit("identity", [kept], shape=(self.batch, self.hidden))
+            return self.rw.emit("sum", [kept, self.mul(z, h)], shape=(self.batch, self.hidden))
+        terms = [candidate, self.negated(self.mul(z, candidate))]
+        if h is not None:
+            terms.append(self.mul(z, h))
+        return self.rw.emit("sum", terms, shape=(self.batch, self.hidden))
+
     # -- the scan ----------------------------------------------------------------------------
     def run(self, cell, n_states: int) -> list[Value]:
         """Unroll ``cell(d, t, states) -> states`` over every direction; the op's outputs."""
@@ -226,9 +249,10 @@ def unroll_gru(rw: Rewriter, op: Op):
     before_reset = int(op.params.get("linear_before_reset", 0))
     xws = {}
 
-    def gate(d, xw, t, g, rec):
+    def gate(d, xw, t, g, rec, complement=False):
         extra = [] if rec is None else [u.gate_of(rec, g)]
-        return u.act(u.acts[d][0], [u.step_gate(xw, t, g)] + u.biases(d, g) + extra)
+        family = (SMOOTH, {"fn": "one_minus_sigmoid"}) if complement else u.acts[d][0]
+        return u.act(family, [u.step_gate(xw, t, g)] + u.biases(d, g) + extra)
 
     def cell(d, t, states):
         (h,) = states
@@ -247,10 +271,7 @@ def unroll_gru(rw: Rewriter, op: Op):
                 operands.append(u.recurrent(u.mul(r, h), d, 2, 1))
             operands += [rb_h] if rb_h is not None else []
         candidate = u.act(u.acts[d][1], operands)
-        terms = [candidate, u.negated(u.mul(z, candidate))]
-        if h is not None:
-            terms.append(u.mul(z, h))
-        return (rw.emit("sum", terms, shape=(u.batch, u.hidden)),)
+        return (u.gru_state(d, z, candidate, h, lambda: gate(d, xw, t, 0, rec_zr, complement=True)),)
 
     return u.run(cell, 1)
 
@@ -276,9 +297,14 @@ def unroll_lstm(rw: Rewriter, op: Op):
 
         i, o, f, cand = gate(0, f_act), gate(1, f_act), gate(2, f_act), gate(3, g_act)
         new_c = u.mul(i, cand)
-        if c is not None:
-            new_c = rw.emit("sum", [u.mul(f, c), new_c], shape=(u.batch, u.hidden))
-        return u.mul(o, u.act(h_act, [new_c])), new_c
+        shape = (u.batch, u.hidden)
+        # c_t = f c + i c~ is a sum one family after the products; a zero initial state leaves
+        # c_0 = i c~, so an identity keeps c_0 at that parity
+        new_c = rw.emit("sum", [u.mul(f, c), new_c], shape=shape) if c is not None else \
+            rw.emit("identity", [new_c], shape=shape)
+        # h = o tanh(c): o is a gate, tanh(c) two families later; the identity on o puts both
+        # operands at one parity, so no repair lands on the path from h to the loss
+        return u.mul(rw.emit("identity", [o], shape=shape), u.act(h_act, [new_c])), new_c
 
     return u.run(cell, 2)
 

@@ -64,6 +64,13 @@ def _sigmoid(s, alpha):
     return p, d, d * (1 - 2 * p)
 
 
+def _one_minus_sigmoid(s, alpha):
+    """1 - sigmoid(s) = sigmoid(-s): a GRU's (1 - z) gate as a family of its own (passes/unroll.py).
+    Decreasing, so it has no entry in the monotone narrowing of the search interval."""
+    p, d, _ = _sigmoid(-s, alpha)
+    return p, -d, d * (1 - 2 * p)
+
+
 def _softplus(s, alpha):
     p, d, _ = _sigmoid(s, alpha)
     return jnp.logaddexp(s, 0), p, d
@@ -117,6 +124,7 @@ _INF = float("inf")
 SMOOTH_FNS: dict[str, Smooth] = {
     "tanh": Smooth(_tanh, lambda y, a: jnp.arctanh(y), lambda a: -1.0, lambda a: 1.0),
     "sigmoid": Smooth(_sigmoid, lambda y, a: jnp.log(y) - jnp.log1p(-y), lambda a: 0.0, lambda a: 1.0),
+    "one_minus_sigmoid": Smooth(_one_minus_sigmoid, None, None, None),
     "softplus": Smooth(_softplus, lambda y, a: y + jnp.log(-jnp.expm1(-y)), lambda a: 0.0, lambda a: _INF),
     "elu": Smooth(_elu, _inv_elu, lambda a: -a, lambda a: _INF, kinks=(0.0,)),
     "silu": Smooth(_silu, None, None, None),

@@ -29,7 +29,7 @@ MOVES = ("reshape", "transpose", "concat", "slice", "pad", "patches")
 LOSSES = ("cross_entropy", "margin", "squared_error")
 PWL_FNS = ("relu", "leaky_relu", "clip", "abs", "sign", "identity",
            "hardsigmoid", "relu6", "round", "floor", "ceil", "fake_quant")
-SMOOTH_FNS = ("tanh", "sigmoid", "softplus", "silu", "gelu", "gelu_tanh", "elu", "hardswish")
+SMOOTH_FNS = ("tanh", "sigmoid", "one_minus_sigmoid", "softplus", "silu", "gelu", "gelu_tanh", "elu", "hardswish")
 CONSTRAINT_KINDS = FAMILIES + MOVES + LOSSES
 
 Shape = tuple  # of int | str
@@ -110,6 +110,8 @@ def smooth(s, fn: str, alpha: float = 1.0):
         return jnp.tanh(s)
     if fn == "sigmoid":
         return jax.nn.sigmoid(s)
+    if fn == "one_minus_sigmoid":  # a GRU's 1 - z gate (passes/unroll.py)
+        return jax.nn.sigmoid(-s)
     if fn == "softplus":
         return jnp.logaddexp(s, jnp.zeros((), dt))
     if fn == "silu":
