@@ -15,10 +15,11 @@ all its consumer edges). Per direction d (gates g of width H, ``Wt = W[d]^T`` sl
 
 Elementwise gate products are bilinear ``mul`` families. The cells are emitted bipartite (the
 identity on o, the 1-z family): the repair has at most a bias read at step 0 left to fix (a
-repair identity on the path from the loss halves the pull that passes it). A zero initial state (a constant, or torch's ``projc.fill_like`` zeros of the
-batch) drops the step-0 recurrent terms. Y and Y_h are rebuilt from the steps' h by reshape and
-concat (moves, no constraints). Tanh and sigmoid are ``sum_smooth`` families (the activations
-work); where that family is missing the pass says so.
+repair identity on the path from the loss halves the pull that passes it). A zero initial state
+(a constant, or torch's ``projc.fill_like`` zeros of the batch) drops the step-0 recurrent
+terms. Y and Y_h are rebuilt from the steps' h by reshape and concat (moves, no constraints).
+Tanh and sigmoid are ``sum_smooth`` families (the activations work); where that family is
+missing the pass says so.
 
 Not trainable (PassError): sequence_lens, LSTM peepholes and input_forget, clip on a smooth
 activation, activations other than Relu, LeakyRelu, Tanh and Sigmoid.
