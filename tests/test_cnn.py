@@ -11,12 +11,11 @@ from pathlib import Path
 
 import jax
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from pass_util import evaluate, op_counts
+from pass_util import evaluate, op_counts, save_onnx
 from projc.errors import PassError
 from projc.onnx_import import load_model
 from projc.passes import compile_for_training
@@ -25,14 +24,9 @@ MODELS = Path(__file__).resolve().parents[1] / "models"
 
 
 def _model(path, nodes, inits, in_shape, out_shape, opset=17):
-    g = helper.make_graph(nodes, "m", [helper.make_tensor_value_info("x", TensorProto.FLOAT, in_shape)],
-                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, out_shape)],
-                          [numpy_helper.from_array(np.asarray(a, np.float32), n) for n, a in inits.items()])
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
-    m.ir_version = 8
-    onnx.checker.check_model(m)
-    onnx.save(m, str(path))
-    return str(path)
+    """A one-input model ``x`` -> ``logits`` (float32) saved at ``path``."""
+    return save_onnx(path, nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, in_shape)],
+                     [helper.make_tensor_value_info("logits", TensorProto.FLOAT, out_shape)], inits, opset)
 
 
 def _conv_inits(rng, cin=2, cout=3):
