@@ -49,6 +49,9 @@ def add_train_parser(sub) -> None:
     p.add_argument("--loss", default="cross_entropy", choices=LOSSES,
                    help="cross_entropy (default), margin, or squared_error (on one-hot targets)")
     p.add_argument("--lam", type=positive_float, default=5.0, help="loss prox weight (default 5)")
+    p.add_argument("--weight-decay", type=bounded_float(0.0, 1.0, closed_lo=True), default=0.0,
+                   help="shrink every parameter by this fraction after each update, in [0,1) (default 0; "
+                        "for adam: optax.adamw's, times --lr)")
     p.add_argument("--relaxation", type=unit_interval, default=0.5, help="DR relaxation in (0,1] (default 0.5)")
     add_acceleration_args(p)
     p.add_argument("--layout", default="auto", choices=("auto", "copies", "consensus"),
@@ -227,7 +230,7 @@ def cmd_train(args) -> int:
     options = dict(lam=args.lam, relaxation=args.relaxation, layout=args.layout, lr=args.lr,
                    repair=not args.no_repair, freeze=args.freeze, seed=args.seed, tol=args.tol,
                    omega=args.omega, inertia=args.inertia, anderson=args.anderson,
-                   train_batchnorm=args.train_batchnorm)
+                   train_batchnorm=args.train_batchnorm, weight_decay=args.weight_decay)
     if args.init is not None:
         options["init"] = args.init
     if args.update_scale is not None:
@@ -240,7 +243,8 @@ def cmd_train(args) -> int:
     steps = f"lr {args.lr}" if args.solver == "adam" else f"{args.steps} steps/update"
     print(f"projc train: {args.model} on {data.name} ({len(data.y_train)} train, {len(data.y_test)} "
           f"test), solver {args.solver}, {steps}, batch {args.batch}, init {trainer.options['init']}"
-          + (f", update scale {trainer.options['update_scale']:g}" if trainer.options["update_scale"] != 1 else ""),
+          + (f", update scale {trainer.options['update_scale']:g}" if trainer.options["update_scale"] != 1 else "")
+          + (f", weight decay {args.weight_decay:g}" if args.weight_decay else ""),
           flush=True)
     run = TrainingRun(trainer, data, args, warn=warn, rank=rank, nproc=nproc)
     params = run.train()

@@ -152,7 +152,7 @@ class TrainingRun:
         """The time-to-accuracy and BatchNorm options that differ from their defaults (so that
         checkpoints written before they existed still resume)."""
         defaults = {"tol": None, "omega": 1.0, "inertia": 0.0, "anderson": 0, "update_scale": 1.0,
-                    "train_batchnorm": False}
+                    "train_batchnorm": False, "weight_decay": 0.0}
         values = {k: getattr(self.args, k, d) for k, d in defaults.items()}
         values["update_scale"] = self.trainer.options["update_scale"]  # "auto" resolved for this model
         return {k: v for k, v in values.items() if v != defaults[k]}

@@ -16,7 +16,9 @@ go to the ``attach-loss`` pass as options. ``init`` ("file": the exported values
 weights, zero biases | "auto", the default: he for a model with a Conv, else file; see
 projc.init_params) and ``seed`` (the init's seed, 0). ``train_batchnorm`` (False): train the
 scale/bias (gamma/beta) of BatchNormalization nodes as parameters (its statistics stay frozen);
-by default the whole BatchNormalization is a frozen per-channel affine.
+by default the whole BatchNormalization is a frozen per-channel affine. ``weight_decay`` (0.0, in
+[0, 1)): decoupled weight decay, p ← p + α (readout − p) − δ p after each projection update; for
+``adam`` it is optax.adamw's (scaled by ``lr``).
 
 Time-to-accuracy options of the projection solvers (off by default; README "Time to accuracy"):
 ``tol`` (stop an update's steps once the fixed-point residual is <= tol; ``steps_per_update`` is then
@@ -44,7 +46,7 @@ from projc.errors import DataError, DivergenceError, ParamError, ProjcError
 STATE_LAYOUTS = ("auto", "copies", "consensus")
 _OPTIONS = ("lam", "ce_method", "relaxation", "beta", "repair", "layout", "lr", "factor_linear",
             "freeze", "init", "seed", "tol", "omega", "inertia", "anderson", "update_scale",
-            "train_batchnorm")
+            "train_batchnorm", "weight_decay")
 DEFAULT_INIT = "auto"  # he for a model with a Conv, else file; measured: benchmarks/init.py (README "Initialization")
 DEFAULT_UPDATE_SCALE = "auto"  # CONV_UPDATE_SCALE for a model with a Conv, else 1 (plain updates)
 # A conv weight's target averages the copies of every output position, most of which a pooled
@@ -133,7 +135,7 @@ class Trainer:
                  lr: float = 1e-3, factor_linear: bool = True, freeze=(), devices=None,
                  init: str = DEFAULT_INIT, seed: int = 0, tol: float | None = None, omega: float = 1.0,
                  inertia: float = 0.0, anderson: int = 0, update_scale: float | str = DEFAULT_UPDATE_SCALE,
-                 train_batchnorm: bool = False):
+                 train_batchnorm: bool = False, weight_decay: float = 0.0):
         from projc.init_params import INITS, initial_params, resolve_init
         from projc.onnx_import import load_model
         from projc.passes import compile_for_training
@@ -154,13 +156,15 @@ class Trainer:
             raise ProjcError(f"lr must be a positive number, got {lr!r}")
         _check_acceleration(solver, tol, omega, inertia, anderson,
                             1.0 if update_scale == "auto" else update_scale)
+        if not (isinstance(weight_decay, (int, float)) and 0 <= weight_decay < 1):
+            raise ProjcError(f"weight_decay must be a number in [0, 1), got {weight_decay!r}")
         self.model_path = os.fspath(model)
         self.loss, self.solver_name, self.steps_per_update = loss, solver, steps_per_update
         self.options = dict(lam=lam, ce_method=ce_method, relaxation=relaxation, beta=beta,
                             repair=repair, layout=layout, lr=lr, factor_linear=factor_linear,
                             init=init, seed=seed, tol=tol, omega=omega, inertia=inertia,
                             anderson=anderson, update_scale=update_scale,
-                            train_batchnorm=bool(train_batchnorm))
+                            train_batchnorm=bool(train_batchnorm), weight_decay=float(weight_decay))
         self.source_graph = load_model(self.model_path)
         self.options["init"] = init = resolve_init(init, self.source_graph)  # "auto" -> file | he
         self.options["update_scale"] = update_scale = resolve_update_scale(update_scale, self.source_graph, solver)
@@ -201,7 +205,8 @@ class Trainer:
             self.solver = Solver(self.layout, solver, relaxation=relaxation, beta=beta, omega=omega,
                                  inertia=inertia, anderson=anderson)
             self._update = make_update(self.layout, self.solver, steps_per_update, tol=tol,
-                                       update_scale=update_scale, **shardings)
+                                       update_scale=update_scale, weight_decay=float(weight_decay),
+                                       **shardings)
 
     # -- public API ------------------------------------------------------------------------
     def init_params(self) -> dict[str, np.ndarray]:
@@ -390,7 +395,8 @@ class Trainer:
         import optax
 
         if self._adam is None:
-            opt = optax.adam(self.options["lr"])
+            lr, wd = self.options["lr"], self.options["weight_decay"]
+            opt = optax.adamw(lr, weight_decay=wd) if wd else optax.adam(lr)
             layout, name = self.layout, self.input_name
 
             def loss_fn(p, xb, yb):

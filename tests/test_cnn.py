@@ -323,6 +323,7 @@ CNN_MODELS = {
     "lenet_digits": {"patches": 4, "mul": 2},
     "gap_digits": {"patches": 2},
     "maxlogits_digits": {"max": 1, "patches": 2},   # the global MaxPool needs no patches
+    "fcn_maxlogits_digits": {"max": 2, "patches": 4, "dot": 3},  # the 2x2 MaxPool and the global one
 }
 
 

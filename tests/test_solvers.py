@@ -357,3 +357,30 @@ def test_auto_update_scale_is_2_for_convolutions_and_1_otherwise():
     assert resolved == {"auto": 2.0, 1.0: 1.0, 2.0: 2.0} and np.abs(moved[1.0]).max() > 1e-6
     np.testing.assert_allclose(moved["auto"], moved[2.0], rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(moved["auto"], 2.0 * moved[1.0], rtol=1e-4, atol=1e-6)
+
+
+def test_weight_decay_shrinks_each_parameter_by_its_fraction_after_the_update():
+    """weight_decay δ: p ← p + α (readout − p) − δ p, the same readout as without it (README
+    "Recurrent models"); out of [0, 1) it is refused before anything compiles."""
+    import projc
+
+    mlp = "models/mlp_digits.onnx"
+    for bad in (-0.1, 1.0, "x"):
+        with pytest.raises(ProjcError, match="weight_decay"):
+            projc.compile(mlp, weight_decay=bad)
+    rng = np.random.default_rng(0)
+    x = rng.random((8, 64), dtype=np.float32)
+    y = rng.integers(0, 10, 8)
+    plain = projc.compile(mlp, steps_per_update=3)
+    p0 = plain.init_params()
+    p1, _ = plain.update(p0, x, y)
+    for scale in (1.0, 1.5):
+        decayed = projc.compile(mlp, steps_per_update=3, weight_decay=0.1, update_scale=scale)
+        p2, _ = decayed.update(p0, x, y)
+        for k in p0:
+            want = p0[k] + scale * (np.asarray(p1[k]) - p0[k]) - 0.1 * p0[k]
+            np.testing.assert_allclose(np.asarray(p2[k]), want, rtol=1e-5, atol=1e-6)
+    adam = projc.compile(mlp, solver="adam", lr=1e-2, weight_decay=0.5)
+    q1, _ = adam.update(adam.init_params(), x, y)
+    q0, _ = projc.compile(mlp, solver="adam", lr=1e-2).update(p0, x, y)
+    assert np.linalg.norm(np.asarray(q1["fc1.weight"])) < np.linalg.norm(np.asarray(q0["fc1.weight"]))

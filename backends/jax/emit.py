@@ -9,7 +9,9 @@ always the solver's plain step (``Solver.advance`` with ``last``, or ``Solver.pl
 readout point is a projected one whatever acceleration ran before.
 
 ``update_scale`` α stretches the update on the parameters: p ← p + α (readout − p) (outer
-over-relaxation of the update map; 1 is the plain readout).
+over-relaxation of the update map; 1 is the plain readout). ``weight_decay`` δ then shrinks every
+parameter, p ← p + α (readout − p) − δ p (decoupled weight decay: the pull of the loss never
+vanishes, so without it a readout layer can grow by a constant amount per update).
 
 ``stats``:
 
@@ -68,7 +70,7 @@ def run_steps(layout: Layout, solver: Solver, steps: int, x0, ctx, tol: float | 
 
 
 def make_update(layout: Layout, solver: Solver, steps: int, *, tol: float | None = None,
-                update_scale: float = 1.0, **jit_options) -> Callable[[dict, dict], tuple[dict, dict]]:
+                update_scale: float = 1.0, weight_decay: float = 0.0, **jit_options) -> Callable[[dict, dict], tuple[dict, dict]]:
     """``jit_options`` go to ``jax.jit`` (e.g. in/out shardings from ``projc.distributed``)."""
     if steps < 1:
         raise ValueError(f"steps_per_update must be >= 1, got {steps}")
@@ -76,6 +78,8 @@ def make_update(layout: Layout, solver: Solver, steps: int, *, tol: float | None
         raise ValueError(f"tol must be > 0 (or None), got {tol}")
     if not update_scale > 0:
         raise ValueError(f"update_scale must be > 0, got {update_scale}")
+    if not 0 <= weight_decay < 1:
+        raise ValueError(f"weight_decay must be in [0, 1), got {weight_decay}")
 
     def update(params: dict[str, Any], inputs: dict[str, Any]):
         ctx = layout.make_ctx(params, inputs)
@@ -83,8 +87,9 @@ def make_update(layout: Layout, solver: Solver, steps: int, *, tol: float | None
         x, (num, den), used = run_steps(layout, solver, steps, x0, ctx, tol)
         point = solver.shadow(x, ctx)
         new_params = layout.readout(point, ctx)
-        if update_scale != 1.0:
-            new_params = {k: (ctx.params[k] + update_scale * (v - ctx.params[k])).astype(v.dtype)
+        if update_scale != 1.0 or weight_decay:
+            new_params = {k: (ctx.params[k] + update_scale * (v - ctx.params[k])
+                              - weight_decay * ctx.params[k]).astype(v.dtype)
                           for k, v in new_params.items()}
         stats = {"residual": num / max(den, 1), "violation": layout.violation(point, ctx, solver.last_set),
                  "steps": used}
