@@ -70,7 +70,8 @@ def run_steps(layout: Layout, solver: Solver, steps: int, x0, ctx, tol: float | 
 
 
 def make_update(layout: Layout, solver: Solver, steps: int, *, tol: float | None = None,
-                update_scale: float = 1.0, weight_decay: float = 0.0, **jit_options) -> Callable[[dict, dict], tuple[dict, dict]]:
+                update_scale: float = 1.0, weight_decay: float = 0.0,
+                **jit_options) -> Callable[[dict, dict], tuple[dict, dict]]:
     """``jit_options`` go to ``jax.jit`` (e.g. in/out shardings from ``projc.distributed``)."""
     if steps < 1:
         raise ValueError(f"steps_per_update must be >= 1, got {steps}")
