@@ -11,6 +11,7 @@ import sys
 
 import numpy as np
 
+from projc.batches import SCHEDULES
 from projc.cli_types import name_list, nonnegative_int, positive_float, positive_int, unit_interval
 from projc.errors import ProjcError
 from projc.train_loop import DEFAULT_EPOCHS
@@ -52,6 +53,10 @@ def add_train_parser(sub) -> None:
     p.add_argument("--weight-decay", type=bounded_float(0.0, 1.0, closed_lo=True), default=0.0,
                    help="shrink every parameter by this fraction after each update, in [0,1) (default 0; "
                         "for adam: optax.adamw's, times --lr)")
+    p.add_argument("--schedule", default="constant", choices=SCHEDULES,
+                   help="step size over the run, like a learning-rate schedule: constant (default), "
+                        "cosine (1 -> 0) or linear (1 -> 0); scales the projected move (and weight "
+                        "decay), or Adam's update")
     p.add_argument("--relaxation", type=unit_interval, default=0.5, help="DR relaxation in (0,1] (default 0.5)")
     add_acceleration_args(p)
     p.add_argument("--layout", default="auto", choices=("auto", "copies", "consensus"),
@@ -244,7 +249,8 @@ def cmd_train(args) -> int:
     print(f"projc train: {args.model} on {data.name} ({len(data.y_train)} train, {len(data.y_test)} "
           f"test), solver {args.solver}, {steps}, batch {args.batch}, init {trainer.options['init']}"
           + (f", update scale {trainer.options['update_scale']:g}" if trainer.options["update_scale"] != 1 else "")
-          + (f", weight decay {args.weight_decay:g}" if args.weight_decay else ""),
+          + (f", weight decay {args.weight_decay:g}" if args.weight_decay else "")
+          + (f", {args.schedule} schedule" if args.schedule != "constant" else ""),
           flush=True)
     run = TrainingRun(trainer, data, args, warn=warn, rank=rank, nproc=nproc)
     params = run.train()

@@ -6,7 +6,7 @@ import math
 import sys
 import time
 
-from projc.batches import UpdateSchedule
+from projc.batches import UpdateSchedule, schedule_factor
 from projc.errors import DivergenceError
 
 DEFAULT_EPOCHS = 10
@@ -81,7 +81,8 @@ class TrainingRun:
             idx = np.array_split(idx, self.nproc)[self.rank]  # this process's slice of the minibatch
             xb, yb = data.x_train[idx], data.y_train[idx]
             try:
-                new, stats = trainer.update(params, xb, yb)
+                new, stats = trainer.update(params, xb, yb, scale=schedule_factor(
+                    getattr(self.args, "schedule", "constant"), schedule.done - 1, self.total))
             except DivergenceError as err:
                 raise DivergenceError(f"stopped at update {schedule.done}: {err}; nothing exported") from None
             batch = trainer.evaluate(new, xb, yb)
@@ -152,7 +153,7 @@ class TrainingRun:
         """The time-to-accuracy and BatchNorm options that differ from their defaults (so that
         checkpoints written before they existed still resume)."""
         defaults = {"tol": None, "omega": 1.0, "inertia": 0.0, "anderson": 0, "update_scale": 1.0,
-                    "train_batchnorm": False, "weight_decay": 0.0}
+                    "train_batchnorm": False, "weight_decay": 0.0, "schedule": "constant"}
         values = {k: getattr(self.args, k, d) for k, d in defaults.items()}
         values["update_scale"] = self.trainer.options["update_scale"]  # "auto" resolved for this model
         return {k: v for k, v in values.items() if v != defaults[k]}

@@ -197,7 +197,10 @@ class Trainer:
         self._adam_state = None
         from projc.distributed import DataParallel
         self.parallel = DataParallel.from_spec(devices)  # None: one device, no sharding
-        shardings = self.parallel.jit_shardings() if self.parallel else {}
+        shardings = {}
+        if self.parallel:  # params, batch, the schedule's scale
+            rep = self.parallel.replicated
+            shardings = {"in_shardings": (rep, self.parallel.batch, rep), "out_shardings": (rep, rep)}
         if solver != "adam":
             from projc.backends.jax.emit import make_update
             from projc.backends.jax.solvers import Solver
@@ -214,8 +217,13 @@ class Trainer:
         self._adam_state = None
         return {k: v.copy() for k, v in self._init.items()}
 
-    def update(self, params: Mapping[str, Any], x, y) -> tuple[dict[str, Any], dict[str, float]]:
-        """One minibatch update; returns (new params, stats)."""
+    def update(self, params: Mapping[str, Any], x, y, *,
+               scale: float = 1.0) -> tuple[dict[str, Any], dict[str, float]]:
+        """One minibatch update; returns (new params, stats). ``scale`` multiplies the step (a
+        schedule's factor, see ``projc.batches.schedule_factor``): the projected move and the weight decay, or
+        Adam's update."""
+        if not (isinstance(scale, (int, float)) and 0 <= scale and math.isfinite(scale)):
+            raise ProjcError(f"scale must be a finite number >= 0, got {scale!r}")
         params = self._check_params(params)
         x, y = self._check_data(x, y)
         labels = y if self.solver_name == "adam" else self._targets(y)
@@ -224,9 +232,9 @@ class Trainer:
             self.parallel.check_batch(len(x))
             params, batch = self.parallel.put_replicated(params), self.parallel.put_batch(batch)
         if self.solver_name == "adam":
-            new, stats = self._adam_update(params, batch[self.input_name], batch[self.label_name])
+            new, stats = self._adam_update(params, batch[self.input_name], batch[self.label_name], scale)
         else:
-            new, stats = self._update(params, batch)
+            new, stats = self._update(params, batch, np.float32(scale))
         stats = {k: float(v) for k, v in stats.items()}
         bad = [k for k, v in new.items() if not bool(np.all(np.isfinite(np.asarray(v))))]
         bad += [f"its {k}" for k, v in stats.items() if not math.isfinite(v)]
@@ -403,16 +411,16 @@ class Trainer:
                 lg = layout.forward_logits(p, {name: xb})
                 return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(lg, yb))
 
-            def step(p, s, xb, yb):
+            def step(p, s, scale, xb, yb):
                 loss, g = jax.value_and_grad(loss_fn)(p, xb, yb)
                 upd, s = opt.update(g, s, p)
-                return optax.apply_updates(p, upd), s, loss
+                return optax.apply_updates(p, jax.tree_util.tree_map(lambda u: scale * u, upd)), s, loss
 
-            shardings = self.parallel.jit_shardings(2, 2, 3) if self.parallel else {}
+            shardings = self.parallel.jit_shardings(3, 2, 3) if self.parallel else {}
             self._adam = (opt, jax.jit(step, **shardings))
         return self._adam
 
-    def _adam_update(self, params, x, y):
+    def _adam_update(self, params, x, y, scale=1.0):
         import jax.numpy as jnp
 
         opt, step = self._adam_setup()
@@ -421,5 +429,5 @@ class Trainer:
             self._adam_state = opt.init(p)
             if self.parallel is not None:
                 self._adam_state = self.parallel.put_replicated(self._adam_state)
-        p, self._adam_state, loss = step(p, self._adam_state, x, y)
+        p, self._adam_state, loss = step(p, self._adam_state, np.float32(scale), x, y)
         return p, {"loss": loss}

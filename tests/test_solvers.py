@@ -384,3 +384,30 @@ def test_weight_decay_shrinks_each_parameter_by_its_fraction_after_the_update():
     q1, _ = adam.update(adam.init_params(), x, y)
     q0, _ = projc.compile(mlp, solver="adam", lr=1e-2).update(p0, x, y)
     assert np.linalg.norm(np.asarray(q1["fc1.weight"])) < np.linalg.norm(np.asarray(q0["fc1.weight"]))
+
+
+def test_schedule_scales_the_step_and_decays_to_zero():
+    """--schedule: the factor goes 1 → 0 (cosine, linear) and multiplies the projected move and
+    Adam's update; scale 0 leaves the parameters where they are."""
+    import projc
+    from projc.batches import schedule_factor
+
+    assert [schedule_factor("constant", k, 4) for k in range(5)] == [1.0] * 5
+    assert [schedule_factor("linear", k, 4) for k in range(5)] == [1.0, 0.75, 0.5, 0.25, 0.0]
+    np.testing.assert_allclose([schedule_factor("cosine", k, 4) for k in range(5)],
+                               [1.0, 0.5 + 0.5 ** 0.5 / 2, 0.5, 0.5 - 0.5 ** 0.5 / 2, 0.0], atol=1e-12)
+    with pytest.raises(ProjcError, match="schedule"):
+        schedule_factor("step", 0, 4)
+    rng = np.random.default_rng(1)
+    x, y = rng.random((8, 64), dtype=np.float32), rng.integers(0, 10, 8)
+    for solver in ("dr", "adam"):
+        tr = projc.compile("models/mlp_digits.onnx", solver=solver, steps_per_update=3, lr=1e-2)
+        p0 = tr.init_params()
+        moves = {}
+        for s in (1.0, 0.5, 0.0):
+            p0 = tr.init_params()  # also resets Adam's moments: each call starts from the same state
+            moves[s] = np.asarray(tr.update(p0, x, y, scale=s)[0]["fc1.weight"]) - p0["fc1.weight"]
+        assert np.abs(moves[1.0]).max() > 1e-5 and not np.any(moves[0.0])
+        np.testing.assert_allclose(moves[0.5], 0.5 * moves[1.0], rtol=1e-4, atol=1e-6)
+        with pytest.raises(ProjcError, match="scale"):
+            tr.update(p0, x, y, scale=-1.0)

@@ -1,6 +1,6 @@
 """Emit the jitted update of a projection trainer.
 
-``make_update(layout, solver, steps)`` returns ``update(params, inputs) -> (params, stats)``, jitted
+``make_update(layout, solver, steps)`` returns ``update(params, inputs, scale=1) -> (params, stats)``, jitted
 once per (model, batch shape): build the state by a forward pass with the current parameters, run
 up to ``steps`` solver iterations, read the parameters out. The iterations run in one ``lax.scan``
 (the step is traced and compiled once); with ``tol`` inside ``lax.while_loop``, which stops as soon
@@ -11,7 +11,9 @@ readout point is a projected one whatever acceleration ran before.
 ``update_scale`` α stretches the update on the parameters: p ← p + α (readout − p) (outer
 over-relaxation of the update map; 1 is the plain readout). ``weight_decay`` δ then shrinks every
 parameter, p ← p + α (readout − p) − δ p (decoupled weight decay: the pull of the loss never
-vanishes, so without it a readout layer can grow by a constant amount per update).
+vanishes, so without it a readout layer can grow by a constant amount per update). ``scale`` (a
+traced scalar: a schedule changes it without a recompile) multiplies both, like a learning-rate
+schedule: p ← p + scale (α (readout − p) − δ p).
 
 ``stats``:
 
@@ -82,16 +84,15 @@ def make_update(layout: Layout, solver: Solver, steps: int, *, tol: float | None
     if not 0 <= weight_decay < 1:
         raise ValueError(f"weight_decay must be in [0, 1), got {weight_decay}")
 
-    def update(params: dict[str, Any], inputs: dict[str, Any]):
+    def update(params: dict[str, Any], inputs: dict[str, Any], scale=1.0):
         ctx = layout.make_ctx(params, inputs)
         x0 = layout.init_state(ctx)
         x, (num, den), used = run_steps(layout, solver, steps, x0, ctx, tol)
         point = solver.shadow(x, ctx)
         new_params = layout.readout(point, ctx)
-        if update_scale != 1.0 or weight_decay:
-            new_params = {k: (ctx.params[k] + update_scale * (v - ctx.params[k])
-                              - weight_decay * ctx.params[k]).astype(v.dtype)
-                          for k, v in new_params.items()}
+        new_params = {k: (ctx.params[k] + scale * (update_scale * (v - ctx.params[k])
+                                                   - weight_decay * ctx.params[k])).astype(v.dtype)
+                      for k, v in new_params.items()}
         stats = {"residual": num / max(den, 1), "violation": layout.violation(point, ctx, solver.last_set),
                  "steps": used}
         return new_params, stats
