@@ -230,4 +230,4 @@ def update_hlo(trainer, x, y) -> str:
     dp = trainer.parallel
     params = dp.put_replicated(trainer.init_params())
     batch = dp.put_batch({trainer.input_name: x, trainer.label_name: y})
-    return trainer._update.lower(params, batch).compile().as_text()
+    return trainer._update.lower(params, batch, np.float32(1)).compile().as_text()
