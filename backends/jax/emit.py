@@ -71,6 +71,14 @@ def run_steps(layout: Layout, solver: Solver, steps: int, x0, ctx, tol: float | 
     return x, (sq(x_prev, x), den), k + 1
 
 
+def _step(p, readout, scale, update_scale: float, weight_decay: float):
+    """p + scale (α (readout − p) − δ p); exactly the readout for the plain step (scale 1, α 1, δ 0)."""
+    moved = (p + scale * (update_scale * (readout - p) - weight_decay * p)).astype(readout.dtype)
+    if update_scale == 1.0 and not weight_decay:
+        return jnp.where(scale == 1, readout, moved)
+    return moved
+
+
 def make_update(layout: Layout, solver: Solver, steps: int, *, tol: float | None = None,
                 update_scale: float = 1.0, weight_decay: float = 0.0,
                 **jit_options) -> Callable[[dict, dict], tuple[dict, dict]]:
@@ -90,9 +98,7 @@ def make_update(layout: Layout, solver: Solver, steps: int, *, tol: float | None
         x, (num, den), used = run_steps(layout, solver, steps, x0, ctx, tol)
         point = solver.shadow(x, ctx)
         new_params = layout.readout(point, ctx)
-        new_params = {k: (ctx.params[k] + scale * (update_scale * (v - ctx.params[k])
-                                                   - weight_decay * ctx.params[k])).astype(v.dtype)
-                      for k, v in new_params.items()}
+        new_params = {k: _step(ctx.params[k], v, scale, update_scale, weight_decay) for k, v in new_params.items()}
         stats = {"residual": num / max(den, 1), "violation": layout.violation(point, ctx, solver.last_set),
                  "steps": used}
         return new_params, stats
