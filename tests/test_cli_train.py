@@ -242,8 +242,8 @@ def test_non_finite_update_stops_naming_the_update(capsys, tmp_path, monkeypatch
     def poisoned_make_update(*args, **kw):
         update, calls = real(*args, **kw), []
 
-        def second_update_blows_up(params, inputs):
-            new, stats = update(params, inputs)
+        def second_update_blows_up(params, inputs, scale=1.0):
+            new, stats = update(params, inputs, scale)
             calls.append(1)
             if len(calls) == 2:
                 new = dict(new, **{"fc2.bias": new["fc2.bias"] * np.nan})
