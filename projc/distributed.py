@@ -106,10 +106,12 @@ class DataParallel:
 
     # -- jit boundary ----------------------------------------------------------------------
     def jit_shardings(self, n_replicated_args: int = 1, n_batch_args: int = 1,
-                      n_outputs: int = 2) -> dict[str, Any]:
+                      n_outputs: int = 2, n_replicated_after: int = 0) -> dict[str, Any]:
         """``in_shardings``/``out_shardings`` for ``jax.jit``: the leading arguments replicated
-        (params, optimizer state), the trailing ones batch-sharded (every leaf), outputs replicated."""
-        ins = (self.replicated,) * n_replicated_args + (self.batch,) * n_batch_args
+        (params, optimizer state), then batch-sharded ones (every leaf), then replicated scalars
+        (a schedule's scale); outputs replicated."""
+        ins = ((self.replicated,) * n_replicated_args + (self.batch,) * n_batch_args
+               + (self.replicated,) * n_replicated_after)
         return {"in_shardings": ins, "out_shardings": (self.replicated,) * n_outputs}
 
     # -- placing host data -----------------------------------------------------------------

@@ -197,10 +197,8 @@ class Trainer:
         self._adam_state = None
         from projc.distributed import DataParallel
         self.parallel = DataParallel.from_spec(devices)  # None: one device, no sharding
-        shardings = {}
-        if self.parallel:  # params, batch, the schedule's scale
-            rep = self.parallel.replicated
-            shardings = {"in_shardings": (rep, self.parallel.batch, rep), "out_shardings": (rep, rep)}
+        # params, batch, the schedule's scale
+        shardings = self.parallel.jit_shardings(1, 1, 2, n_replicated_after=1) if self.parallel else {}
         if solver != "adam":
             from projc.backends.jax.emit import make_update
             from projc.backends.jax.solvers import Solver
