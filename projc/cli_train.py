@@ -250,7 +250,8 @@ def cmd_train(args) -> int:
           f"test), solver {args.solver}, {steps}, batch {args.batch}, init {trainer.options['init']}"
           + (f", update scale {trainer.options['update_scale']:g}" if trainer.options["update_scale"] != 1 else "")
           + (f", weight decay {args.weight_decay:g}" if args.weight_decay else "")
-          + (f", {args.schedule} schedule" if args.schedule != "constant" else ""),
+          + (f", {args.schedule} schedule" if args.schedule != "constant" else "")
+          + (f", frozen {', '.join(trainer.frozen)}" if trainer.frozen else ""),
           flush=True)
     run = TrainingRun(trainer, data, args, warn=warn, rank=rank, nproc=nproc)
     params = run.train()

@@ -186,8 +186,9 @@ def test_freeze_keeps_initializers_exactly_and_inspect_lists_it(capsys, tmp_path
     code, out, _ = run(capsys, "inspect", MLP, "--freeze", "fc1.weight,fc1.bias")
     assert code == 0 and "frozen    fc1.weight" in out and "trainable fc2.weight" in out
     assert "trainable fc1.weight" not in out
-    code, _, err = run(capsys, "train", MLP, *TINY, "--freeze", "fc1.weight,fc1.bias", "-o", tmp_path / "f.onnx")
+    code, out, err = run(capsys, "train", MLP, *TINY, "--freeze", "fc1.weight,fc1.bias", "-o", tmp_path / "f.onnx")
     assert code == 0, err
+    assert "frozen fc1.weight, fc1.bias" in out.splitlines()[0]  # the run's header says what it kept fixed
     before, after = initializers(MLP), initializers(tmp_path / "f.onnx")
     assert np.array_equal(before["fc1.weight"], after["fc1.weight"])
     assert np.array_equal(before["fc1.bias"], after["fc1.bias"])
