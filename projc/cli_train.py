@@ -246,13 +246,14 @@ def cmd_train(args) -> int:
                      per_step=trainer.per_step)
     warn(input_scale_warning(data.x_train))
     steps = f"lr {args.lr}" if args.solver == "adam" else f"{args.steps} steps/update"
+    optional = [  # printed only where they differ from a plain run
+        (trainer.options["update_scale"] != 1, f"update scale {trainer.options['update_scale']:g}"),
+        (args.weight_decay, f"weight decay {args.weight_decay:g}"),
+        (args.schedule != "constant", f"{args.schedule} schedule"),
+        (trainer.frozen, f"frozen {', '.join(trainer.frozen)}")]
     print(f"projc train: {args.model} on {data.name} ({len(data.y_train)} train, {len(data.y_test)} "
           f"test), solver {args.solver}, {steps}, batch {args.batch}, init {trainer.options['init']}"
-          + (f", update scale {trainer.options['update_scale']:g}" if trainer.options["update_scale"] != 1 else "")
-          + (f", weight decay {args.weight_decay:g}" if args.weight_decay else "")
-          + (f", {args.schedule} schedule" if args.schedule != "constant" else "")
-          + (f", frozen {', '.join(trainer.frozen)}" if trainer.frozen else ""),
-          flush=True)
+          + "".join(f", {text}" for shown, text in optional if shown), flush=True)
     run = TrainingRun(trainer, data, args, warn=warn, rank=rank, nproc=nproc)
     params = run.train()
     if rank != 0:

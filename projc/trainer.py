@@ -198,7 +198,7 @@ class Trainer:
         from projc.distributed import DataParallel
         self.parallel = DataParallel.from_spec(devices)  # None: one device, no sharding
         # params, batch, the schedule's scale
-        shardings = self.parallel.jit_shardings(1, 1, 2, n_replicated_after=1) if self.parallel else {}
+        shardings = self.parallel.jit_shardings(n_replicated_after=1) if self.parallel else {}
         if solver != "adam":
             from projc.backends.jax.emit import make_update
             from projc.backends.jax.solvers import Solver
