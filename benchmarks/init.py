@@ -17,8 +17,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import projc  # noqa: E402
 from common import format_table, write_json  # noqa: E402
-from projc.batches import UpdateSchedule  # noqa: E402
-from projc.data import load_data  # noqa: E402
+from projc.train.batches import UpdateSchedule  # noqa: E402
+from projc.train.data import load_data  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 UNTRAINED = ["mlp_digits", "resmlp", "binary_mlp", "cnn_digits", "mlp_mnist", "cnn2_digits",

@@ -16,7 +16,7 @@ import sys
 import numpy as np
 
 import projc
-from projc.data import load_data
+from projc.train.data import load_data
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = {"mlp_digits": "digits", "mlp_mnist": "mnist5k"}

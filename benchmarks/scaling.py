@@ -35,8 +35,8 @@ def measure(model: str, solver: str, steps: int, devices: int, batch: int, repea
     import numpy as np
 
     import projc
-    from projc.data import load_data
-    from projc.distributed import all_reduce_stats
+    from projc.train.data import load_data
+    from projc.train.distributed import all_reduce_stats
 
     trainer = projc.compile(os.path.join(ROOT, "models", f"{model}.onnx"), solver=solver,
                             steps_per_update=steps, devices=devices)

@@ -15,8 +15,8 @@ import onnx
 import torch
 from onnx import numpy_helper
 
-from projc.batches import UpdateSchedule
-from projc.data import load_data
+from projc.train.batches import UpdateSchedule
+from projc.train.data import load_data
 
 QUANT_SCALE = 1.0 / 16
 

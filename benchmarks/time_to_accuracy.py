@@ -28,7 +28,7 @@ from common import RESULTS, format_table, write_json  # noqa: E402
 import jax  # noqa: E402
 
 import projc  # noqa: E402
-from projc.data import load_data, minibatches  # noqa: E402
+from projc.train.data import load_data, minibatches  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = {"mlp_mnist": "mnist5k"}  # every other bundled model trains on digits

@@ -15,7 +15,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import format_table, write_json  # noqa: E402
 
 import projc  # noqa: E402
-from projc.data import load_data  # noqa: E402
+from projc.train.data import load_data  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = {"mlp_digits": "digits", "mlp_mnist": "mnist5k", "cnn_digits": "digits"}

@@ -49,7 +49,7 @@ MODELS = {
     "rnn_tanh_digits": (dict(cell="rnn", nonlinearity="tanh"), 0, 8),
     "gru_digits": (dict(cell="gru"), 0, 8),
     "lstm_digits": (dict(cell="lstm"), 0, 8),
-    # `--data text`: 16 one-hot characters (30 symbols, projc.data.TEXT_VOCAB) -> the next one
+    # `--data text`: 16 one-hot characters (30 symbols, projc.train.data.TEXT_VOCAB) -> the next one
     "char_rnn": (dict(cell="rnn", nonlinearity="relu", inputs=30, hidden=64, classes=30), 0, 16),
     # the same with per-step logits [B, 16, 30]: trained with the mean cross-entropy over the steps
     "char_rnn_seq": (dict(cell="rnn", nonlinearity="relu", inputs=30, hidden=64, classes=30, per_step=True),

@@ -23,8 +23,8 @@ import projc.ops  # noqa: F401  (the ONNX op registry)
 import projc.ops.constraint  # noqa: F401  (registers projc's constraint/layout/loss ops)
 from projc.errors import PassError, VerificationError
 from projc.ir import Graph
-from projc.printer import format_graph
-from projc.verify import verify
+from projc.ir.printer import format_graph
+from projc.ir.verify import verify
 
 # fuse-activations runs again after lower so that a lowered Conv's bias sum fuses into its ReLU.
 TRAINING_PIPELINE = ("attach-loss,canonicalize,unroll,fold-constants,dce,fuse-activations,lower,"

@@ -21,7 +21,7 @@ import networkx as nx
 
 from projc.errors import PassError
 from projc.ir import Graph, Op, Value
-from projc.printer import assign_names
+from projc.ir.printer import assign_names
 
 from . import Pass, register_pass
 from ._common import is_family, is_loss, src_of

@@ -13,11 +13,11 @@ from typing import Any
 __version__ = "0.1.0"
 
 _LAZY = {
-    "compile": ("projc.trainer", "compile"),
-    "Trainer": ("projc.trainer", "Trainer"),
-    "load_data": ("projc.data", "load_data"),
-    "Dataset": ("projc.data", "Dataset"),
-    "export_onnx": ("projc.export", "export_onnx"),
+    "compile": ("projc.train.trainer", "compile"),
+    "Trainer": ("projc.train.trainer", "Trainer"),
+    "load_data": ("projc.train.data", "load_data"),
+    "Dataset": ("projc.train.data", "Dataset"),
+    "export_onnx": ("projc.frontend.export", "export_onnx"),
 }
 
 __all__ = sorted(_LAZY)

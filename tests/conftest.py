@@ -44,7 +44,7 @@ RES_IR = """graph @res {
 def scheduled(ir: str):
     """Parse constraint IR and run the schedule pass, which the state layouts read (non-strict, so
     a graph that is not bipartite gets layers for the cyclic solvers too)."""
-    from projc.parser import parse_graph
+    from projc.ir.parser import parse_graph
     from projc.passes import PassManager
 
     return PassManager("schedule{strict=false}").run(parse_graph(ir))
@@ -52,7 +52,7 @@ def scheduled(ir: str):
 
 def fit(trainer, data, batch: int, updates: int, params=None):
     """``updates`` minibatch updates over the training split, epoch after epoch; (params, stats)."""
-    from projc.data import minibatches
+    from projc.train.data import minibatches
 
     p = trainer.init_params() if params is None else params
     n, epoch, stats = 0, 0, {}
@@ -68,6 +68,6 @@ def fit(trainer, data, batch: int, updates: int, params=None):
 
 @pytest.fixture(scope="session")
 def digits():
-    from projc.data import load_data
+    from projc.train.data import load_data
 
     return load_data("digits")

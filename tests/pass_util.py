@@ -9,9 +9,9 @@ import numpy as np
 
 import projc.ops
 from projc.ir import DTYPES, Graph
-from projc.parser import parse_graph
+from projc.ir.parser import parse_graph
+from projc.ir.printer import format_graph
 from projc.passes import PassManager
-from projc.printer import format_graph
 
 for _m in pkgutil.iter_modules(projc.ops.__path__):  # every op module registers its ops on import
     importlib.import_module("projc.ops." + _m.name)

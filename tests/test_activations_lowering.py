@@ -10,7 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from pass_util import evaluate
 from projc.backends.jax.forward import graph_param_values, make_forward
-from projc.onnx_import import load_model
+from projc.frontend.importer import load_model
 from projc.passes import compile_for_training
 
 F32 = TensorProto.FLOAT

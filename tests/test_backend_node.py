@@ -37,7 +37,7 @@ import pytest
 from onnx import numpy_helper
 
 from projc.backends.jax.forward import run_forward
-from projc.onnx_import import from_onnx, model_opsets, node_opset
+from projc.frontend.importer import from_onnx, model_opsets, node_opset
 from projc.ops import MIN_OPSET, kind_of, lookup
 
 DATA_DIR = os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data")

@@ -13,10 +13,10 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from projc.batches import UpdateSchedule
-from projc.checkpoint import Checkpoint, check_fingerprint, load_checkpoint, save_checkpoint
 from projc.cli import main
 from projc.errors import ProjcError
+from projc.train.batches import UpdateSchedule
+from projc.train.checkpoint import Checkpoint, check_fingerprint, load_checkpoint, save_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MLP = os.path.join(ROOT, "models", "mlp_digits.onnx")
@@ -73,7 +73,7 @@ def run(capsys, *argv):
 
 
 def interrupt_after(monkeypatch, n):
-    from projc.trainer import Trainer
+    from projc.train.trainer import Trainer
     real, calls = Trainer.update, []
 
     def update(self, *a, **kw):

@@ -82,7 +82,7 @@ def test_compare_round_trips_inputs_and_flags_mismatch(capsys, tmp_path):
 
 
 def test_compare_exit_1_on_mismatch(capsys, monkeypatch):
-    import projc.compare as compare_module
+    import projc.cli.compare as compare_module
     real = compare_module.compare_model
 
     def tight(*args, **kw):

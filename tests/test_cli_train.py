@@ -101,7 +101,7 @@ def test_docs_ops_md_is_generated_from_the_registry():
 
 
 def test_unsupported_op_message_points_to_existing_docs():
-    from projc.onnx_import import SUPPORTED_LIST_HINT
+    from projc.frontend.importer import SUPPORTED_LIST_HINT
     assert "docs/ops.md" in SUPPORTED_LIST_HINT and os.path.isfile(os.path.join(ROOT, "docs", "ops.md"))
 
 
@@ -222,13 +222,13 @@ def test_inputs_scaled_by_1e6_warn_before_training(capsys, tmp_path):
 
 
 def test_large_inputs_warn_about_scaling():
-    from projc.train_watch import input_scale_warning
+    from projc.train.watch import input_scale_warning
     assert "rescale" in input_scale_warning(np.full((4, 3), 1e6))
     assert input_scale_warning(np.ones((4, 3))) is None
 
 
 def test_exploding_loss_warns_once():
-    from projc.train_watch import TrainingWatch
+    from projc.train.watch import TrainingWatch
     watch = TrainingWatch(initial_loss=2.3)
     assert watch.check_loss(2.0) is None
     assert "rose from 2.3" in watch.check_loss(50.0)
@@ -273,7 +273,7 @@ def test_api_rejects_bad_param_dtypes_and_shapes_naming_the_param():
 
 
 def test_interrupted_export_leaves_no_temporary_file(tmp_path, monkeypatch):
-    import projc.export as export
+    import projc.frontend.export as export
     params = {t: v for t, v in initializers(MLP).items()}
 
     def interrupted(*a, **kw):

@@ -17,7 +17,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from pass_util import evaluate, op_counts, save_onnx
 from projc.errors import PassError
-from projc.onnx_import import load_model
+from projc.frontend.importer import load_model
 from projc.passes import compile_for_training
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
@@ -186,7 +186,7 @@ def test_mean_family_projection_is_the_nearest_point(layout):
     from projc.backends.jax.families import ProjOptions
     from projc.backends.jax.layout_copies import CopiesLayout
     from projc.backends.jax.proj_dot_means import dot_project_means
-    from projc.parser import parse_graph
+    from projc.ir.parser import parse_graph
     from projc.passes import PassManager
 
     rng = np.random.default_rng(5)
@@ -263,7 +263,7 @@ def test_mean_family_projects_over_non_trailing_axes(metric):
     """The family moves its [B,3,2,2] slots exactly as projections.mean on the gathered axes (1, 3)."""
     from projc.backends.jax.families import ProjOptions
     from projc.backends.jax.layout_copies import CopiesLayout
-    from projc.parser import parse_graph
+    from projc.ir.parser import parse_graph
     from projc.passes import PassManager
 
     rng = np.random.default_rng(10)

@@ -1,4 +1,4 @@
-"""projc.compare: the report, its tolerance semantics and how a mismatch is located."""
+"""projc.cli.compare: the report, its tolerance semantics and how a mismatch is located."""
 from __future__ import annotations
 
 import os
@@ -8,9 +8,9 @@ import numpy as np
 import onnx
 import pytest
 
-from projc.compare import compare_arrays, compare_model, random_inputs
+from projc.cli.compare import compare_arrays, compare_model, random_inputs
 from projc.errors import DataError
-from projc.onnx_import import load_model
+from projc.frontend.importer import load_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

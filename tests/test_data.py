@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from projc.data import load_data, minibatches
 from projc.errors import DataError
+from projc.train.data import load_data, minibatches
 
 
 def test_digits_default_split_is_deterministic():

@@ -1,4 +1,4 @@
-"""Data parallelism (projc.distributed): 1, 2 and 4 devices and two processes give one device's weights.
+"""Data parallelism (projc.train.distributed): 1, 2 and 4 devices and two processes give one device's weights.
 
 Forced host devices need XLA_FLAGS before JAX starts, so every multi-device check runs this file as a
 child process (``python tests/test_distributed.py CHECK ...``) that prints one JSON line.
@@ -41,7 +41,7 @@ def _rel_diff(a: dict, b: dict) -> float:
 
 def _train(solver, layout, devices, steps, updates, batch, **kw):
     import projc
-    from projc.data import load_data
+    from projc.train.data import load_data
 
     data = load_data("digits")
     tr = projc.compile(MLP, solver=solver, layout=layout, steps_per_update=steps, devices=devices, **kw)
@@ -55,8 +55,8 @@ def _train(solver, layout, devices, steps, updates, batch, **kw):
 # -- children (run under forced host devices) -----------------------------------------------------
 def child_equivalence(solver: str, layout: str) -> dict:
     """None (plain single device) vs 2 and 4 devices; the update's all-reduces from the HLO."""
-    from projc.data import load_data
-    from projc.distributed import all_reduce_stats, update_hlo
+    from projc.train.data import load_data
+    from projc.train.distributed import all_reduce_stats, update_hlo
 
     steps, updates, batch = 5, 3, 64
     _, base = _train(solver, layout, None, steps, updates, batch)
@@ -193,7 +193,7 @@ def test_cli_rejects_a_batch_that_does_not_divide(tmp_path):
 
 
 def test_all_reduce_stats_counts_loop_trips():
-    from projc.distributed import all_reduce_stats
+    from projc.train.distributed import all_reduce_stats
 
     hlo = """%body (p: (s32[], f32[8])) -> (s32[], f32[8]) {
   %ar = f32[8]{0} all-reduce(f32[8]{0} %x), to_apply=%add

@@ -16,7 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from pass_util import evaluate, op_counts, save_onnx
 from projc.errors import DataError, PassError
-from projc.onnx_import import load_model
+from projc.frontend.importer import load_model
 from projc.passes import compile_for_training
 
 V, D, T, C = 7, 3, 4, 5
@@ -97,7 +97,7 @@ def test_lookup_in_a_computed_table_is_refused(tmp_path):
 @pytest.mark.parametrize("layout", ["copies", "consensus"])
 def test_embed_family_in_a_layout_projects_to_the_nearest_point(tmp_path, layout):
     """The layout's family reads the indices as data and projects its table slot exactly."""
-    from projc.trainer import make_state_layout
+    from projc.train.trainer import make_state_layout
 
     rng = np.random.default_rng(3)
     compiled = compile_for_training(load_model(embed_model(tmp_path / "m.onnx", rng)))
@@ -115,7 +115,7 @@ def test_embed_family_in_a_layout_projects_to_the_nearest_point(tmp_path, layout
 
 @pytest.mark.parametrize("layout", ["copies", "consensus"])
 def test_one_update_moves_only_the_looked_up_rows(tmp_path, layout):
-    from projc.trainer import Trainer
+    from projc.train.trainer import Trainer
 
     rng = np.random.default_rng(4)
     tr = Trainer(embed_model(tmp_path / "m.onnx", rng), solver="ap", layout=layout, steps_per_update=5)

@@ -9,9 +9,9 @@ import onnxruntime as ort
 import pytest
 
 import projc
-from projc.data import load_data, minibatches
 from projc.errors import ProjcError
-from projc.export import export_onnx
+from projc.frontend.export import export_onnx
+from projc.train.data import load_data, minibatches
 
 
 @pytest.fixture(scope="module")

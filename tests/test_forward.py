@@ -11,9 +11,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from projc.backends.jax.forward import graph_param_values, make_forward, run_forward
-from projc.compare import compare_model
+from projc.cli.compare import compare_model
 from projc.errors import DataError
-from projc.onnx_import import load_model
+from projc.frontend.importer import load_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODELS = sorted(glob.glob(os.path.join(ROOT, "models", "*.onnx")))

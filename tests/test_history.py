@@ -7,7 +7,7 @@ import pytest
 
 from projc.cli import main
 from projc.errors import ProjcError
-from projc.history import HistoryLog, read_history
+from projc.train.history import HistoryLog, read_history
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MLP = os.path.join(ROOT, "models", "mlp_digits.onnx")

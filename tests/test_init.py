@@ -1,4 +1,4 @@
-"""init="file" | "he": the starting parameters of a trainer (projc.init_params)."""
+"""init="file" | "he": the starting parameters of a trainer (projc.train.init_params)."""
 from __future__ import annotations
 
 import math
@@ -10,8 +10,8 @@ import pytest
 import projc
 from projc.cli import main
 from projc.errors import ProjcError
-from projc.init_params import initial_params
-from projc.onnx_import import load_model
+from projc.frontend.importer import load_model
+from projc.train.init_params import initial_params
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
 
@@ -68,8 +68,8 @@ def test_cli_train_with_adam_and_init(capsys, tmp_path):
 
 
 def test_auto_init_is_he_for_convolutions_and_file_otherwise():
-    from projc.init_params import resolve_init
-    from projc.trainer import DEFAULT_INIT
+    from projc.train.init_params import resolve_init
+    from projc.train.trainer import DEFAULT_INIT
 
     assert DEFAULT_INIT == "auto"
     g_cnn, vals_cnn = _file_values("cnn_digits")

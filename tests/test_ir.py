@@ -5,9 +5,9 @@ from hypothesis import given, settings, strategies as st
 
 from projc.errors import IRParseError, VerificationError
 from projc.ir import Graph, Op, Value
-from projc.parser import parse_graph
-from projc.printer import assign_names, format_graph, format_literal
-from projc.verify import verify
+from projc.ir.parser import parse_graph
+from projc.ir.printer import assign_names, format_graph, format_literal
+from projc.ir.verify import verify
 
 MLP = """\
 graph @mlp_digits {

@@ -134,7 +134,7 @@ def test_bilinear_coefficients_reproduce_every_branch():
 
 # -- models ------------------------------------------------------------------------------------
 def _model_graph(name, repair=True):
-    from projc.onnx_import import load_model
+    from projc.frontend.importer import load_model
     from projc.passes import compile_for_training
 
     return compile_for_training(load_model(f"models/{name}.onnx"), loss="cross_entropy", lam=5.0,
@@ -317,7 +317,7 @@ def test_cp_on_non_bipartite_graph():
     """CP takes any DAG. Same-layer neighbours are exact in consensus when neither holds dot slots
     (a skip into a sum); a dot whose operand's producer shares its layer keeps private slots across
     its projections, so consensus refuses (saying why) and auto picks copies."""
-    from projc.trainer import make_state_layout
+    from projc.train.trainer import make_state_layout
 
     g = scheduled(RES_IR.replace("%SKIP", "%z"))
     rng = np.random.default_rng(6)

@@ -13,7 +13,7 @@ from pass_util import evaluate, op_counts
 from projc.errors import PassError, UnsupportedModelError
 from projc.passes import TRAINING_PIPELINE, PassManager, compile_for_training
 
-onnx_import = pytest.importorskip("projc.onnx_import")
+onnx_import = pytest.importorskip("projc.frontend.importer")
 MODELS = Path(__file__).resolve().parents[1] / "models"
 
 # op counts after TRAINING_PIPELINE
@@ -68,7 +68,7 @@ def test_training_pipeline_on_model(name):
     np.testing.assert_allclose(got, onnx_logits(name, x), rtol=1e-5, atol=1e-5)
     # second run of the whole pipeline changes nothing
     again = PassManager(TRAINING_PIPELINE).run(compiled.clone())
-    from projc.printer import format_graph
+    from projc.ir.printer import format_graph
     assert format_graph(again) == format_graph(compiled)
 
 

@@ -8,9 +8,9 @@ import pytest
 
 from pass_util import evaluate, fill_data, run_ir
 from projc.errors import PassError
-from projc.parser import parse_graph
+from projc.ir.parser import parse_graph
+from projc.ir.printer import format_graph
 from projc.passes import OPTIONAL_PASSES, PASSES, TRAINING_PIPELINE, PassManager, make_pass, parse_pipeline
-from projc.printer import format_graph
 
 MLP = """graph @mlp {
   input %x: f32[B,64]

@@ -11,10 +11,10 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from projc.backends.jax.forward import run_forward
-from projc.compare import compare_model
+from projc.cli.compare import compare_model
 from projc.errors import PassError
+from projc.frontend.importer import from_onnx, load_model
 from projc.ir import Value
-from projc.onnx_import import from_onnx, load_model
 from projc.ops.constraint import FAMILIES
 from projc.passes import PassManager, compile_for_training
 from projc.passes.bipartite import family_graph
@@ -340,7 +340,7 @@ def test_constant_of_shape_expand_and_range_over_the_batch(tmp_path):
 # -- the character-level text task -----------------------------------------------------------
 
 def test_text_task_is_next_character_prediction():
-    from projc.data import TEXT_VOCAB, char_windows, load_data
+    from projc.train.data import TEXT_VOCAB, char_windows, load_data
 
     X, y = char_windows(samples=50, steps=6)
     assert X.shape == (50, 6, len(TEXT_VOCAB)) and y.shape == (50,)
@@ -365,7 +365,7 @@ def test_relu_rnn_trains_on_digits_sequences_in_both_layouts():
     the consensus layouts (the tied weights' targets, means over 8 steps' edges through slices
     and transposes, agree with the consensus closed forms), and 20 updates beat chance clearly."""
     from projc import compile as compile_model
-    from projc.data import load_data, minibatches
+    from projc.train.data import load_data, minibatches
 
     path = os.path.join(ROOT, "models", "rnn_digits.onnx")
     data = load_data("digits", input_shape=(None, 8, 8))

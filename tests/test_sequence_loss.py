@@ -11,7 +11,7 @@ from onnx import TensorProto, helper
 
 from pass_util import save_onnx
 from projc.errors import DataError, PassError
-from projc.onnx_import import load_model
+from projc.frontend.importer import load_model
 from projc.passes import compile_for_training
 
 T, F, C = 5, 4, 3
@@ -53,7 +53,7 @@ def test_cross_entropy_prox_treats_every_step_as_a_row():
 
 @pytest.mark.parametrize("solver", ["ap", "adam"])
 def test_trainer_updates_and_evaluates_per_step_labels(tmp_path, solver):
-    from projc.trainer import Trainer
+    from projc.train.trainer import Trainer
 
     rng = np.random.default_rng(2)
     tr = Trainer(per_step_model(tmp_path / "m.onnx", rng), solver=solver, steps_per_update=20, lr=0.1)
@@ -76,7 +76,7 @@ def test_trainer_updates_and_evaluates_per_step_labels(tmp_path, solver):
 
 
 def test_text_data_has_per_step_next_character_labels():
-    from projc.data import load_data
+    from projc.train.data import load_data
 
     last = load_data("text", seed=3)
     seq = load_data("text", seed=3, per_step=True)

@@ -14,7 +14,7 @@ from projc.backends.jax.emit import make_stepper, make_update
 from projc.backends.jax.layout_copies import CopiesLayout
 from projc.backends.jax.solvers import Solver
 from projc.errors import PassError, ProjcError
-from projc.parser import parse_graph
+from projc.ir.parser import parse_graph
 
 
 def _setup(factor=True, B=5, seed=0):
@@ -336,7 +336,7 @@ def test_auto_update_scale_is_2_for_convolutions_and_1_otherwise():
     """update_scale="auto" (the default) stretches the updates of conv models only (README "CNNs
     on digits"): the default run equals an explicit update_scale=2 run and not a plain one."""
     import projc
-    from projc.trainer import CONV_UPDATE_SCALE, DEFAULT_UPDATE_SCALE
+    from projc.train.trainer import CONV_UPDATE_SCALE, DEFAULT_UPDATE_SCALE
 
     assert DEFAULT_UPDATE_SCALE == "auto" and CONV_UPDATE_SCALE == 2.0
     cnn, mlp = "models/cnn_digits.onnx", "models/mlp_digits.onnx"
@@ -390,7 +390,7 @@ def test_schedule_scales_the_step_and_decays_to_zero():
     """--schedule: the factor goes 1 → 0 (cosine, linear) and multiplies the projected move and
     Adam's update; scale 0 leaves the parameters where they are."""
     import projc
-    from projc.batches import schedule_factor
+    from projc.train.batches import schedule_factor
 
     assert [schedule_factor("constant", k, 4) for k in range(5)] == [1.0] * 5
     assert [schedule_factor("linear", k, 4) for k in range(5)] == [1.0, 0.75, 0.5, 0.25, 0.0]

@@ -6,8 +6,8 @@ import pytest
 
 import projc
 from conftest import fit
-from projc.data import load_data
 from projc.errors import DataError, DivergenceError, ProjcError
+from projc.train.data import load_data
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +18,7 @@ def mlp():
 def test_lazy_exports():
     import subprocess
     import sys
-    code = "import projc.ir, sys; print('jax' in sys.modules, 'projc.trainer' in sys.modules)"
+    code = "import projc.ir, sys; print('jax' in sys.modules, 'projc.train.trainer' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
     assert callable(projc.compile) and callable(projc.load_data)

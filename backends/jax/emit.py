@@ -82,7 +82,7 @@ def _step(p, readout, scale, update_scale: float, weight_decay: float):
 def make_update(layout: Layout, solver: Solver, steps: int, *, tol: float | None = None,
                 update_scale: float = 1.0, weight_decay: float = 0.0,
                 **jit_options) -> Callable[[dict, dict], tuple[dict, dict]]:
-    """``jit_options`` go to ``jax.jit`` (e.g. in/out shardings from ``projc.distributed``)."""
+    """``jit_options`` go to ``jax.jit`` (e.g. in/out shardings from ``projc.train.distributed``)."""
     if steps < 1:
         raise ValueError(f"steps_per_update must be >= 1, got {steps}")
     if tol is not None and not tol > 0:

@@ -2,7 +2,7 @@
 
 torch exports ``torch.zeros(layers, x.size(0), hidden)`` (an RNN's initial state) as
 ``ConstantOfShape(Concat(..., Gather(Shape(x), 0), ...))``. With the batch symbolic that shape is
-no compile-time constant, yet the op needs one. The importer (``projc.onnx_symbolic``) replaces
+no compile-time constant, yet the op needs one. The importer (``projc.frontend.symbolic``) replaces
 such an op by a ``projc.*_like`` op that reads each symbolic size from the dims of a runtime value
 that carries it (a graph input): ``dims[i] >= 0`` takes ``like.shape[dims[i]]``, ``-1`` takes the
 literal ``shape[i]``. Under ``jax.jit`` those dims are static, so the forward still jits for any

@@ -9,7 +9,7 @@ from typing import Callable, Iterable
 
 from projc.errors import VerificationError
 from projc.ir import Graph, Op, Value
-from projc.printer import assign_names, format_graph, op_line_numbers
+from projc.ir.printer import assign_names, format_graph, op_line_numbers
 
 # A rule looks at one op and returns a problem description or None.
 OpRule = Callable[[Op], "str | None"]

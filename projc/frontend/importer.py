@@ -6,9 +6,9 @@ opset 13 in memory with ``onnx.version_converter`` (one note on stderr), check t
 inference, then build the graph node by node: each node is first validated as onnxruntime would
 (input types against the op's ONNX schema, attributes and shapes by the registry's ``check``
 hook; ``ModelLoadError`` naming node and attribute), constants fold on the spot, shape subgraphs
-are evaluated symbolically (``projc.onnx_symbolic``), every op output gets a dtype (ONNX's
+are evaluated symbolically (``projc.frontend.symbolic``), every op output gets a dtype (ONNX's
 inferred type, else the traced one) and a shape (traced with ``jax.eval_shape`` by
-``projc.onnx_eval``, which also rejects op variants the registry's functions do not support, at
+``projc.frontend.evaluate``, which also rejects op variants the registry's functions do not support, at
 import time), and dead ops/initializers are dropped.
 
 Roles: graph inputs are ``input``; float initializers that feed a computation (not only shapes,
@@ -31,10 +31,10 @@ import onnx
 import onnx.version_converter
 from onnx import numpy_helper
 
-from projc import onnx_symbolic as symbolic
 from projc.errors import ModelLoadError, ProjcError, UnsupportedModelError
+from projc.frontend import symbolic
+from projc.frontend.evaluate import BATCH, SymbolSizes, fold, trace
 from projc.ir import Dim, Graph, Op, Value, dtype_name, remove_dead_code
-from projc.onnx_eval import BATCH, SymbolSizes, fold, trace
 from projc.ops import MAX_OPSET, MIN_OPSET, OpDef, kind_of, lookup
 from projc.ops.checks import check_input_types
 from projc.ops.dtypes import ir_dtype_of_onnx, np_dtype, onnx_type_name

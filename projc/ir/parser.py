@@ -1,4 +1,4 @@
-"""Parse IR text (as printed by ``projc.printer``) back into a Graph.
+"""Parse IR text (as printed by ``projc.ir.printer``) back into a Graph.
 
 Every printed form parses back: ``format_graph(parse_graph(t)) == t``. Initializer data that the
 printer elided (large consts, params) parses as ``data=None``; test IR therefore carries shapes

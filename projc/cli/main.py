@@ -11,7 +11,7 @@ import os
 import sys
 from collections import Counter
 
-from projc.cli_types import name_list
+from projc.cli.types import name_list
 from projc.errors import ProjcError
 
 EPILOG = """examples:
@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-input-mb", type=float, default=1024, metavar="MB",
                    help="refuse random inputs larger than this in all (default 1024)")
 
-    from projc.cli_train import add_train_parser
+    from projc.cli.train import add_train_parser
     add_train_parser(sub)
 
     p = sub.add_parser("ops", help="list supported ONNX ops with their opsets")
@@ -119,12 +119,12 @@ def format_summary(s: dict) -> str:
 
 
 def cmd_inspect(args) -> int:
-    from projc.onnx_import import load_model
-    from projc.printer import format_graph
+    from projc.frontend.importer import load_model
+    from projc.ir.printer import format_graph
 
     graph = load_model(args.model)
     if args.freeze:
-        from projc.trainer import freeze_params
+        from projc.train.trainer import freeze_params
         freeze_params(graph, args.freeze)
     summary = model_summary(graph)
     if args.json:
@@ -145,7 +145,7 @@ def cmd_inspect(args) -> int:
 def cmd_compare(args) -> int:
     import numpy as np
 
-    from projc.compare import compare_model
+    from projc.cli.compare import compare_model
 
     inputs = None
     if args.load_inputs:
@@ -209,7 +209,7 @@ def ops_markdown() -> str:
 
 
 def cmd_plot(args) -> int:
-    from projc.plot import plot_history
+    from projc.cli.plot import plot_history
     output = args.output if args.output is not None else os.path.splitext(args.log)[0] + ".png"
     print(f"wrote {plot_history(args.log, output)}")
     return 0
@@ -217,7 +217,7 @@ def cmd_plot(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from projc.cli_train import cmd_train
+    from projc.cli.train import cmd_train
     commands = {"inspect": cmd_inspect, "compare": cmd_compare, "train": cmd_train, "ops": cmd_ops,
                 "plot": cmd_plot}
     try:

@@ -2,7 +2,7 @@
 
 A graph holds data values (``input``, ``label``), initializers (``param``: trainable,
 ``const``: frozen) and a topologically ordered list of ops. Values are identified by object
-identity; names are assigned only when printing (``projc.printer``), so dumps are deterministic.
+identity; names are assigned only when printing (``projc.ir.printer``), so dumps are deterministic.
 Op ``params`` carry meaning (ONNX attributes, constraint options); ``annots`` carry analysis
 results (chosen projection, set, ONNX source node) and never change what is computed.
 """

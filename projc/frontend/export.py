@@ -36,7 +36,7 @@ def with_trained_initializers(model, params: Mapping[str, Any]):
 
     model = _load(model)
     inits = {init.name: i for i, init in enumerate(model.graph.initializer)}
-    from projc.onnx_import import set_weight_attribute
+    from projc.frontend.importer import set_weight_attribute
 
     for name, value in params.items():
         if name not in inits:

@@ -14,7 +14,7 @@ True), ``freeze`` (names of
 initializers kept fixed: they become constants of the compiled graph). ``ce_method`` and ``lam``
 go to the ``attach-loss`` pass as options. ``init`` ("file": the exported values | "he": He-normal
 weights, zero biases | "auto", the default: he for a model with a Conv, else file; see
-projc.init_params) and ``seed`` (the init's seed, 0). ``train_batchnorm`` (False): train the
+projc.train.init_params) and ``seed`` (the init's seed, 0). ``train_batchnorm`` (False): train the
 scale/bias (gamma/beta) of BatchNormalization nodes as parameters (its statistics stay frozen);
 by default the whole BatchNormalization is a frozen per-channel affine. ``weight_decay`` (0.0, in
 [0, 1)): decoupled weight decay, p ← p + α (readout − p) − δ p after each projection update; for
@@ -28,7 +28,7 @@ extrapolation, [0, 1)), ``anderson`` (Anderson memory, 0: off) and ``update_scal
 projc.backends.jax.solvers and emit.
 
 ``devices`` (None | N | "all" | a jax Mesh) shards every minibatch over that many devices and
-replicates the parameters (data parallelism, see ``projc.distributed``); in a multi-process run
+replicates the parameters (data parallelism, see ``projc.train.distributed``); in a multi-process run
 (``jax.distributed.initialize`` first) each process passes its own slice of every global minibatch.
 """
 from __future__ import annotations
@@ -136,9 +136,9 @@ class Trainer:
                  init: str = DEFAULT_INIT, seed: int = 0, tol: float | None = None, omega: float = 1.0,
                  inertia: float = 0.0, anderson: int = 0, update_scale: float | str = DEFAULT_UPDATE_SCALE,
                  train_batchnorm: bool = False, weight_decay: float = 0.0):
-        from projc.init_params import INITS, initial_params, resolve_init
-        from projc.onnx_import import load_model
+        from projc.frontend.importer import load_model
         from projc.passes import compile_for_training
+        from projc.train.init_params import INITS, initial_params, resolve_init
 
         if solver not in SOLVERS:
             raise ProjcError(f"unknown solver {solver!r}; choose one of {', '.join(SOLVERS)}")
@@ -195,7 +195,7 @@ class Trainer:
         self._forward = None
         self._adam = None
         self._adam_state = None
-        from projc.distributed import DataParallel
+        from projc.train.distributed import DataParallel
         self.parallel = DataParallel.from_spec(devices)  # None: one device, no sharding
         # params, batch, the schedule's scale
         shardings = self.parallel.jit_shardings(n_replicated_after=1) if self.parallel else {}
@@ -218,7 +218,7 @@ class Trainer:
     def update(self, params: Mapping[str, Any], x, y, *,
                scale: float = 1.0) -> tuple[dict[str, Any], dict[str, float]]:
         """One minibatch update; returns (new params, stats). ``scale`` multiplies the step (a
-        schedule's factor, see ``projc.batches.schedule_factor``): the projected move and the weight decay, or
+        schedule's factor, see ``projc.train.batches.schedule_factor``): the projected move and the weight decay, or
         Adam's update."""
         if not (isinstance(scale, (int, float)) and 0 <= scale and math.isfinite(scale)):
             raise ProjcError(f"scale must be a finite number >= 0, got {scale!r}")
@@ -249,7 +249,7 @@ class Trainer:
         params = self._check_params(params)
         x = self._check_x(x)
         if self.parallel is not None:  # evaluate locally, on this process's default device
-            from projc.distributed import to_host
+            from projc.train.distributed import to_host
             params = to_host(params)
         if self._forward is None:
             layout = self.layout
@@ -270,7 +270,7 @@ class Trainer:
 
     def export(self, params: Mapping[str, Any], path: str | os.PathLike) -> str:
         """Write the original ONNX graph with the trained initializers (atomically)."""
-        from projc.export import export_onnx
+        from projc.frontend.export import export_onnx
 
         params = self._check_params(params)
         return export_onnx(self.model_path, {k: np.asarray(v) for k, v in params.items()}, path)

@@ -6,8 +6,8 @@ import math
 import sys
 import time
 
-from projc.batches import UpdateSchedule, schedule_factor
 from projc.errors import DivergenceError
+from projc.train.batches import UpdateSchedule, schedule_factor
 
 DEFAULT_EPOCHS = 10
 
@@ -30,8 +30,8 @@ class TrainingRun:
 
     # -- the run ---------------------------------------------------------------------------
     def train(self) -> dict:
-        from projc.history import HistoryLog
-        from projc.train_watch import TrainingWatch
+        from projc.train.history import HistoryLog
+        from projc.train.watch import TrainingWatch
 
         params, initial_loss, resume_at = self._start()
         if self.args.log and self.rank == 0:
@@ -54,7 +54,7 @@ class TrainingRun:
         params = trainer.init_params()
         if not args.resume:
             return params, None, None
-        from projc.checkpoint import check_fingerprint, checkpoint_path, load_checkpoint
+        from projc.train.checkpoint import check_fingerprint, checkpoint_path, load_checkpoint
 
         ckpt = load_checkpoint(args.checkpoint)
         check_fingerprint(args.checkpoint, ckpt.fingerprint, self.fingerprint())
@@ -110,7 +110,7 @@ class TrainingRun:
         return self.seconds_before + time.perf_counter() - self.t_start
 
     def _evaluate(self, params: dict, *, epoch: int, show: bool = True) -> float:
-        from projc.history import finite_or_none
+        from projc.train.history import finite_or_none
 
         train = self.trainer.evaluate(params, self.data.x_train, self.data.y_train)
         test = self.trainer.evaluate(params, self.data.x_test, self.data.y_test)
@@ -141,7 +141,7 @@ class TrainingRun:
 
     def fingerprint(self) -> dict:
         """The options that shape a run: a checkpoint resumes only under the same ones."""
-        from projc.checkpoint import file_digest
+        from projc.train.checkpoint import file_digest
 
         a = self.args
         return {"model": file_digest(a.model), "data": a.data, "seed": a.seed, "batch": a.batch,
@@ -161,7 +161,7 @@ class TrainingRun:
     def _save(self, params: dict) -> None:
         import numpy as np
 
-        from projc.checkpoint import Checkpoint, save_checkpoint
+        from projc.train.checkpoint import Checkpoint, save_checkpoint
 
         ckpt = Checkpoint(params={k: np.asarray(v) for k, v in params.items()},
                           solver_state=self.trainer.solver_state(), schedule=self.schedule.state(),

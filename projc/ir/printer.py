@@ -1,7 +1,7 @@
 """Print an IR graph as text, one definition or op per line (jaxpr-like).
 
 Names are assigned here, in definition order: a value's cleaned ONNX name when it is free,
-otherwise ``%0, %1, ...``. The output parses back (``projc.parser``) to a graph that prints
+otherwise ``%0, %1, ...``. The output parses back (``projc.ir.parser``) to a graph that prints
 identically.
 """
 from __future__ import annotations

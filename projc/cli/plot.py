@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 
 from projc.errors import ProjcError
-from projc.history import read_history
+from projc.train.history import read_history
 
 
 def _pyplot():

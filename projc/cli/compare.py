@@ -13,8 +13,8 @@ import numpy as np
 
 from projc.backends.jax.forward import graph_param_values, run_forward
 from projc.errors import DataError, ModelLoadError, ProjcError
+from projc.frontend.importer import load_model
 from projc.ir import Graph, Value
-from projc.onnx_import import load_model
 from projc.ops.dtypes import np_dtype
 
 DEFAULT_BATCH = 3

@@ -11,10 +11,10 @@ import sys
 
 import numpy as np
 
-from projc.batches import SCHEDULES
-from projc.cli_types import name_list, nonnegative_int, positive_float, positive_int, unit_interval
+from projc.cli.types import name_list, nonnegative_int, positive_float, positive_int, unit_interval
 from projc.errors import ProjcError
-from projc.train_loop import DEFAULT_EPOCHS
+from projc.train.batches import SCHEDULES
+from projc.train.loop import DEFAULT_EPOCHS
 
 # ar (alternating reflections) stays in the Python API but not here: it does not train (0.2-0.45 on
 # digits, README "Time to accuracy"); its averaged form is dr.
@@ -78,7 +78,7 @@ def add_train_parser(sub) -> None:
     p.add_argument("--init", default=None, choices=("auto", "file", "he"),
                    help="starting weights: file (the exported values), he (He-normal weights, zero "
                    "biases, seeded by --seed) or auto (he for a model with a Conv, else file); "
-                   "default: projc.trainer.DEFAULT_INIT (auto)")
+                   "default: projc.train.trainer.DEFAULT_INIT (auto)")
     p.add_argument("--train-batchnorm", action="store_true",
                    help="train BatchNormalization scale/bias as parameters (default: a frozen affine; "
                    "experimental, see README \"CNNs on digits\")")
@@ -99,7 +99,7 @@ def add_acceleration_args(p) -> None:
                    help="Anderson acceleration memory (default 0: off)")
     g.add_argument("--update-scale", type=positive_float, default=None,
                    help="p <- p + S*(projected p - p) after each update (default: "
-                        "projc.trainer.DEFAULT_UPDATE_SCALE, auto: 2 for a model with a Conv, else 1)")
+                        "projc.train.trainer.DEFAULT_UPDATE_SCALE, auto: 2 for a model with a Conv, else 1)")
 
 
 def bounded_float(lo: float, hi: float, *, closed_lo: bool):
@@ -117,7 +117,7 @@ def bounded_float(lo: float, hi: float, *, closed_lo: bool):
 
 
 def add_scaling_args(p) -> None:
-    """Data parallelism (projc.distributed): a device count, and optionally several processes."""
+    """Data parallelism (projc.train.distributed): a device count, and optionally several processes."""
     g = p.add_argument_group("scaling out (README: Scaling out)")
     g.add_argument("--devices", default=None, metavar="N|all",
                    help="shard every minibatch over N devices (or all); the batch must divide by N")
@@ -129,7 +129,7 @@ def add_scaling_args(p) -> None:
 
 def start_scaling(args):
     """Join the multi-process run (before any JAX work) and return the ``devices`` option."""
-    from projc import distributed
+    from projc.train import distributed
 
     if args.coordinator is not None:
         distributed.initialize(args.coordinator, args.num_processes, args.process_id)
@@ -182,7 +182,7 @@ def check_run_options(args) -> None:
         if args.checkpoint == "" or os.path.isfile(args.checkpoint):
             raise ProjcError(f"--checkpoint {args.checkpoint!r}: give a folder for the checkpoints")
         check_output_writable(os.path.join(args.checkpoint, "checkpoint.npz"))
-        from projc.checkpoint import checkpoint_path
+        from projc.train.checkpoint import checkpoint_path
         if not args.resume and os.path.exists(checkpoint_path(args.checkpoint)):
             raise ProjcError(f"{args.checkpoint}: holds a checkpoint already; add --resume to continue "
                              f"it, or choose another folder")
@@ -217,15 +217,15 @@ def warn(message: str | None) -> None:
 
 def cmd_train(args) -> int:
     import projc
-    from projc.data import load_data
-    from projc.train_loop import TrainingRun
-    from projc.train_watch import input_scale_warning
+    from projc.train.data import load_data
+    from projc.train.loop import TrainingRun
+    from projc.train.watch import input_scale_warning
 
     output = args.output if args.output is not None else default_output(args.model)
     check_output_writable(output)
     check_run_options(args)
     devices = start_scaling(args)
-    from projc.distributed import process_count, process_index
+    from projc.train.distributed import process_count, process_index
     rank, nproc = process_index(), process_count()
     if args.batch % nproc:
         raise ProjcError(f"--batch {args.batch} does not divide over {nproc} processes; choose a "

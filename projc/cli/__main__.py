@@ -1,0 +1,5 @@
+import sys
+
+from projc.cli.main import main
+
+sys.exit(main())
