@@ -33,8 +33,9 @@ def run(name: str, init: str, solver: str, updates: int, every: int, seed: int, 
     data = load_data(DATA.get(name, "digits"), seed=seed, input_shape=tr.input_shape)
     params = tr.init_params()
     curve, t0 = [], time.perf_counter()
+    state = tr.init_state(params)
     for i, (_, idx) in enumerate(UpdateSchedule(len(data.y_train), batch, updates, seed), 1):
-        params, _ = tr.update(params, data.x_train[idx], data.y_train[idx])
+        params, state, _ = tr.update(params, state, data.x_train[idx], data.y_train[idx])
         if i % every == 0 or i == updates:
             curve.append((i, tr.evaluate(params, data.x_test, data.y_test)["accuracy"]))
     return curve, (time.perf_counter() - t0) / updates

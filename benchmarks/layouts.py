@@ -79,18 +79,7 @@ def _data(trainer, batch, seed=0):
 
 def _memory(trainer, x, y) -> int:
     """Bytes XLA reserves for one compiled update (arguments + temporaries + outputs - aliased)."""
-    p = {k: np.asarray(v) for k, v in trainer.init_params().items()}
-    if trainer.solver_name == "adam":
-        import jax.numpy as jnp
-        import optax
-
-        opt, step = trainer._adam
-        pj = {k: jnp.asarray(v) for k, v in p.items()}
-        args = (pj, opt.init(pj), x, y.astype(np.int32))
-        lowered = step.lower(*args)
-    else:
-        lowered = trainer._update.lower(p, {trainer.input_name: x, trainer.label_name: y.astype(np.int32)})
-    m = lowered.compile().memory_analysis()
+    m = trainer.lower_update(x, y).compile().memory_analysis()
     return int(m.argument_size_in_bytes + m.temp_size_in_bytes + m.output_size_in_bytes
                - m.alias_size_in_bytes)
 
@@ -105,7 +94,7 @@ def measure(model_path, solver, layout, steps, batch, repeats, run=True) -> dict
     p = tr.init_params()
 
     def call():
-        q, _ = tr.update(p, x, y)
+        q, _st, _ = tr.update(p, tr.init_state(p), x, y)
         jax.block_until_ready(q)
 
     if solver == "adam":

@@ -31,9 +31,10 @@ def run(model: str, solver: str, layout: str, updates: int, batch: int, steps: i
     data = load_data(DATA[model], seed=0, input_shape=trainer.input_shape)
     rng = np.random.default_rng(0)
     params = trainer.init_params()
+    state = trainer.init_state(params)
     for _ in range(updates):
         idx = rng.choice(len(data.y_train), size=batch, replace=False)
-        params, _ = trainer.update(params, data.x_train[idx], data.y_train[idx])
+        params, state, _ = trainer.update(params, state, data.x_train[idx], data.y_train[idx])
     return {k: np.asarray(v) for k, v in params.items()}
 
 

@@ -34,8 +34,9 @@ def run(model: str, margin: float, seed: int, epochs: int, batch: int = 256) -> 
         data = load_data("digits", seed=seed)
         n = len(data.y_train)
         params = tr.init_params()
+        state = tr.init_state(params)
         for _, idx in UpdateSchedule(n, batch, epochs * -(-n // batch), seed):
-            params, _ = tr.update(params, data.x_train[idx], data.y_train[idx])
+            params, state, _ = tr.update(params, state, data.x_train[idx], data.y_train[idx])
     finally:
         proj_pwl.SIGN_MARGIN = saved
     return (tr.evaluate(params, data.x_train, data.y_train)["accuracy"],

@@ -61,10 +61,11 @@ def run(model: str, config: str, target: float, cap: float, eval_every: int) -> 
     train_t, compile_t = 0.0, 0.0
     t_start = time.perf_counter()
     n, ep, acc, reached, curve, steps_run = 0, 0, 0.0, False, [], 0
+    state = tr.init_state(p)
     while not reached and train_t - compile_t < cap:
         for xb, yb in minibatches(data.x_train, data.y_train, batch, seed=ep):
             t0 = time.perf_counter()
-            p, stats = tr.update(p, xb, yb)
+            p, state, stats = tr.update(p, state, xb, yb)
             jax.block_until_ready(p)
             steps_run += int(stats.get("steps", 1))
             dt = time.perf_counter() - t0

@@ -28,10 +28,11 @@ def run_one(model: str, solver: str, updates: int, batch: int, steps: int, seed:
     params = trainer.init_params()
     rng = __import__("numpy").random.default_rng(seed)
     times = []
+    state = trainer.init_state(params)
     for i in range(updates + 1):  # update 0 compiles and is not timed
         idx = rng.choice(len(data.y_train), size=batch, replace=False)
         t0 = time.perf_counter()
-        params, stats = trainer.update(params, data.x_train[idx], data.y_train[idx])
+        params, state, stats = trainer.update(params, state, data.x_train[idx], data.y_train[idx])
         __import__("jax").block_until_ready(params)
         if i:
             times.append(time.perf_counter() - t0)

@@ -56,9 +56,10 @@ def fit(trainer, data, batch: int, updates: int, params=None):
 
     p = trainer.init_params() if params is None else params
     n, epoch, stats = 0, 0, {}
+    state = trainer.init_state(p)
     while n < updates:
         for xb, yb in minibatches(data.x_train, data.y_train, batch, seed=epoch):
-            p, stats = trainer.update(p, xb, yb)
+            p, state, stats = trainer.update(p, state, xb, yb)
             n += 1
             if n == updates:
                 break

@@ -99,3 +99,18 @@ def save_onnx(path, nodes, inputs, outputs, inits: dict, opset: int = 17) -> str
     onnx.checker.check_model(m)
     onnx.save(m, str(path))
     return str(path)
+
+
+def jit_update(layout, solver, steps: int, **kw):
+    """The projection update of ``solver`` on ``layout`` as ``update(params, inputs) -> (params,
+    stats)``, jitted (the projection methods carry no state between updates)."""
+    import jax
+
+    from projc.backends.jax.emit import projection_method
+
+    update = jax.jit(projection_method(layout, solver, steps, **kw).update)
+
+    def run(params, inputs):
+        new, _, stats = update(params, (), inputs)
+        return new, stats
+    return run

@@ -186,8 +186,9 @@ def test_short_training_lowers_loss(name, layout, solver, tmp_path):
     trainer = projc.compile(str(path), solver=solver, layout=layout, steps_per_update=10)
     params = trainer.init_params()
     before = trainer.evaluate(params, x, y)["loss"]
+    state = trainer.init_state(params)
     for _ in range(3):
-        params, _ = trainer.update(params, x, y)
+        params, state, _ = trainer.update(params, state, x, y)
     after = trainer.evaluate(params, x, y)["loss"]
     assert np.isfinite(after) and after < before, (before, after)
 

@@ -237,21 +237,16 @@ def test_exploding_loss_warns_once():
 
 @pytest.mark.slow
 def test_non_finite_update_stops_naming_the_update(capsys, tmp_path, monkeypatch):
-    import projc.backends.jax.emit as emit
-    real = emit.make_update
+    import jax.numpy as jnp
 
-    def poisoned_make_update(*args, **kw):
-        update, calls = real(*args, **kw), []
+    import projc.train.methods as methods
+    from projc.backends.jax.methods import moved
+    real = methods.build_method
 
-        def second_update_blows_up(params, inputs, scale=1.0):
-            new, stats = update(params, inputs, scale)
-            calls.append(1)
-            if len(calls) == 2:
-                new = dict(new, **{"fc2.bias": new["fc2.bias"] * np.nan})
-            return new, stats
-        return second_update_blows_up
+    def poisoned(*args, **kw):  # the second update (progress 1/3) makes every parameter NaN
+        return moved(real(*args, **kw), lambda p, q, t: jnp.where(t > 0.3, q * jnp.nan, q))
 
-    monkeypatch.setattr(emit, "make_update", poisoned_make_update)
+    monkeypatch.setattr(methods, "build_method", poisoned)
     code, _, err = run(capsys, "train", MLP, "--updates", "3", "--batch", "32", "--steps", "2",
                        "-o", tmp_path / "t.onnx")
     assert_one_line_error(code, err, "stopped at update 2", "fc2.bias")
@@ -267,7 +262,7 @@ def test_api_rejects_bad_param_dtypes_and_shapes_naming_the_param():
     for bad in (good["fc1.bias"].astype(np.int64), np.array(["a"] * 32), np.array([object()] * 32),
                 np.zeros(7, np.float32)):
         with pytest.raises(ParamError, match="fc1.bias"):
-            tr.update(dict(good, **{"fc1.bias": bad}), x, y)
+            tr.update(dict(good, **{"fc1.bias": bad}), (), x, y)
         with pytest.raises(ParamError, match="fc1.bias"):
             tr.export(dict(good, **{"fc1.bias": bad}), "unused.onnx")
 

@@ -369,7 +369,7 @@ def test_tiny_cnn_updates_under_every_solver(tmp_path, solver):
     assert tr.layout.name == ("consensus" if solver in ("ap", "cp") else "copies")
     x, y = rng.normal(size=(6, 1, 4, 4)).astype(np.float32), rng.integers(0, 3, 6)
     p0 = tr.init_params()
-    p1, stats = tr.update(p0, x, y)
+    p1, _st, stats = tr.update(p0, tr.init_state(p0), x, y)
     assert np.isfinite(stats["residual"])
     assert max(float(np.max(np.abs(np.asarray(p1[k]) - p0[k]))) for k in p0) > 1e-4  # it trained
     out = tmp_path / "t.onnx"
@@ -394,7 +394,7 @@ def test_batchnorm_trains_gamma_beta_when_asked(tmp_path):
     assert sorted(op.annots["proj"] for op in muls) == ["bilinear", "linear"]   # inv_std const; gamma free
     tr = projc.compile(path, solver="dr", steps_per_update=3, train_batchnorm=True)
     p0 = tr.init_params()
-    p1, _ = tr.update(p0, x, rng.integers(0, 4, 4))
+    p1, _st, _ = tr.update(p0, tr.init_state(p0), x, rng.integers(0, 4, 4))
     assert np.max(np.abs(p1["g"] - p0["g"])) > 1e-5 and np.max(np.abs(p1["b"] - p0["b"])) > 1e-5
     out = tmp_path / "t.onnx"
     tr.export(p1, out)

@@ -46,9 +46,10 @@ def _train(solver, layout, devices, steps, updates, batch, **kw):
     data = load_data("digits")
     tr = projc.compile(MLP, solver=solver, layout=layout, steps_per_update=steps, devices=devices, **kw)
     p = tr.init_params()
+    state = tr.init_state(p)
     for i in range(updates):
         sl = slice(i * batch, (i + 1) * batch)
-        p, _ = tr.update(p, data.x_train[sl], data.y_train[sl])
+        p, state, _ = tr.update(p, state, data.x_train[sl], data.y_train[sl])
     return tr, p
 
 
@@ -92,7 +93,7 @@ def child_errors() -> dict:
     msgs = {}
     tr = projc.compile(MLP, solver="ap", steps_per_update=2, devices=4)
     x, y = np.zeros((30, 64), np.float32), np.zeros(30, np.int64)
-    for key, call in (("batch", lambda: tr.update(tr.init_params(), x, y)),
+    for key, call in (("batch", lambda: tr.update(tr.init_params(), (), x, y)),
                       ("too_many", lambda: projc.compile(MLP, solver="ap", devices=8)),
                       ("bad_spec", lambda: projc.compile(MLP, solver="ap", devices="two"))):
         try:

@@ -122,12 +122,12 @@ def test_one_update_moves_only_the_looked_up_rows(tmp_path, layout):
     x = rng.integers(0, V - 2, size=(8, T))  # rows V-2, V-1 never looked up
     y = rng.integers(0, C, size=8)
     p0 = tr.init_params()
-    p1, stats = tr.update(p0, x, y)
+    p1, _st, stats = tr.update(p0, tr.init_state(p0), x, y)
     moved = np.abs(np.asarray(p1["E"]) - p0["E"]).max(1)
     assert np.all(moved[V - 2:] == 0)
     assert np.all(moved[np.unique(x)] > 1e-5), moved
     with pytest.raises(DataError, match="integer ids"):
-        tr.update(p0, x + 0.5, y)
+        tr.update(p0, (), x + 0.5, y)
 
 
 

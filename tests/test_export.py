@@ -19,8 +19,9 @@ def trained():
     tr = projc.compile("models/mlp_digits.onnx", solver="dr", steps_per_update=30)
     data = load_data("digits")
     p = tr.init_params()
+    state = tr.init_state(p)
     for xb, yb in minibatches(data.x_train, data.y_train, 64, seed=0):
-        p, _ = tr.update(p, xb, yb)
+        p, state, _ = tr.update(p, state, xb, yb)
     return tr, data, p
 
 
@@ -48,7 +49,7 @@ def test_sklearn_round_trip(tmp_path):
     tr = projc.compile("models/sklearn_mlp.onnx", solver="dr", steps_per_update=10)
     data = load_data("digits")
     p = tr.init_params()
-    p, _ = tr.update(p, data.x_train[:64], data.y_train[:64])
+    p, _st, _ = tr.update(p, tr.init_state(p), data.x_train[:64], data.y_train[:64])
     path = tmp_path / "sk.onnx"
     tr.export(p, path)
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

@@ -32,7 +32,7 @@ def test_frozen_initializers_never_move(frozen):
     assert sorted(set(trainer.param_names) | set(frozen)) == ["fc1.bias", "fc1.weight", "fc2.bias",
                                                                  "fc2.weight"]
     params = trainer.init_params()
-    new, _ = trainer.update(params, data.x_train[:64], data.y_train[:64])
+    new, _st, _ = trainer.update(params, trainer.init_state(params), data.x_train[:64], data.y_train[:64])
     assert set(new) == set(params) and all(np.all(np.isfinite(np.asarray(v))) for v in new.values())
     assert any(not np.array_equal(np.asarray(new[k]), params[k]) for k in new)
 

@@ -50,7 +50,7 @@ def test_he_fan_in_on_a_large_layer_and_seeding():
 
 def test_trainer_init_option_and_errors(capsys):
     tr = projc.compile(str(MODELS / "mlp_digits.onnx"), init="he", seed=2, steps_per_update=2)
-    assert np.all(tr.init_params()["fc1.bias"] == 0) and tr.options["init"] == "he"
+    assert np.all(tr.init_params()["fc1.bias"] == 0) and tr.init == "he"
     assert np.any(projc.compile(str(MODELS / "mlp_digits.onnx"), steps_per_update=2, init="file")
                   .init_params()["fc1.bias"] != 0)  # init="file" keeps the file's values
     with pytest.raises(ProjcError, match="unknown init 'xavier'"):
@@ -69,9 +69,9 @@ def test_cli_train_with_adam_and_init(capsys, tmp_path):
 
 def test_auto_init_is_he_for_convolutions_and_file_otherwise():
     from projc.train.init_params import resolve_init
-    from projc.train.trainer import DEFAULT_INIT
+    from projc.config import CompilationConfig
 
-    assert DEFAULT_INIT == "auto"
+    assert CompilationConfig().init == "auto"
     g_cnn, vals_cnn = _file_values("cnn_digits")
     g_mlp, vals_mlp = _file_values("mlp_digits")
     assert resolve_init("auto", g_cnn) == "he" and resolve_init("auto", g_mlp) == "file"
@@ -82,6 +82,6 @@ def test_auto_init_is_he_for_convolutions_and_file_otherwise():
     assert all(np.array_equal(auto[k], vals_mlp[k]) for k in vals_mlp)
     # the trainer records what auto resolved to (the CLI prints it)
     tr = projc.compile(str(MODELS / "mlp_digits.onnx"), steps_per_update=2)
-    assert tr.options["init"] == "file"
+    assert tr.init == "file"
     with pytest.raises(ProjcError, match="unknown init 'xavier'"):
         resolve_init("xavier", g_mlp)

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from conftest import RES_IR, scheduled
+from pass_util import jit_update
 from projc.backends.jax import projections as P
-from projc.backends.jax.emit import make_update
 from projc.backends.jax.layout_consensus import ConsensusLayout
 from projc.backends.jax.layout_copies import CopiesLayout
 from projc.backends.jax.proj_bilinear import root_parts
@@ -189,7 +189,7 @@ def test_per_family_means_equal_copies_on_models(model):
 
 
 def _run(g, layout, solver, steps, updates, B, seed=0):
-    upd = make_update(layout, Solver(layout, solver), steps)
+    upd = jit_update(layout, Solver(layout, solver), steps)
     p = _params(g)
     rng = np.random.default_rng(seed)
     for _ in range(updates):

@@ -374,14 +374,15 @@ def test_relu_rnn_trains_on_digits_sequences_in_both_layouts():
                 for layout in ("copies", "consensus")}
     start = trainers["copies"].init_params()
     x, y = batches[0][1]
-    first = {layout: t.update(start, x, y)[0] for layout, t in trainers.items()}
+    first = {layout: t.update(start, (), x, y)[0] for layout, t in trainers.items()}
     for name, value in first["copies"].items():
         assert not np.allclose(value, start[name], atol=1e-6), f"{name} did not move"
         np.testing.assert_allclose(first["consensus"][name], value, rtol=1e-4, atol=1e-6,
                                    err_msg=name)
     trainer, params = trainers["consensus"], first["consensus"]
     before = trainer.evaluate(start, data.x_test, data.y_test)["accuracy"]
+    state = trainer.init_state(params)
     for _, (x, y) in batches[1:]:
-        params, _ = trainer.update(params, x, y)
+        params, state, _ = trainer.update(params, state, x, y)
     after = trainer.evaluate(params, data.x_test, data.y_test)["accuracy"]
     assert after > max(0.35, before + 0.25), (before, after)  # measured: 0.109 -> 0.465

@@ -68,11 +68,12 @@ def test_trainer_updates_and_evaluates_per_step_labels(tmp_path, solver):
     assert before["loss"] == pytest.approx(want, rel=1e-6)
     assert before["accuracy"] == pytest.approx(np.mean(np.argmax(lg, -1) == y))
     p = p0
+    state = tr.init_state(p)
     for _ in range(3):
-        p, _ = tr.update(p, x, y)
+        p, state, _ = tr.update(p, state, x, y)
     assert tr.evaluate(p, x, y)["loss"] < before["loss"] - 0.05
     with pytest.raises(DataError, match=r"y must be \[16, 5\]"):
-        tr.update(p0, x, y[:, 0])
+        tr.update(p0, (), x, y[:, 0])
 
 
 def test_text_data_has_per_step_next_character_labels():

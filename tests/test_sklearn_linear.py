@@ -111,8 +111,9 @@ def test_training_from_zero_weights_beats_chance_and_exports(exported, name, tmp
     trainer = projc.compile(exported[name], solver="dr", steps_per_update=20)
     params = {k: np.zeros_like(v) for k, v in trainer.init_params().items()}
     assert trainer.evaluate(params, x, y)["accuracy"] < 0.2  # all scores equal: one class
+    state = trainer.init_state(params)
     for start in range(0, 600, 200):
-        params, _ = trainer.update(params, x[start:start + 200], y[start:start + 200])
+        params, state, _ = trainer.update(params, state, x[start:start + 200], y[start:start + 200])
     accuracy = trainer.evaluate(params, x, y)["accuracy"]
     assert accuracy > 0.6, accuracy  # chance is 0.1
     out = trainer.export(params, str(tmp_path / "trained.onnx"))

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from conftest import MLP_IR, RES_IR, fit, scheduled
+from pass_util import jit_update
 from projc.backends.jax import projections as P
-from projc.backends.jax.emit import make_stepper, make_update
+from projc.backends.jax.emit import make_stepper
 from projc.backends.jax.layout_copies import CopiesLayout
 from projc.backends.jax.solvers import Solver
 from projc.errors import PassError, ProjcError
@@ -78,7 +79,7 @@ def test_factored_linear_slots_equal_materialized():
     for name in ("dr", "cp"):
         outs = []
         for lay in (lay_f, lay_m):
-            upd = make_update(lay, Solver(lay, name), 7)
+            upd = jit_update(lay, Solver(lay, name), 7)
             outs.append(upd(params, inputs))
         for k in params:
             np.testing.assert_allclose(outs[0][0][k], outs[1][0][k], rtol=2e-4, atol=2e-5)
@@ -225,11 +226,13 @@ LIMIT = np.array([0.3, 0.0, 0.0])   # the intersection of the planes is the x ax
 
 def _run(steps, tol=None, **kw):
     from projc.backends.jax.emit import run_steps
+    from projc.backends.jax.solvers import make_iteration
 
     lay = PlanesLayout()
-    s = Solver(lay, "ap", **kw)
+    s = Solver(lay, "ap", omega=kw.get("omega", 1.0))
+    it = make_iteration(s, inertia=kw.get("inertia", 0.0), anderson_memory=kw.get("anderson", 0))
     ctx = lay.make_ctx(V0, {})
-    x, _, used = jax.jit(lambda c: run_steps(lay, s, steps, lay.init_state(c), c, tol))(ctx)
+    x, _, used = jax.jit(lambda c: run_steps(lay, s, it, steps, lay.init_state(c), c, tol))(ctx)
     return np.asarray(x["v"]), int(used)
 
 
@@ -259,17 +262,20 @@ def test_accelerations_reach_the_limit_in_fewer_steps(kw):
 
 
 def test_anderson_safeguard_falls_back_to_the_plain_step():
+    from projc.backends.jax.solvers import anderson
+
     lay = PlanesLayout()
-    s = Solver(lay, "ap", anderson=3)
+    s = Solver(lay, "ap")
+    it = anderson(s.step, 3)
     ctx = lay.make_ctx(V0, {})
-    carry = s.init_carry(lay.init_state(ctx))
+    carry = it.init(lay.init_state(ctx))
     for _ in range(3):
-        carry, _ = s.advance(carry, ctx)
+        carry, _ = it.advance(carry, ctx)
     assert int(carry["valid"].sum()) == 3
     x = carry["x"]
     plain = s.step(x, ctx)
     carry["r"] = jnp.asarray(0.0, jnp.float32)   # pretend the residual was 0 before: it grew
-    carry, _ = s.advance(carry, ctx)
+    carry, _ = it.advance(carry, ctx)
     np.testing.assert_array_equal(carry["x"]["v"], plain["v"])   # the plain step, history dropped
     assert int(carry["valid"].sum()) == 1
 
@@ -290,8 +296,12 @@ def test_anderson_weights_solve_the_constrained_least_squares():
 
 
 def test_update_scale_stretches_the_parameter_change():
+    from projc.backends.jax.emit import projection_method
+    from projc.backends.jax.methods import scaled
+
     lay = PlanesLayout()
-    outs = [make_update(lay, Solver(lay, "ap"), 3, update_scale=a)(V0, {})[0]["v"] for a in (1.0, 2.5)]
+    outs = [jax.jit(scaled(projection_method(lay, Solver(lay, "ap"), 3), a).update)(V0, (), {})[0]["v"]
+            for a in (1.0, 2.5)]
     np.testing.assert_allclose(np.asarray(outs[1]) - V0["v"], 2.5 * (np.asarray(outs[0]) - V0["v"]),
                                rtol=1e-5, atol=1e-6)
 
@@ -301,9 +311,12 @@ def test_update_scale_stretches_the_parameter_change():
     ({"inertia": 1.0}, "inertia"), ({"anderson": -1}, "anderson"),
     ({"anderson": 2, "inertia": 0.3}, "not both")])
 def test_acceleration_options_are_checked(kw, match):
+    from projc.backends.jax.solvers import make_iteration
+
     name = kw.pop("name", "ap")
     with pytest.raises(ProjcError, match=match):
-        Solver(PlanesLayout(), name, **kw)
+        make_iteration(Solver(PlanesLayout(), name, omega=kw.get("omega", 1.0)),
+                       inertia=kw.get("inertia", 0.0), anderson_memory=kw.get("anderson", 0))
 
 
 @pytest.mark.parametrize("kw, match", [({"tol": 0.0}, "tol"), ({"update_scale": -1.0}, "update_scale"),
@@ -317,7 +330,7 @@ def test_trainer_checks_the_options_before_loading(kw, match):
 
 @pytest.mark.parametrize("argv, match", [
     (["--omega", "2"], "--omega"), (["--inertia", "1"], "--inertia"), (["--anderson", "-1"], "--anderson"),
-    (["--tol", "0"], "--tol"), (["--update-scale", "nan"], "--update-scale"), (["--solver", "ar"], "--solver"),
+    (["--tol", "0"], "--tol"), (["--update-scale", "nan"], "--update-scale"),
     (["--solver", "dr", "--omega", "1.5"], "applies to ap and cp")])
 def test_cli_refuses_bad_acceleration_options(argv, match, tmp_path, capsys):
     from projc.cli import main
@@ -336,13 +349,14 @@ def test_auto_update_scale_is_2_for_convolutions_and_1_otherwise():
     """update_scale="auto" (the default) stretches the updates of conv models only (README "CNNs
     on digits"): the default run equals an explicit update_scale=2 run and not a plain one."""
     import projc
-    from projc.train.trainer import CONV_UPDATE_SCALE, DEFAULT_UPDATE_SCALE
+    from projc.config import UpdateConfig
+    from projc.train.trainer import CONV_UPDATE_SCALE
 
-    assert DEFAULT_UPDATE_SCALE == "auto" and CONV_UPDATE_SCALE == 2.0
+    assert UpdateConfig().update_scale == "auto" and CONV_UPDATE_SCALE == 2.0
     cnn, mlp = "models/cnn_digits.onnx", "models/mlp_digits.onnx"
-    assert projc.compile(mlp, steps_per_update=2).options["update_scale"] == 1.0
-    assert projc.compile(cnn, solver="adam").options["update_scale"] == 1.0  # nothing to stretch
-    assert projc.compile(cnn, update_scale=1.5).options["update_scale"] == 1.5
+    assert projc.compile(mlp, steps_per_update=2).update_scale == 1.0
+    assert projc.compile(cnn, solver="adam").update_scale == 1.0  # nothing to stretch
+    assert projc.compile(cnn, update_scale=1.5).update_scale == 1.5
     with pytest.raises(ProjcError, match="update_scale"):
         projc.compile(cnn, update_scale="fast")
     rng = np.random.default_rng(0)
@@ -352,8 +366,8 @@ def test_auto_update_scale_is_2_for_convolutions_and_1_otherwise():
     for scale in ("auto", 1.0, 2.0):
         tr = projc.compile(cnn, solver="cp", steps_per_update=2, update_scale=scale)
         p0 = tr.init_params()
-        p1, _ = tr.update(p0, x, y)
-        moved[scale], resolved[scale] = np.asarray(p1["conv.weight"]) - p0["conv.weight"], tr.options["update_scale"]
+        p1, _st, _ = tr.update(p0, tr.init_state(p0), x, y)
+        moved[scale], resolved[scale] = np.asarray(p1["conv.weight"]) - p0["conv.weight"], tr.update_scale
     assert resolved == {"auto": 2.0, 1.0: 1.0, 2.0: 2.0} and np.abs(moved[1.0]).max() > 1e-6
     np.testing.assert_allclose(moved["auto"], moved[2.0], rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(moved["auto"], 2.0 * moved[1.0], rtol=1e-4, atol=1e-6)
@@ -373,41 +387,46 @@ def test_weight_decay_shrinks_each_parameter_by_its_fraction_after_the_update():
     y = rng.integers(0, 10, 8)
     plain = projc.compile(mlp, steps_per_update=3)
     p0 = plain.init_params()
-    p1, _ = plain.update(p0, x, y)
+    p1, _st, _ = plain.update(p0, plain.init_state(p0), x, y)
     for scale in (1.0, 1.5):
         decayed = projc.compile(mlp, steps_per_update=3, weight_decay=0.1, update_scale=scale)
-        p2, _ = decayed.update(p0, x, y)
+        p2, _st, _ = decayed.update(p0, decayed.init_state(p0), x, y)
         for k in p0:
             want = p0[k] + scale * (np.asarray(p1[k]) - p0[k]) - 0.1 * p0[k]
             np.testing.assert_allclose(np.asarray(p2[k]), want, rtol=1e-5, atol=1e-6)
     adam = projc.compile(mlp, solver="adam", lr=1e-2, weight_decay=0.5)
-    q1, _ = adam.update(adam.init_params(), x, y)
-    q0, _ = projc.compile(mlp, solver="adam", lr=1e-2).update(p0, x, y)
+    q1 = adam.update(p0, adam.init_state(p0), x, y)[0]
+    adam0 = projc.compile(mlp, solver="adam", lr=1e-2)
+    q0 = adam0.update(p0, adam0.init_state(p0), x, y)[0]
     assert np.linalg.norm(np.asarray(q1["fc1.weight"])) < np.linalg.norm(np.asarray(q0["fc1.weight"]))
 
 
 def test_schedule_scales_the_step_and_decays_to_zero():
-    """--schedule: the factor goes 1 → 0 (cosine, linear) and multiplies the projected move and
-    Adam's update; scale 0 leaves the parameters where they are."""
-    import projc
-    from projc.train.batches import schedule_factor
+    """--schedule: the factor goes 1 → 0 over the run's progress (cosine, linear) and multiplies
+    the projected move and Adam's update; at the end of the run the parameters stay put."""
+    import jax.numpy as jnp
 
-    assert [schedule_factor("constant", k, 4) for k in range(5)] == [1.0] * 5
-    assert [schedule_factor("linear", k, 4) for k in range(5)] == [1.0, 0.75, 0.5, 0.25, 0.0]
-    np.testing.assert_allclose([schedule_factor("cosine", k, 4) for k in range(5)],
-                               [1.0, 0.5 + 0.5 ** 0.5 / 2, 0.5, 0.5 - 0.5 ** 0.5 / 2, 0.0], atol=1e-12)
+    import projc
+    from projc.backends.jax.methods import SCHEDULE_FACTORS
+
+    t = jnp.asarray([0.0, 0.25, 0.5, 0.75, 1.0])
+    np.testing.assert_allclose(SCHEDULE_FACTORS["linear"](t), [1.0, 0.75, 0.5, 0.25, 0.0], atol=1e-7)
+    np.testing.assert_allclose(SCHEDULE_FACTORS["cosine"](t),
+                               [1.0, 0.5 + 0.5 ** 0.5 / 2, 0.5, 0.5 - 0.5 ** 0.5 / 2, 0.0], atol=1e-7)
     with pytest.raises(ProjcError, match="schedule"):
-        schedule_factor("step", 0, 4)
+        projc.compile("models/mlp_digits.onnx", schedule="step")
     rng = np.random.default_rng(1)
     x, y = rng.random((8, 64), dtype=np.float32), rng.integers(0, 10, 8)
     for solver in ("dr", "adam"):
-        tr = projc.compile("models/mlp_digits.onnx", solver=solver, steps_per_update=3, lr=1e-2)
+        plain = projc.compile("models/mlp_digits.onnx", solver=solver, steps_per_update=3, lr=1e-2)
+        tr = projc.compile("models/mlp_digits.onnx", solver=solver, steps_per_update=3, lr=1e-2,
+                           schedule="linear")
         p0 = tr.init_params()
-        moves = {}
-        for s in (1.0, 0.5, 0.0):
-            p0 = tr.init_params()  # also resets Adam's moments: each call starts from the same state
-            moves[s] = np.asarray(tr.update(p0, x, y, scale=s)[0]["fc1.weight"]) - p0["fc1.weight"]
-        assert np.abs(moves[1.0]).max() > 1e-5 and not np.any(moves[0.0])
-        np.testing.assert_allclose(moves[0.5], 0.5 * moves[1.0], rtol=1e-4, atol=1e-6)
-        with pytest.raises(ProjcError, match="scale"):
-            tr.update(p0, x, y, scale=-1.0)
+        full = np.asarray(plain.update(p0, plain.init_state(p0), x, y)[0]["fc1.weight"]) - p0["fc1.weight"]
+        moves = {t: np.asarray(tr.update(p0, tr.init_state(p0), x, y, progress=t)[0]["fc1.weight"])
+                 - p0["fc1.weight"] for t in (0.0, 0.5, 1.0)}
+        assert np.abs(full).max() > 1e-5 and not np.any(moves[1.0])
+        np.testing.assert_allclose(moves[0.0], full, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(moves[0.5], 0.5 * full, rtol=1e-4, atol=1e-6)
+        with pytest.raises(ProjcError, match="progress"):
+            tr.update(p0, tr.init_state(p0), x, y, progress=-1.0)

@@ -28,7 +28,7 @@ def test_api_shapes_and_stats(mlp, digits):
     p = mlp.init_params()
     assert set(p) == {"fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"}
     assert mlp.input_shape == (None, 64) and mlp.input_name == "x"
-    p2, st = mlp.update(p, digits.x_train[:32], digits.y_train[:32])
+    p2, _st, st = mlp.update(p, mlp.init_state(p), digits.x_train[:32], digits.y_train[:32])
     assert set(st) >= {"residual", "violation"} and all(np.isfinite(v) for v in st.values())
     assert {k: np.shape(v) for k, v in p2.items()} == {k: v.shape for k, v in p.items()}
     m = mlp.evaluate(p2, digits.x_test, digits.y_test)
@@ -83,23 +83,23 @@ def test_bad_labels(mlp, digits):
     y = digits.y_train[:8].copy()
     y[3] = 10
     with pytest.raises(DataError, match="label 10 is out of range.*0..9"):
-        mlp.update(p, digits.x_train[:8], y)
+        mlp.update(p, (), digits.x_train[:8], y)
     with pytest.raises(DataError, match="out of range"):
         mlp.evaluate(p, digits.x_train[:8], -np.ones(8, int))
     with pytest.raises(DataError, match="integer class labels"):
-        mlp.update(p, digits.x_train[:8], np.full(8, 0.5))
+        mlp.update(p, (), digits.x_train[:8], np.full(8, 0.5))
     with pytest.raises(DataError, match="one per sample"):
-        mlp.update(p, digits.x_train[:8], digits.y_train[:7])
+        mlp.update(p, (), digits.x_train[:8], digits.y_train[:7])
 
 
 def test_bad_features(mlp, digits):
     p = mlp.init_params()
     with pytest.raises(DataError, match="64 features per sample, got 63"):
-        mlp.update(p, digits.x_train[:8, :63], digits.y_train[:8])
+        mlp.update(p, (), digits.x_train[:8, :63], digits.y_train[:8])
     x = digits.x_train[:8].copy()
     x[2, 5] = np.nan
     with pytest.raises(DataError, match="NaN or inf.*sample 2"):
-        mlp.update(p, x, digits.y_train[:8])
+        mlp.update(p, (), x, digits.y_train[:8])
     x[2, 5] = np.inf
     with pytest.raises(DataError, match="NaN or inf"):
         mlp.evaluate(p, x, digits.y_train[:8])
@@ -113,11 +113,11 @@ def test_bad_options_and_params(mlp, digits):
     p = mlp.init_params()
     del p["fc1.bias"]
     with pytest.raises(ProjcError, match="fc1.bias"):
-        mlp.update(p, digits.x_train[:8], digits.y_train[:8])
+        mlp.update(p, (), digits.x_train[:8], digits.y_train[:8])
 
 
 def test_divergence_is_reported(mlp, digits):
     p = mlp.init_params()
     p["fc2.weight"] = np.full_like(p["fc2.weight"], np.inf)
     with pytest.raises(DivergenceError, match="non-finite"):
-        mlp.update(p, digits.x_train[:8], digits.y_train[:8])
+        mlp.update(p, (), digits.x_train[:8], digits.y_train[:8])

@@ -106,3 +106,28 @@ def squared_error(x, target, lam: float | None = None):
         return t
     lam = jnp.asarray(lam, x.dtype)
     return (x + lam * t) / (1 + lam)
+
+
+# -- the same losses as differentiable values (the gradient baseline optimizes these) ----------------
+
+def cross_entropy_value(x, labels):
+    """Mean softmax cross-entropy over every sample (and step)."""
+    import optax
+    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(x, labels))
+
+
+def margin_value(x, labels):
+    """Half the mean squared distance to the margin set {x_y >= 1, x_c <= 0 (c != y)}."""
+    x, oh = _prep(x, labels)
+    gap = jnp.where(oh > 0, jax.nn.relu(1 - x), jax.nn.relu(x))
+    return 0.5 * jnp.mean(jnp.sum(gap * gap, -1))
+
+
+def squared_error_value(x, targets):
+    """Half the mean squared distance to the targets (per sample: summed over the output)."""
+    d = x - targets
+    return 0.5 * jnp.mean(jnp.sum(d.reshape(d.shape[0], -1) ** 2, -1))
+
+
+LOSS_VALUES = {"cross_entropy": cross_entropy_value, "margin": margin_value,
+               "squared_error": squared_error_value}

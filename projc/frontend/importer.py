@@ -24,7 +24,7 @@ import os
 import re
 import sys
 import warnings
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import onnx
@@ -43,35 +43,118 @@ FLOAT_DTYPES = ("f16", "f32", "f64")
 SUPPORTED_LIST_HINT = "supported ops: run `projc ops` or see docs/ops.md"
 
 
-def load_model(path, *, bind: dict[str, np.ndarray] | None = None) -> Graph:
-    """Read, check and import the ONNX file at ``path``.
+class ModelSource(NamedTuple):
+    """A model read once: the parsed proto (external data loaded), the name messages use, the file
+    it came from (None in memory) and the sha256 of the bytes read."""
 
-    ``bind`` turns the named graph inputs into constants with the given values (for inputs that
-    projc needs at compile time, e.g. a Reshape shape fed as an input).
+    proto: onnx.ModelProto
+    label: str
+    path: str | None
+    digest: str
+
+
+def read_model(model, *, base_dir: str | os.PathLike | None = None) -> ModelSource:
+    """Read ``model``: a path, the bytes of an ONNX file, or an ``onnx.ModelProto`` (copied).
+
+    A file's external data loads from the file's folder; an in-memory model's only from
+    ``base_dir`` when it is given (never from the working directory), and no external file may
+    lie outside that folder.
     """
-    path = os.fspath(path)
+    if isinstance(model, (str, os.PathLike)):
+        path = os.fspath(model)
+        return _parse(_read_bytes(path), path, path, os.path.dirname(os.path.abspath(path)))
+    if isinstance(model, (bytes, bytearray, memoryview)):
+        data = bytes(model)
+        return _parse(data, "model bytes", None, base_dir)
+    if isinstance(model, onnx.ModelProto):
+        data = model.SerializeToString()
+        return _parse(data, model.graph.name or "model", None, base_dir)
+    raise ProjcError(f"model must be a path, the bytes of an ONNX file or an onnx.ModelProto, got "
+                     f"{type(model).__name__}")
+
+
+def _read_bytes(path: str) -> bytes:
     if not os.path.exists(path):
         raise ModelLoadError(f"{path}: no such file")
     if os.path.isdir(path):
         raise ModelLoadError(f"{path}: is a directory, expected an .onnx file")
-    if os.path.getsize(path) == 0:
-        raise ModelLoadError(f"{path}: the file is empty (0 bytes), expected an ONNX model")
     try:
-        model = onnx.load(path)
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as err:
+        raise ModelLoadError(f"{path}: cannot read the model ({err.strerror or err})") from None
+    if not data:
+        raise ModelLoadError(f"{path}: the file is empty (0 bytes), expected an ONNX model")
+    return data
+
+
+def _parse(data: bytes, label: str, path: str | None, base_dir) -> ModelSource:
+    import hashlib
+
+    try:
+        proto = onnx.load_from_string(data)
     except Exception as err:  # protobuf raises DecodeError, RuntimeError, ... on bad bytes
-        raise ModelLoadError(f"{path}: not a readable ONNX model, the file is truncated or not "
+        raise ModelLoadError(f"{label}: not a readable ONNX model, the file is truncated or not "
                              f"an ONNX protobuf ({_first_line(err)})") from None
-    return from_onnx(model, path=path, bind=bind)
+    load_external_data(proto, label, base_dir)
+    return ModelSource(proto, label, path, hashlib.sha256(data).hexdigest())
+
+
+def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    return out
+
+
+def load_external_data(proto: onnx.ModelProto, label: str, base_dir) -> None:
+    """Inline the tensors ``proto`` keeps in external files, read from ``base_dir`` only."""
+    from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
+
+    external = [t for t in _get_all_tensors(proto) if uses_external_data(t)]
+    if not external:
+        return
+    if base_dir is None:
+        raise ModelLoadError(f"{label}: the model keeps {len(external)} tensor(s) in external files "
+                             f"(first \"{ExternalDataInfo(external[0]).location}\"); pass base_dir= "
+                             f"the folder that holds them")
+    root = os.path.realpath(base_dir)
+    for tensor in external:
+        location = ExternalDataInfo(tensor).location
+        full = os.path.realpath(os.path.join(root, location))
+        if os.path.commonpath([root, full]) != root:
+            raise ModelLoadError(f"{label}: tensor \"{tensor.name}\" names external data "
+                                 f"\"{location}\" outside the model's folder {root}")
+        if not os.path.isfile(full):
+            raise ModelLoadError(f"{label}: tensor \"{tensor.name}\" keeps its data in \"{location}\", "
+                                 f"which is missing from {root}")
+    try:
+        onnx.load_external_data_for_model(proto, root)
+    except Exception as err:  # noqa: BLE001 - a short or unreadable external file
+        raise ModelLoadError(f"{label}: cannot read its external data ({_first_line(err)})") from None
+
+
+def load_model(model, *, bind: dict[str, np.ndarray] | None = None) -> Graph:
+    """Read, check and import ``model`` (a path, bytes or ModelProto; see ``read_model``).
+
+    ``bind`` turns the named graph inputs into constants with the given values (for inputs that
+    projc needs at compile time, e.g. a Reshape shape fed as an input).
+    """
+    source = read_model(model)
+    return from_onnx(source.proto, path=source.path or source.label, bind=bind)
 
 
 def from_onnx(model: onnx.ModelProto, path: str | None = None, *,
-              bind: dict[str, np.ndarray] | None = None) -> Graph:
+              bind: dict[str, np.ndarray] | None = None, base_dir: str | os.PathLike | None = None) -> Graph:
     """Import an in-memory ONNX model (``path`` only names it in messages and ``meta``).
 
     A model older than opset ``MIN_OPSET`` is upgraded in memory (``upgrade_opset``, one note on
-    stderr); the caller's ModelProto is never modified.
+    stderr); the caller's ModelProto is never modified. Tensors kept in external files load from
+    ``base_dir`` only (``load_external_data``).
     """
     label = path or model.graph.name or "model"
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
+        model = _copy(model)
+        load_external_data(model, label, base_dir)
     try:
         model = list_initializers_as_inputs(model)
         check_input_ranks(model, label)  # before the checker, which only says "shape missing"

@@ -22,15 +22,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from projc.ir.constraints import CONSTRAINT_KINDS, FAMILIES, LOSSES, MOVES  # noqa: F401  (re-exported)
+
 from .registry import register
 
-FAMILIES = ("dot", "mul", "sum", "sum_pwl", "sum_smooth", "max", "mean", "embed", "identity")
-MOVES = ("reshape", "transpose", "concat", "slice", "pad", "patches")
-LOSSES = ("cross_entropy", "margin", "squared_error")
 PWL_FNS = ("relu", "leaky_relu", "clip", "abs", "sign", "identity",
            "hardsigmoid", "relu6", "round", "floor", "ceil", "fake_quant")
 SMOOTH_FNS = ("tanh", "sigmoid", "one_minus_sigmoid", "softplus", "silu", "gelu", "gelu_tanh", "elu", "hardswish")
-CONSTRAINT_KINDS = FAMILIES + MOVES + LOSSES
 
 Shape = tuple  # of int | str
 

@@ -2,13 +2,11 @@
 
 Each epoch draws a fresh permutation of the training set from one seeded generator. The state
 (update count, epoch, position in the epoch, the generator's state when the epoch's permutation
-was drawn) is plain JSON, so a checkpoint can restore the exact batch sequence. ``schedule_factor``
-is the step-size schedule over the same updates (``projc train --schedule``).
+was drawn) is plain JSON, so a checkpoint can restore the exact batch sequence.
 """
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Iterator
 
 import numpy as np
@@ -69,16 +67,3 @@ class UpdateSchedule:
         if self.position:  # mid-epoch: redraw this epoch's permutation from its saved state
             self._epoch_rng_state = copy.deepcopy(state["rng"])
             self._order = self._rng.permutation(self.n_train)
-
-
-SCHEDULES = ("constant", "cosine", "linear")
-
-
-def schedule_factor(schedule: str, done: int, total: int) -> float:
-    """The step factor of update ``done`` (0-based) of ``total`` (``Trainer.update``'s ``scale``):
-    constant 1; cosine ½(1 + cos(π done/total)); linear 1 − done/total. The first update is a full
-    one and the last a short one, as in optax's decay schedules."""
-    if schedule not in SCHEDULES:
-        raise DataError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
-    t = min(max(done, 0), total) / max(total, 1)
-    return {"constant": 1.0, "cosine": 0.5 * (1 + math.cos(math.pi * t)), "linear": 1 - t}[schedule]

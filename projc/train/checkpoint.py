@@ -88,9 +88,20 @@ def load_checkpoint(folder: str) -> Checkpoint:
 
 
 def check_fingerprint(folder: str, saved: dict[str, Any], current: dict[str, Any]) -> None:
-    """Refuse to resume a checkpoint written by a run with other options."""
-    differ = [k for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
+    """Refuse to resume a checkpoint written by a run with other options. An option that enters
+    the fingerprint only when changed counts as its default where a fingerprint lacks it; a key
+    recorded only since a later format (``LATER_KEYS``) is not compared with a checkpoint that
+    lacks it."""
+    from projc.config import fingerprint_defaults
+
+    defaults = fingerprint_defaults()
+    keys = [k for k in sorted(set(saved) | set(current)) if k in saved or k not in LATER_KEYS]
+    differ = [k for k in keys if saved.get(k, defaults.get(k)) != current.get(k, defaults.get(k))]
     if differ:
-        what = ", ".join(f"{k} ({saved.get(k)!r} then, {current.get(k)!r} now)" for k in differ)
+        what = ", ".join(f"{k} ({saved.get(k, defaults.get(k))!r} then, {current.get(k, defaults.get(k))!r} "
+                         f"now)" for k in differ)
         raise ProjcError(f"{folder}: the checkpoint was written by a different run: {what}; use the "
                          f"same command to resume, or another --checkpoint folder")
+
+
+LATER_KEYS = ("data_digest",)  # the data's content, recorded since the config redesign

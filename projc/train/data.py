@@ -25,6 +25,17 @@ class Dataset(NamedTuple):
     name: str
 
     @property
+    def digest(self) -> str:
+        """sha256 of the split's contents (a checkpoint resumes only on the same data)."""
+        import hashlib
+        h = hashlib.sha256()
+        for a in (self.x_train, self.y_train, self.x_test, self.y_test):
+            a = np.ascontiguousarray(a)
+            h.update(f"{a.dtype.str}{a.shape}".encode())
+            h.update(a.tobytes())
+        return h.hexdigest()
+
+    @property
     def num_classes(self) -> int:
         return int(max(self.y_train.max(initial=-1), self.y_test.max(initial=-1)) + 1)
 

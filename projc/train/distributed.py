@@ -226,10 +226,6 @@ def all_reduce_stats(hlo_text: str) -> dict[str, int]:
 
 def update_hlo(trainer, x, y) -> str:
     """The compiled HLO text of ``trainer``'s sharded update for this batch (for inspection)."""
-    if trainer.parallel is None or trainer.solver_name == "adam":
+    if trainer.parallel is None or not trainer.entry.projection:
         raise ProjcError("update_hlo needs a projection trainer compiled with devices=...")
-    x, y = trainer._check_data(x, y)
-    dp = trainer.parallel
-    params = dp.put_replicated(trainer.init_params())
-    batch = dp.put_batch({trainer.input_name: x, trainer.label_name: y})
-    return trainer._update.lower(params, batch, np.float32(1)).compile().as_text()
+    return trainer.lower_update(x, y).compile().as_text()

@@ -1,47 +1,64 @@
-"""The update loop of ``projc train``: progress, per-epoch evaluation, history log, checkpoints,
-guards against non-finite values and warnings for runs that do nothing or blow up."""
+"""The update loop of a training run: progress, per-epoch evaluation, history log, checkpoints,
+guards against non-finite values and warnings for runs that do nothing or blow up.
+
+    run = TrainingRun(config, trainer, data)    # config: projc.config.Config
+    params = run.train()
+
+``projc train`` and the benchmarks run the same loop.
+"""
 from __future__ import annotations
 
 import math
 import sys
 import time
+from collections.abc import Callable
 
+from projc.config import Config
 from projc.errors import DivergenceError
-from projc.train.batches import UpdateSchedule, schedule_factor
+from projc.train.batches import UpdateSchedule
 
-DEFAULT_EPOCHS = 10
+
+def _print_warning(message: str | None) -> None:
+    if message:
+        print(f"projc train: warning: {message}", file=sys.stderr, flush=True)
 
 
 class TrainingRun:
-    """One ``projc train`` run over ``data`` with the CLI's ``args``; ``train()`` returns the params."""
+    """One run of ``trainer`` on ``data`` under ``config``; ``train()`` returns the params.
 
-    def __init__(self, trainer, data, args, *, warn, rank: int = 0, nproc: int = 1):
-        self.trainer, self.data, self.args, self.warn = trainer, data, args, warn
-        self.rank, self.nproc = rank, nproc  # a multi-process run: this process's slice of each batch
+    ``rank``/``nproc``: this process's slice of each batch in a multi-process run; ``verbose``
+    prints a line per epoch; ``warn`` receives one-line warnings."""
+
+    def __init__(self, config: Config, trainer, data, *, warn: Callable[[str | None], None] = _print_warning,
+                 rank: int = 0, nproc: int = 1, verbose: bool = True):
+        self.config, self.trainer, self.data, self.warn = config, trainer, data, warn
+        self.rank, self.nproc, self.verbose = rank, nproc, verbose
+        run, batch = config.run, config.dataset.batch
         n = len(data.y_train)
-        per_epoch = -(-n // args.batch)
-        total = args.updates if args.updates is not None else per_epoch * (args.epochs or DEFAULT_EPOCHS)
-        self.schedule = UpdateSchedule(n, args.batch, total, args.seed)
-        self.total = total
+        per_epoch = -(-n // batch)
+        self.total = run.updates if run.updates is not None else per_epoch * (run.epochs or run.DEFAULT_EPOCHS)
+        self.schedule = UpdateSchedule(n, batch, self.total, run.seed)
         self.log = None
         self.seconds_before = 0.0
         self.t_start = time.perf_counter()
         self.last_residual = None
+        self.history: list[dict] = []   # every evaluation record, as the log writes them
+        self._fp: dict | None = None
 
     # -- the run ---------------------------------------------------------------------------
     def train(self) -> dict:
         from projc.train.history import HistoryLog
         from projc.train.watch import TrainingWatch
 
-        params, initial_loss, resume_at = self._start()
-        if self.args.log and self.rank == 0:
-            self.log = HistoryLog(self.args.log, resume_at=resume_at)
+        params, state, initial_loss, resume_at = self._start()
+        if self.config.run.log and self.rank == 0:
+            self.log = HistoryLog(self.config.run.log, resume_at=resume_at)
         self.t_start = time.perf_counter()
         try:
             if initial_loss is None:  # a fresh run: record where it starts
                 initial_loss = self._evaluate(params, epoch=0, show=False)
             self.watch = TrainingWatch(initial_loss)
-            params = self._loop(params)
+            params = self._loop(params, state)
         finally:
             if self.log is not None:
                 self.log.close()
@@ -49,28 +66,28 @@ class TrainingRun:
         return params
 
     def _start(self):
-        """(params, initial loss or None, update count resumed at or None)."""
-        trainer, args = self.trainer, self.args
+        """(params, state, initial loss or None, update count resumed at or None)."""
+        trainer = self.trainer
         params = trainer.init_params()
-        if not args.resume:
-            return params, None, None
+        if not self.config.run.resume:
+            return params, trainer.init_state(params), None, None
         from projc.train.checkpoint import check_fingerprint, checkpoint_path, load_checkpoint
 
-        ckpt = load_checkpoint(args.checkpoint)
-        check_fingerprint(args.checkpoint, ckpt.fingerprint, self.fingerprint())
-        trainer.set_solver_state(ckpt.solver_state)
+        folder = self.config.run.checkpoint
+        ckpt = load_checkpoint(folder)
+        check_fingerprint(folder, ckpt.fingerprint, self.fingerprint())
+        params = dict(ckpt.params)
+        state = trainer.state_from_leaves(params, ckpt.solver_state)
         self.schedule.load_state(ckpt.schedule)
         self.seconds_before = float(ckpt.counters["seconds"])
-        print(f"resuming {checkpoint_path(args.checkpoint)}: update {self.schedule.done} of "
-              f"{self.total}", flush=True)
-        return dict(ckpt.params), ckpt.counters.get("initial_loss"), self.schedule.done
+        print(f"resuming {checkpoint_path(folder)}: update {self.schedule.done} of {self.total}", flush=True)
+        return params, state, ckpt.counters.get("initial_loss"), self.schedule.done
 
-    def _loop(self, params: dict) -> dict:
+    def _loop(self, params: dict, state) -> dict:
+        import numpy as np
         from tqdm import tqdm
 
         trainer, data, schedule = self.trainer, self.data, self.schedule
-        import numpy as np
-
         tty = sys.stderr.isatty() and self.rank == 0
         bar, current = None, None
         for epoch, idx in schedule:
@@ -80,9 +97,9 @@ class TrainingRun:
                            total=schedule.per_epoch, initial=schedule.position - 1)
             idx = np.array_split(idx, self.nproc)[self.rank]  # this process's slice of the minibatch
             xb, yb = data.x_train[idx], data.y_train[idx]
+            progress = min(max(schedule.done - 1, 0), self.total) / max(self.total, 1)
             try:
-                new, stats = trainer.update(params, xb, yb, scale=schedule_factor(
-                    getattr(self.args, "schedule", "constant"), schedule.done - 1, self.total))
+                new, state, stats = trainer.update(params, state, xb, yb, progress=progress)
             except DivergenceError as err:
                 raise DivergenceError(f"stopped at update {schedule.done}: {err}; nothing exported") from None
             batch = trainer.evaluate(new, xb, yb)
@@ -102,7 +119,7 @@ class TrainingRun:
                 bar.close()
                 self._evaluate(params, epoch=epoch + 1)
             if self._checkpoint_due():
-                self._save(params)
+                self._save(params, state)
         return params
 
     # -- evaluation, log, checkpoints --------------------------------------------------------
@@ -118,60 +135,53 @@ class TrainingRun:
             raise DivergenceError(f"stopped at update {self.schedule.done}: the training loss is "
                                   f"{train['loss']}; nothing exported")
         seconds = self.seconds()
-        if show:
+        if show and self.verbose:
             print(f"epoch {epoch:3d}  train acc {train['accuracy']:.4f}  test acc {test['accuracy']:.4f}  "
                   f"loss {train['loss']:.4f}  {seconds:.2f}s", flush=True)
+        if show:
             self.warn(self.watch.check_loss(train["loss"]))
+        record = dict(update=self.schedule.done, epoch=epoch, train_accuracy=train["accuracy"],
+                      test_accuracy=test["accuracy"], loss=finite_or_none(train["loss"]),
+                      seconds=round(seconds, 4))
+        if self.trainer.entry.projection:
+            record["residual"] = finite_or_none(self.last_residual)
+        self.history.append(record)
         if self.log is not None:
-            record = dict(update=self.schedule.done, epoch=epoch, train_accuracy=train["accuracy"],
-                          test_accuracy=test["accuracy"], loss=finite_or_none(train["loss"]),
-                          seconds=round(seconds, 4))
-            if self.trainer.solver_name != "adam":
-                record["residual"] = finite_or_none(self.last_residual)
             self.log.write(**record)
         return train["loss"]
 
     def _checkpoint_due(self) -> bool:
-        if not self.args.checkpoint or self.rank != 0:
+        run = self.config.run
+        if not run.checkpoint or self.rank != 0:
             return False
-        every, done = self.args.checkpoint_every, self.schedule.done
+        done = self.schedule.done
         if done == self.total:
             return True
-        return done % every == 0 if every else self.schedule.epoch_ends
+        return done % run.checkpoint_every == 0 if run.checkpoint_every else self.schedule.epoch_ends
 
     def fingerprint(self) -> dict:
-        """The options that shape a run: a checkpoint resumes only under the same ones."""
-        from projc.train.checkpoint import file_digest
+        """What shapes the run: the config's fingerprint (``Config.fingerprint``), the model's and the
+        data's content, the update count and the resolved update scale."""
+        if self._fp is None:
+            fp = self.config.fingerprint()
+            fp.pop("update_scale", None)
+            if self.trainer.update_scale != 1.0:  # "auto" resolved for this model
+                fp["update_scale"] = self.trainer.update_scale
+            fp.update(model=self.trainer.source.digest, updates=self.total)
+            digest = getattr(self.data, "digest", None)
+            if digest:
+                fp["data_digest"] = digest
+            self._fp = fp
+        return self._fp
 
-        a = self.args
-        return {"model": file_digest(a.model), "data": a.data, "seed": a.seed, "batch": a.batch,
-                "updates": self.total, "solver": a.solver, "steps": a.steps, "loss": a.loss,
-                "lam": a.lam, "relaxation": a.relaxation, "layout": a.layout, "lr": a.lr,
-                "repair": not a.no_repair, "freeze": sorted(a.freeze), **self._acceleration()}
-
-    def _acceleration(self) -> dict:
-        """The time-to-accuracy and BatchNorm options that differ from their defaults (so that
-        checkpoints written before they existed still resume)."""
-        defaults = {"tol": None, "omega": 1.0, "inertia": 0.0, "anderson": 0, "update_scale": 1.0,
-                    "train_batchnorm": False, "weight_decay": 0.0, "schedule": "constant"}
-        values = {k: getattr(self.args, k, d) for k, d in defaults.items()}
-        values["update_scale"] = self.trainer.options["update_scale"]  # "auto" resolved for this model
-        return {k: v for k, v in values.items() if v != defaults[k]}
-
-    def _save(self, params: dict) -> None:
+    def _save(self, params: dict, state) -> None:
         import numpy as np
 
         from projc.train.checkpoint import Checkpoint, save_checkpoint
 
         ckpt = Checkpoint(params={k: np.asarray(v) for k, v in params.items()},
-                          solver_state=self.trainer.solver_state(), schedule=self.schedule.state(),
+                          solver_state=self.trainer.state_leaves(state) or None,
+                          schedule=self.schedule.state(),
                           counters={"seconds": self.seconds(), "initial_loss": self.watch.initial_loss},
-                          fingerprint=self._fingerprint_cache())
-        save_checkpoint(self.args.checkpoint, ckpt)
-
-    def _fingerprint_cache(self) -> dict:
-        if not hasattr(self, "_fp"):
-            self._fp = self.fingerprint()
-        return self._fp
-
-
+                          fingerprint=self.fingerprint())
+        save_checkpoint(self.config.run.checkpoint, ckpt)

@@ -1,54 +1,34 @@
-"""The stable Python API: ``projc.compile(model) -> Trainer``.
+"""The stable Python API: ``projc.compile(model, config) -> Trainer``.
 
-    trainer = projc.compile("model.onnx", loss="cross_entropy", solver="dr", steps_per_update=50)
-    params = trainer.init_params()                # {ONNX initializer name: array}, the file's values
-    params, stats = trainer.update(params, x, y)  # one minibatch; x in the model's input shape
-    metrics = trainer.evaluate(params, x, y)      # {"accuracy": ..., "loss": ...}
-    trainer.export(params, "trained.onnx")        # the original graph with trained initializers
+    trainer = projc.compile("model.onnx", solver="dr", steps_per_update=50)   # or a projc.Config
+    params = trainer.init_params()                 # {ONNX initializer name: array}
+    state = trainer.init_state(params)             # what an update carries (Adam's moments; () else)
+    params, state, stats = trainer.update(params, state, x, y)   # one minibatch, pure
+    metrics = trainer.evaluate(params, x, y)       # {"accuracy": ..., "loss": ...}
+    trainer.export(params, "trained.onnx")         # the original graph with trained initializers
 
-The update is jit-compiled once per (model, batch shape). Options: ``lam`` (cross-entropy prox
-weight, 5.0), ``ce_method`` ("newton" | "fixed-point"), ``relaxation`` (DR λ, 0.5), ``beta`` (DM, 1.0),
-``repair`` (bipartite repair, True), ``layout`` (the solver's state layout: "auto" | "copies" |
-"consensus"), ``lr`` (Adam, 1e-3), ``factor_linear`` (exact factored slots for linear dot families,
-True), ``freeze`` (names of
-initializers kept fixed: they become constants of the compiled graph). ``ce_method`` and ``lam``
-go to the ``attach-loss`` pass as options. ``init`` ("file": the exported values | "he": He-normal
-weights, zero biases | "auto", the default: he for a model with a Conv, else file; see
-projc.train.init_params) and ``seed`` (the init's seed, 0). ``train_batchnorm`` (False): train the
-scale/bias (gamma/beta) of BatchNormalization nodes as parameters (its statistics stay frozen);
-by default the whole BatchNormalization is a frozen per-channel affine. ``weight_decay`` (0.0, in
-[0, 1)): decoupled weight decay, p ← p + α (readout − p) − δ p after each projection update; for
-``adam`` it is optax.adamw's (scaled by ``lr``).
+``model`` is a path, the bytes of an ONNX file or an ``onnx.ModelProto``; it is read once, and the
+export writes that same graph. Every option is a field of ``projc.config.Config`` (its docstrings
+and ``projc train --help`` describe them); keywords land in their group. The update is a pure
+function (the method table, ``projc.train.methods``), jit-compiled once per (model, batch shape);
+the Trainer holds only what compilation fixed.
 
-Time-to-accuracy options of the projection solvers (off by default; README "Time to accuracy"):
-``tol`` (stop an update's steps once the fixed-point residual is <= tol; ``steps_per_update`` is then
-the maximum), ``omega`` (over-relaxed projections for ap/cp, in (0, 2)), ``inertia`` (inertial
-extrapolation, [0, 1)), ``anderson`` (Anderson memory, 0: off) and ``update_scale`` (p ← p +
-α (readout − p), > 0; "auto", the default: CONV_UPDATE_SCALE for a model with a Conv, else 1). See
-projc.backends.jax.solvers and emit.
-
-``devices`` (None | N | "all" | a jax Mesh) shards every minibatch over that many devices and
-replicates the parameters (data parallelism, see ``projc.train.distributed``); in a multi-process run
+``update(..., progress=t)`` tells a schedule how far the run is (t in [0, 1]). ``devices`` (an
+option: None | N | "all" | a jax Mesh) shards every minibatch over that many devices and replicates
+the parameters (data parallelism, ``projc.train.distributed``); in a multi-process run
 (``jax.distributed.initialize`` first) each process passes its own slice of every global minibatch.
 """
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from projc.backends.jax.solvers import SOLVERS
+from projc.config import Config
 from projc.errors import DataError, DivergenceError, ParamError, ProjcError
 
-STATE_LAYOUTS = ("auto", "copies", "consensus")
-_OPTIONS = ("lam", "ce_method", "relaxation", "beta", "repair", "layout", "lr", "factor_linear",
-            "freeze", "init", "seed", "tol", "omega", "inertia", "anderson", "update_scale",
-            "train_batchnorm", "weight_decay")
-DEFAULT_INIT = "auto"  # he for a model with a Conv, else file; measured: benchmarks/init.py (README "Initialization")
-DEFAULT_UPDATE_SCALE = "auto"  # CONV_UPDATE_SCALE for a model with a Conv, else 1 (plain updates)
 # A conv weight's target averages the copies of every output position, most of which a pooled
 # loss barely corrects, so a conv model's updates come out short. Measured on digits (cnn_digits DR
 # 60 updates, seeds 0-4; lenet_digits DR batch 64, seeds 0-1; cnn2_digits CP batch 64, seed 0):
@@ -56,10 +36,9 @@ DEFAULT_UPDATE_SCALE = "auto"  # CONV_UPDATE_SCALE for a model with a Conv, else
 CONV_UPDATE_SCALE = 2.0
 
 
-def compile(model: str | os.PathLike, *, loss: str = "cross_entropy", solver: str = "dr",  # noqa: A001
-            steps_per_update: int = 50, **options) -> Trainer:
-    """Compile an ONNX model file into a Trainer (see the module docstring)."""
-    return Trainer(model, loss=loss, solver=solver, steps_per_update=steps_per_update, **options)
+def compile(model, config: Config | None = None, **options) -> Trainer:  # noqa: A001
+    """Compile an ONNX model (path, bytes or ModelProto) into a Trainer (see the module docstring)."""
+    return Trainer(model, config, **options)
 
 
 def freeze_params(graph, names) -> list[str]:
@@ -84,16 +63,11 @@ def freeze_params(graph, names) -> list[str]:
 def make_state_layout(name: str, solver: str, graph, *, factor_linear: bool = True):
     """The state layout ``name`` for ``solver``: ``auto`` takes consensus where it is exact (AP, CP
     on this graph), copies otherwise."""
+    from projc.backends.jax.layout_consensus import EXACT_SOLVERS, ConsensusLayout
     from projc.backends.jax.layout_copies import CopiesLayout
 
-    if name == "copies" or (name == "auto" and solver not in ("ap", "cp")):
+    if name == "copies" or (name == "auto" and solver not in EXACT_SOLVERS):
         return CopiesLayout(graph, factor_linear=factor_linear)
-    try:
-        from projc.backends.jax.layout_consensus import ConsensusLayout
-    except ImportError:
-        if name == "auto":
-            return CopiesLayout(graph, factor_linear=factor_linear)
-        raise ProjcError("layout 'consensus' is not available in this build; use layout='copies'") from None
     if name == "auto":
         try:
             return ConsensusLayout(graph, solver=solver)
@@ -102,76 +76,42 @@ def make_state_layout(name: str, solver: str, graph, *, factor_linear: bool = Tr
     return ConsensusLayout(graph, solver=solver)
 
 
-def resolve_update_scale(update_scale: float | str, source_graph, solver: str) -> float:
-    """The number ``update_scale`` means for this model and solver (``auto``: CONV_UPDATE_SCALE for
-    a projection solver on a model with a Conv, else 1; Adam has no projected readout to stretch)."""
+def resolve_update_scale(update_scale: float | str, source_graph, projection: bool) -> float:
+    """The number ``update_scale`` means for this model and method (``auto``: CONV_UPDATE_SCALE for
+    a projection solver on a model with a Conv, else 1; a gradient method has no readout to stretch)."""
     if update_scale != "auto":
         return float(update_scale)
     has_conv = any(op.kind == "Conv" for op in source_graph.ops)
-    return CONV_UPDATE_SCALE if has_conv and solver != "adam" else 1.0
-
-
-def _check_acceleration(solver, tol, omega, inertia, anderson, update_scale) -> None:
-    """Range checks of the time-to-accuracy options, before anything is compiled."""
-    from projc.backends.jax.solvers import check_acceleration
-
-    for name, v in (("tol", tol), ("update_scale", update_scale), ("omega", omega), ("inertia", inertia)):
-        if v is not None and not (isinstance(v, (int, float)) and math.isfinite(v)):
-            raise ProjcError(f"{name} must be a finite number, got {v!r}")
-    if tol is not None and tol <= 0:
-        raise ProjcError(f"tol must be > 0 (or None: always run steps_per_update), got {tol!r}")
-    if update_scale <= 0:
-        raise ProjcError(f"update_scale must be > 0, got {update_scale!r}")
-    if solver != "adam":
-        check_acceleration(solver, omega, inertia, anderson)
+    return CONV_UPDATE_SCALE if has_conv and projection else 1.0
 
 
 class Trainer:
-    """A compiled projection trainer for one ONNX model (see the module docstring)."""
+    """A compiled trainer for one ONNX model (see the module docstring)."""
 
-    def __init__(self, model: str | os.PathLike, *, loss: str = "cross_entropy", solver: str = "dr",
-                 steps_per_update: int = 50, lam: float = 5.0, ce_method: str = "newton",
-                 relaxation: float = 0.5, beta: float = 1.0, repair: bool = True, layout: str = "auto",
-                 lr: float = 1e-3, factor_linear: bool = True, freeze=(), devices=None,
-                 init: str = DEFAULT_INIT, seed: int = 0, tol: float | None = None, omega: float = 1.0,
-                 inertia: float = 0.0, anderson: int = 0, update_scale: float | str = DEFAULT_UPDATE_SCALE,
-                 train_batchnorm: bool = False, weight_decay: float = 0.0):
-        from projc.frontend.importer import load_model
+    def __init__(self, model, config: Config | None = None, **options):
+        import jax
+
+        from projc.frontend.importer import from_onnx, read_model
         from projc.passes import compile_for_training
-        from projc.train.init_params import INITS, initial_params, resolve_init
+        from projc.train.distributed import DataParallel
+        from projc.train.init_params import initial_params, resolve_init
+        from projc.train.methods import METHODS, build_method
 
-        if solver not in SOLVERS:
-            raise ProjcError(f"unknown solver {solver!r}; choose one of {', '.join(SOLVERS)}")
-        if init not in INITS:
-            raise ProjcError(f"unknown init {init!r}; choose one of {', '.join(INITS)}")
-        if layout not in STATE_LAYOUTS:
-            raise ProjcError(f"unknown layout {layout!r}; choose one of {', '.join(STATE_LAYOUTS)}")
-        if ce_method not in ("newton", "fixed-point"):
-            raise ProjcError(f"unknown ce_method {ce_method!r}; choose newton or fixed-point")
-        if not isinstance(steps_per_update, int) or steps_per_update < 1:
-            raise ProjcError(f"steps_per_update must be a positive integer, got {steps_per_update!r}")
-        if not (isinstance(lam, (int, float)) and lam > 0 and math.isfinite(lam)):
-            raise ProjcError(f"lam must be a positive number, got {lam!r}")
-        if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
-            raise ProjcError(f"lr must be a positive number, got {lr!r}")
-        _check_acceleration(solver, tol, omega, inertia, anderson,
-                            1.0 if update_scale == "auto" else update_scale)
-        if not (isinstance(weight_decay, (int, float)) and 0 <= weight_decay < 1):
-            raise ProjcError(f"weight_decay must be a number in [0, 1), got {weight_decay!r}")
-        self.model_path = os.fspath(model)
-        self.loss, self.solver_name, self.steps_per_update = loss, solver, steps_per_update
-        self.options = dict(lam=lam, ce_method=ce_method, relaxation=relaxation, beta=beta,
-                            repair=repair, layout=layout, lr=lr, factor_linear=factor_linear,
-                            init=init, seed=seed, tol=tol, omega=omega, inertia=inertia,
-                            anderson=anderson, update_scale=update_scale,
-                            train_batchnorm=bool(train_batchnorm), weight_decay=float(weight_decay))
-        self.source_graph = load_model(self.model_path)
-        self.options["init"] = init = resolve_init(init, self.source_graph)  # "auto" -> file | he
-        self.options["update_scale"] = update_scale = resolve_update_scale(update_scale, self.source_graph, solver)
-        self.frozen = freeze_params(self.source_graph, freeze)
-        self.graph = compile_for_training(self.source_graph, loss=loss, lam=lam, ce_method=ce_method,
-                                          repair=repair, train_batchnorm=bool(train_batchnorm))
-        self.layout = make_state_layout(layout, solver, self.graph, factor_linear=factor_linear)
+        self.config = config = Config.build(config, **options)
+        task, method, comp = config.task, config.method, config.compilation
+        self.source = read_model(model)  # read once: the export writes this graph
+        self.model_path = self.source.label
+        self.source_graph = from_onnx(self.source.proto, path=self.source.path or self.source.label)
+        self.entry = METHODS[method.solver]
+        self.init = resolve_init(comp.init, self.source_graph)  # "auto" -> file | he
+        self.update_scale = resolve_update_scale(config.update.update_scale, self.source_graph,
+                                                 self.entry.projection)
+        self.frozen = freeze_params(self.source_graph, comp.freeze)
+        self.graph = compile_for_training(self.source_graph, loss=task.loss, lam=task.lam,
+                                          ce_method=task.ce_method, repair=comp.repair,
+                                          train_batchnorm=comp.train_batchnorm)
+        self.layout = make_state_layout(method.layout, method.solver, self.graph,
+                                        factor_linear=method.factor_linear)
         data = self.graph.data_inputs
         if len(data) != 1:
             raise ProjcError(f"{self.model_path}: projc trains models with one data input, this one "
@@ -185,76 +125,62 @@ class Trainer:
         self.logits_name = self.graph.meta.get("logits_output", logits.hint)
         self.num_classes = int(logits.shape[-1]) if isinstance(logits.shape[-1], int) else None
         # per-step logits [B, T, C] with labels [B, T] (cross_entropy over every step)
-        self.per_step = self.loss != "squared_error" and self._label.rank == 2
+        self.per_step = task.loss != "squared_error" and self._label.rank == 2
         self.label_steps = self._label.shape[1] if self.per_step else None
         self.param_names = [v.hint for v in self.graph.params]
         self._init = initial_params(self.source_graph, {v.hint: np.asarray(v.data) for v in self.graph.params},
-                                    init, seed)
-        self._label_dtype = self._label.dtype
-        self._update = None
-        self._forward = None
-        self._adam = None
-        self._adam_state = None
-        from projc.train.distributed import DataParallel
-        self.parallel = DataParallel.from_spec(devices)  # None: one device, no sharding
-        # params, batch, the schedule's scale
-        shardings = self.parallel.jit_shardings(n_replicated_after=1) if self.parallel else {}
-        if solver != "adam":
-            from projc.backends.jax.emit import make_update
-            from projc.backends.jax.solvers import Solver
-
-            self.solver = Solver(self.layout, solver, relaxation=relaxation, beta=beta, omega=omega,
-                                 inertia=inertia, anderson=anderson)
-            self._update = make_update(self.layout, self.solver, steps_per_update, tol=tol,
-                                       update_scale=update_scale, weight_decay=float(weight_decay),
-                                       **shardings)
+                                    self.init, config.run.seed)
+        self.parallel = DataParallel.from_spec(config.parallel.devices)  # None: one device
+        self.method = build_method(self.layout, config, self.update_scale)
+        # (params, state) replicated, the batch sharded, progress replicated; outputs replicated
+        shardings = self.parallel.jit_shardings(2, 1, n_outputs=3, n_replicated_after=1) if self.parallel else {}
+        self._update = jax.jit(self.method.update, **shardings)
+        layout, name = self.layout, self.input_name
+        self._forward = jax.jit(lambda p, xb: layout.forward_logits(p, {name: xb}))
 
     # -- public API ------------------------------------------------------------------------
     def init_params(self) -> dict[str, np.ndarray]:
         """{ONNX initializer name: array}: the starting values (the file's, or re-drawn by ``init``)."""
-        self._adam_state = None
         return {k: v.copy() for k, v in self._init.items()}
 
-    def update(self, params: Mapping[str, Any], x, y, *,
-               scale: float = 1.0) -> tuple[dict[str, Any], dict[str, float]]:
-        """One minibatch update; returns (new params, stats). ``scale`` multiplies the step (a
-        schedule's factor, see ``projc.train.batches.schedule_factor``): the projected move and the weight decay, or
-        Adam's update."""
-        if not (isinstance(scale, (int, float)) and 0 <= scale and math.isfinite(scale)):
-            raise ProjcError(f"scale must be a finite number >= 0, got {scale!r}")
+    def init_state(self, params: Mapping[str, Any]) -> Any:
+        """The state the method carries from one update to the next, fresh: Adam's moments and step
+        count; ``()`` for the projection solvers (each update starts from the parameters)."""
+        import jax.numpy as jnp
+
+        params = self._check_params(params)
+        state = self.method.init({k: jnp.asarray(v, jnp.float32) for k, v in params.items()})
+        return self.parallel.put_replicated(state) if self.parallel is not None else state
+
+    def update(self, params: Mapping[str, Any], state: Any, x, y, *,
+               progress: float = 0.0) -> tuple[dict[str, Any], Any, dict[str, float]]:
+        """One minibatch update: (new params, new state, stats). ``progress`` in [0, 1] is how far
+        the run is, the clock of a ``schedule``."""
+        if not (isinstance(progress, (int, float)) and 0 <= progress <= 1):
+            raise ProjcError(f"progress must be a number in [0, 1], got {progress!r}")
         params = self._check_params(params)
         x, y = self._check_data(x, y)
-        labels = y if self.solver_name == "adam" else self._targets(y)
-        batch = {self.input_name: x, self.label_name: labels}
+        batch = {self.input_name: x, self.label_name: self._targets(y)}
         if self.parallel is not None:  # x, y: this process's slice of the global minibatch
             self.parallel.check_batch(len(x))
             params, batch = self.parallel.put_replicated(params), self.parallel.put_batch(batch)
-        if self.solver_name == "adam":
-            new, stats = self._adam_update(params, batch[self.input_name], batch[self.label_name], scale)
-        else:
-            new, stats = self._update(params, batch, np.float32(scale))
+        new, state, stats = self._update(params, state, batch, np.float32(progress))
         stats = {k: float(v) for k, v in stats.items()}
         bad = [k for k, v in new.items() if not bool(np.all(np.isfinite(np.asarray(v))))]
         bad += [f"its {k}" for k, v in stats.items() if not math.isfinite(v)]
         if bad:
             raise DivergenceError(
-                f"the {self.solver_name} update produced non-finite values in {', '.join(bad)}; "
+                f"the {self.config.method.solver} update produced non-finite values in {', '.join(bad)}; "
                 f"try a smaller relaxation, fewer steps_per_update, or solver='ap'")
-        return new, stats
+        return new, state, stats
 
     def logits(self, params: Mapping[str, Any], x) -> np.ndarray:
         """The model's logits on ``x`` (the compiled forward)."""
-        import jax
-
         params = self._check_params(params)
         x = self._check_x(x)
         if self.parallel is not None:  # evaluate locally, on this process's default device
             from projc.train.distributed import to_host
             params = to_host(params)
-        if self._forward is None:
-            layout = self.layout
-            name = self.input_name
-            self._forward = jax.jit(lambda p, xb: layout.forward_logits(p, {name: xb}))
         return np.asarray(self._forward(params, x))
 
     def evaluate(self, params: Mapping[str, Any], x, y) -> dict[str, float]:
@@ -268,12 +194,44 @@ class Trainer:
         ce = float(np.mean(lse - lg[np.arange(len(y)), y]))
         return {"accuracy": float(np.mean(np.argmax(lg, -1) == y)), "loss": ce}
 
-    def export(self, params: Mapping[str, Any], path: str | os.PathLike) -> str:
-        """Write the original ONNX graph with the trained initializers (atomically)."""
+    def export(self, params: Mapping[str, Any], path) -> str:
+        """Write the original ONNX graph (as read at compile time) with the trained initializers,
+        atomically."""
         from projc.frontend.export import export_onnx
 
         params = self._check_params(params)
-        return export_onnx(self.model_path, {k: np.asarray(v) for k, v in params.items()}, path)
+        return export_onnx(self.source.proto, {k: np.asarray(v) for k, v in params.items()}, path)
+
+    def lower_update(self, x, y):
+        """The jitted update lowered for one batch of this shape (for inspection: ``.as_text()``,
+        ``.compile().memory_analysis()``)."""
+        params = self.init_params()
+        state = self.init_state(params)
+        x, y = self._check_data(x, y)
+        batch = {self.input_name: x, self.label_name: self._targets(y)}
+        if self.parallel is not None:
+            params, batch = self.parallel.put_replicated(params), self.parallel.put_batch(batch)
+        return self._update.lower(params, state, batch, np.float32(0))
+
+    # -- the state as arrays (checkpoints) -----------------------------------------------------
+    def state_leaves(self, state: Any) -> list[np.ndarray]:
+        import jax
+        return [np.asarray(leaf) for leaf in jax.tree_util.tree_leaves(state)]
+
+    def state_from_leaves(self, params: Mapping[str, Any], leaves: list[np.ndarray] | None) -> Any:
+        """The state ``state_leaves`` saved, on the structure ``init_state(params)`` has; None (a
+        checkpoint of a method that carried nothing) gives the fresh state."""
+        import jax
+        import jax.numpy as jnp
+
+        template = self.init_state(params)
+        if leaves is None:
+            return template
+        ref, treedef = jax.tree_util.tree_flatten(template)
+        if len(ref) != len(leaves) or any(np.shape(a) != np.shape(b) for a, b in zip(ref, leaves)):
+            raise ProjcError(f"the saved {self.config.method.solver} state does not fit this model")
+        state = jax.tree_util.tree_unflatten(treedef, [jnp.asarray(v, dtype=r.dtype) for v, r in zip(leaves, ref)])
+        return self.parallel.put_replicated(state) if self.parallel is not None else state
 
     # -- validation ------------------------------------------------------------------------
     def _check_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -297,7 +255,8 @@ class Trainer:
             if tuple(np.shape(v)) != self._init[n].shape:
                 raise ParamError(f"param {n} has shape {list(np.shape(v))}, the model needs "
                                  f"{list(self._init[n].shape)}")
-            out[n] = v
+            want = self._init[n].dtype
+            out[n] = v if np.dtype(dtype) == want else np.asarray(v, want)  # float16/64 in, the model's out
         return out
 
     def _check_x(self, x) -> np.ndarray:
@@ -360,72 +319,8 @@ class Trainer:
     def _targets(self, y: np.ndarray):
         """The label input of the compiled graph: class ids, or one-hot rows for squared_error
         (whose label has the logits' shape)."""
-        if self.loss != "squared_error":
+        if self.config.task.loss != "squared_error":
             return y
         if self.num_classes is None:
             raise DataError("squared_error needs a model whose output has a known class count")
         return np.eye(self.num_classes, dtype=np.float32)[y]
-
-    # -- solver state carried across updates (checkpoints) -----------------------------------
-    def solver_state(self) -> list[np.ndarray] | None:
-        """The state an update carries to the next one, as arrays: Adam's moments and step count;
-        None for the projection solvers (each update starts its state from the params)."""
-        if self.solver_name != "adam" or self._adam_state is None:
-            return None
-        import jax
-        return [np.asarray(leaf) for leaf in jax.tree_util.tree_leaves(self._adam_state)]
-
-    def set_solver_state(self, leaves: list[np.ndarray] | None) -> None:
-        """Restore what ``solver_state`` returned (after ``init_params``, before ``update``)."""
-        if self.solver_name != "adam":
-            if leaves:
-                raise ProjcError(f"solver {self.solver_name} carries no state across updates")
-            return
-        if leaves is None:
-            self._adam_state = None
-            return
-        import jax
-        import jax.numpy as jnp
-        opt, _ = self._adam_setup()
-        template = opt.init({k: jnp.asarray(v, jnp.float32) for k, v in self._init.items()})
-        ref, treedef = jax.tree_util.tree_flatten(template)
-        if len(ref) != len(leaves) or any(np.shape(a) != np.shape(b) for a, b in zip(ref, leaves)):
-            raise ProjcError("the saved Adam state does not fit this model")
-        self._adam_state = jax.tree_util.tree_unflatten(
-            treedef, [jnp.asarray(v, dtype=r.dtype) for v, r in zip(leaves, ref)])
-
-    # -- adam baseline ---------------------------------------------------------------------
-    def _adam_setup(self):
-        import jax
-        import jax.numpy as jnp
-        import optax
-
-        if self._adam is None:
-            lr, wd = self.options["lr"], self.options["weight_decay"]
-            opt = optax.adamw(lr, weight_decay=wd) if wd else optax.adam(lr)
-            layout, name = self.layout, self.input_name
-
-            def loss_fn(p, xb, yb):
-                lg = layout.forward_logits(p, {name: xb})
-                return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(lg, yb))
-
-            def step(p, s, scale, xb, yb):
-                loss, g = jax.value_and_grad(loss_fn)(p, xb, yb)
-                upd, s = opt.update(g, s, p)
-                return optax.apply_updates(p, jax.tree_util.tree_map(lambda u: scale * u, upd)), s, loss
-
-            shardings = self.parallel.jit_shardings(3, 2, 3) if self.parallel else {}
-            self._adam = (opt, jax.jit(step, **shardings))
-        return self._adam
-
-    def _adam_update(self, params, x, y, scale=1.0):
-        import jax.numpy as jnp
-
-        opt, step = self._adam_setup()
-        p = {k: jnp.asarray(v, jnp.float32) for k, v in params.items()}
-        if self._adam_state is None:
-            self._adam_state = opt.init(p)
-            if self.parallel is not None:
-                self._adam_state = self.parallel.put_replicated(self._adam_state)
-        p, self._adam_state, loss = step(p, self._adam_state, np.float32(scale), x, y)
-        return p, {"loss": loss}
