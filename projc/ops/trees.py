@@ -217,10 +217,8 @@ def _binary_scores(s0, s1, h0, h1, base, weights_positive, binary_case, post, la
         mixed = ((jax.nn.sigmoid(-s0), jax.nn.sigmoid(s0)) if post == "LOGISTIC" else None)
         case = case[:, None]
         one = jnp.select(
-            [(case == 0) | (case == 1), case == 2, case == 3, case == -1],
-            [jnp.stack([1 - s0, s0], axis=1),
-             jnp.stack(mixed or (-s0, s0), axis=1),
-             jnp.stack(mixed or (s0, -s0), axis=1),
+            [(case == 0) | (case == 1), (case == 2) | (case == 3), case == -1],
+            [jnp.stack([1 - s0, s0], axis=1), jnp.stack(mixed or (-s0, s0), axis=1),
              jnp.stack([s0, zero], axis=1)])
     return label, jnp.where(single[:, None], one, pair)
 
