@@ -25,8 +25,12 @@ def _data(kind: str):
 
 
 def _estimator(name: str):
-    from sklearn.ensemble import (GradientBoostingClassifier, GradientBoostingRegressor,
-                                  RandomForestClassifier, RandomForestRegressor)
+    from sklearn.ensemble import (
+        GradientBoostingClassifier,
+        GradientBoostingRegressor,
+        RandomForestClassifier,
+        RandomForestRegressor,
+    )
     from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
 
     return {
