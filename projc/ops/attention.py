@@ -123,15 +123,20 @@ def _attention_bias(dtype, q_len, kv_len, batch, attn_mask, is_causal, offset, w
     return bias
 
 
+# attn_mask, past_key, past_value, nonpad_kv_seqlen: masks and caches, never trained
+_MASKS_AND_CACHES = (3, 4, 5, 6)
 _ATTENTION_ATTRS = {"is_causal": 0, "kv_num_heads": None, "q_num_heads": None,
                     "qk_matmul_output_mode": 0, "scale": None, "softcap": 0.0,
                     "softmax_precision": None}
 
 
-@register("Attention", since=23, attrs=_ATTENTION_ATTRS, check=check_attention)
-@register("Attention", since=24, attrs=_ATTENTION_ATTRS, check=check_attention)
+@register("Attention", since=23, attrs=_ATTENTION_ATTRS, check=check_attention,
+          frozen=_MASKS_AND_CACHES)
+@register("Attention", since=24, attrs=_ATTENTION_ATTRS, check=check_attention,
+          frozen=_MASKS_AND_CACHES)
 @register("Attention", since=25, attrs={**_ATTENTION_ATTRS, "left_window_size": -1,
-                                        "right_window_size": -1}, check=check_attention)
+                                        "right_window_size": -1}, check=check_attention,
+          frozen=_MASKS_AND_CACHES)
 def attention(q, k, v, attn_mask=None, past_key=None, past_value=None, nonpad_kv_seqlen=None, *,
               is_causal, kv_num_heads, q_num_heads, qk_matmul_output_mode, scale, softcap,
               softmax_precision, left_window_size=-1, right_window_size=-1):
