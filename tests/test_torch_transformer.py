@@ -105,6 +105,13 @@ def _params():
 def export(name: str, exporter: str, opset, path: str, dynamic: bool = True) -> None:
     """Export module ``name`` to ``path``; pytest.skip with torch's reason when torch cannot."""
     make_module, make_args = MODULES[name]
+    export_module(make_module, make_args, name, exporter, opset, path, dynamic)
+
+
+def export_module(make_module, make_args, name: str, exporter: str, opset, path: str,
+                  dynamic: bool = True) -> None:
+    """Export ``make_module()`` on ``make_args()`` (tiny, eval mode, perturbed parameters) with
+    a dynamic batch axis if asked; pytest.skip with torch's reason when torch cannot."""
     torch.manual_seed(0)
     module = make_module().eval()
     for p in module.parameters():  # non-trivial affine parameters (torch initializes 1 and 0)
