@@ -231,3 +231,31 @@ def test_invalid_attributes_are_refused_at_import(node, inputs, inits, opset, ma
                           inits), opset_imports=[helper.make_opsetid("", opset)])
     with pytest.raises(ModelLoadError, match=match):
         from_onnx(model)
+
+
+def _resize_10(scales, mode, tmp_path):
+    node = helper.make_node("Resize", ["x", "s"], ["y"], mode=mode)
+    graph = helper.make_graph([node], "r10", [helper.make_tensor_value_info("x", F32, [N, 1, 5, 4])],
+                              [helper.make_tensor_value_info("y", F32, [N, 1, "h", "w"])],
+                              [_init("s", scales)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 10)])
+    model.ir_version = 7
+    path = str(tmp_path / "resize10.onnx")
+    onnx.save(model, path)
+    return path
+
+
+@pytest.mark.parametrize("mode", ["nearest", "linear"])
+@pytest.mark.parametrize("scales", [[1, 1, 0.6, 0.5], [1, 1, 0.5, 2.0], [1, 1, 1.7, 2.5]])
+def test_legacy_resize_10_rounds_as_onnxruntime(scales, mode, tmp_path):
+    """Resize-10: asymmetric coordinates; nearest truncates, and rounds up on downsampled axes."""
+    report = compare_model(_resize_10(scales, mode, tmp_path), batch=2)
+    assert report.ok, report.format()
+
+
+def test_legacy_resize_10_mixed_nearest_rounding_is_refused(tmp_path):
+    from projc.errors import UnsupportedModelError
+    from projc.onnx_import import load_model
+
+    with pytest.raises(UnsupportedModelError, match="downsamples some axes and upsamples"):
+        load_model(_resize_10([1, 1, 0.6, 1.5], "nearest", tmp_path))

@@ -265,21 +265,58 @@ def upsample(x, scales, *, mode):
     return _upsample(x, scales, mode)
 
 
+def _constant_scales(model: onnx.ModelProto, name: str):
+    """The value of ``name`` when an initializer or a Constant node of ``model`` holds it."""
+    for tensor in model.graph.initializer:
+        if tensor.name == name:
+            return onnx.numpy_helper.to_array(tensor).reshape(-1)
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.output[0] == name and node.attribute:
+            value = onnx.helper.get_attribute_value(node.attribute[0])
+            if isinstance(value, onnx.TensorProto):
+                return onnx.numpy_helper.to_array(value).reshape(-1)
+    return None
+
+
+def _legacy_nearest_mode(model: onnx.ModelProto, node: onnx.NodeProto) -> str:
+    """onnxruntime's opset < 11 nearest rule: truncation, but ceil on downsampled axes (where
+    it differs: 1/scale not an integer)."""
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    if attrs.get("mode", b"nearest") not in (b"nearest", "nearest"):
+        return "floor"
+    scales = attrs.get("scales")
+    if scales is None and len(node.input) > 1:
+        scales = _constant_scales(model, node.input[1])
+    rounded_up = [s for s in (scales if scales is not None else ())
+                  if s < 1 and not float(1 / np.float32(s)).is_integer()]
+    if not rounded_up:
+        return "floor"
+    if any(s > 1 for s in scales):
+        raise UnsupportedModelError(
+            f"{node.op_type} node \"{node.name or node.output[0]}\" (opset < 11, nearest) "
+            "downsamples some axes and upsamples others: onnxruntime rounds those axes "
+            "differently, which Resize-13 cannot express")
+    return "ceil"
+
+
 def pin_legacy_resize(original: onnx.ModelProto, converted: onnx.ModelProto) -> None:
     """Give the Resize nodes that onnx's version converter made of ``original``'s Upsample and
     Resize-10 nodes (matched by output name) their old semantics: asymmetric coordinates and,
-    for nearest, truncation (``floor``; onnxruntime's opset-10 rule). Edits ``converted``."""
-    version = {e.domain: e.version for e in original.opset_import}.get("", 0) or \
-        {e.domain: e.version for e in original.opset_import}.get("ai.onnx", 0)
-    legacy = {node.output[0] for node in original.graph.node if node.domain in ("", "ai.onnx")
-              and (node.op_type == "Upsample" or (node.op_type == "Resize" and version < 11))}
+    for nearest, truncation (ceil when downsampling: onnxruntime's opset < 11 rule). Edits
+    ``converted``."""
+    opsets = {e.domain or "ai.onnx": e.version for e in original.opset_import}
+    version = opsets.get("ai.onnx", 0)
+    legacy = {node.output[0]: node for node in original.graph.node
+              if node.domain in ("", "ai.onnx") and (node.op_type == "Upsample"
+                                                     or (node.op_type == "Resize" and version < 11))}
     for node in converted.graph.node:
         if node.op_type != "Resize" or not node.output or node.output[0] not in legacy:
             continue
+        nearest = _legacy_nearest_mode(original, legacy[node.output[0]])
         kept = [a for a in node.attribute
                 if a.name not in ("coordinate_transformation_mode", "nearest_mode")]
         del node.attribute[:]
         node.attribute.extend(kept)
         node.attribute.extend([
             onnx.helper.make_attribute("coordinate_transformation_mode", "asymmetric"),
-            onnx.helper.make_attribute("nearest_mode", "floor")])
+            onnx.helper.make_attribute("nearest_mode", nearest)])
