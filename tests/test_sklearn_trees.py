@@ -134,3 +134,34 @@ def test_classifier_rules_match_onnxruntime(labels, class_ids, post_transform, b
     x = rng.standard_normal((20, 2)).astype(np.float32)
     report = compare_model(path, inputs={"x": x})
     assert report.ok, report.format()
+
+
+@pytest.mark.parametrize("aggregate", [0, 1, 2, 3])
+@pytest.mark.parametrize("post_transform", [0, 1, 2])
+def test_tree_ensemble_5_matches_onnxruntime(aggregate, post_transform, tmp_path):
+    """ai.onnx.ml TreeEnsemble (opset 5): leaves as their own table, set-membership splits;
+    post_transform 1 and 2 as onnxruntime reads them (LOGISTIC and SOFTMAX, the spec swapped)."""
+    from onnx import numpy_helper
+
+    attrs = dict(
+        tree_roots=[0, 2], nodes_featureids=[0, 1, 0], nodes_modes=numpy_helper.from_array(
+            np.array([0, 6, 3], np.uint8)), nodes_splits=numpy_helper.from_array(
+            np.array([1.5, np.nan, -1.0], np.float32)), membership_values=numpy_helper.from_array(
+            np.array([1.0, 3.0, np.nan], np.float32)),
+        nodes_truenodeids=[1, 1, 3], nodes_trueleafs=[0, 1, 1], nodes_falsenodeids=[0, 2, 0],
+        nodes_falseleafs=[1, 1, 1], nodes_missing_value_tracks_true=[0, 1, 0],
+        leaf_targetids=[0, 1, 0, 1], leaf_weights=numpy_helper.from_array(
+            np.array([0.5, -1.25, 2.0, 0.75], np.float32)),
+        n_targets=2, aggregate_function=aggregate, post_transform=post_transform)
+    node = helper.make_node("TreeEnsemble", ["x"], ["y"], domain="ai.onnx.ml", **attrs)
+    graph = helper.make_graph(
+        [node], "te", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21),
+                                                    helper.make_opsetid("ai.onnx.ml", 5)])
+    path = str(tmp_path / "te.onnx")
+    onnx.save(model, path)
+    x = np.random.default_rng(2).integers(-2, 5, (24, 2)).astype(np.float32)
+    x[0, 1] = np.nan
+    report = compare_model(path, inputs={"x": x})
+    assert report.ok, report.format()

@@ -22,6 +22,7 @@ from .registry import register
 _MODES = {"BRANCH_LEQ": 0, "BRANCH_LT": 1, "BRANCH_GTE": 2, "BRANCH_GT": 3, "BRANCH_EQ": 4,
           "BRANCH_NEQ": 5, "LEAF": 6}
 _POST_TRANSFORMS = ("NONE", "SOFTMAX", "LOGISTIC", "SOFTMAX_ZERO", "PROBIT")
+_MEMBER = 7  # TreeEnsemble's BRANCH_MEMBER (its mode 6)
 
 
 @dataclass
@@ -38,6 +39,7 @@ class Forest:
     depth: int
     weights: np.ndarray  # [nodes, targets]: each leaf's weight per target (0 elsewhere)
     touched: np.ndarray  # [nodes, targets]: whether the leaf has a weight for the target
+    members: np.ndarray | None = None  # [nodes, M]: BRANCH_MEMBER sets, NaN-padded
 
 
 def _tensor_or_list(params, name):
@@ -120,7 +122,7 @@ def leaves(forest: Forest, x):
     dtype = x.dtype if jnp.issubdtype(x.dtype, jnp.floating) else jnp.float32
     x = x.astype(dtype)
     feature, mode = jnp.asarray(forest.feature), jnp.asarray(forest.mode)
-    threshold = jnp.asarray(forest.threshold.astype(np.float32).astype(dtype))
+    threshold = jnp.asarray(forest.threshold.astype(dtype))
     true_next, false_next = jnp.asarray(forest.true_next), jnp.asarray(forest.false_next)
     missing_true = jnp.asarray(forest.missing_true)
 
@@ -129,6 +131,10 @@ def leaves(forest: Forest, x):
         t, m = threshold[node], mode[node]
         go = jnp.select([m == 0, m == 1, m == 2, m == 3, m == 4],
                         [v <= t, v < t, v >= t, v > t, v == t], v != t)
+        if forest.members is not None:
+            member = jnp.any(v[..., None] == jnp.asarray(forest.members.astype(dtype))[node],
+                             axis=-1)
+            go = jnp.where(m == _MEMBER, member, go)
         go = jnp.where(jnp.isnan(v) & missing_true[node], True, go)
         return jnp.where(m == _MODES["LEAF"], node, jnp.where(go, true_next[node],
                                                                 false_next[node]))
@@ -284,9 +290,20 @@ def tree_ensemble_regressor(x, **params):
     n_targets = int(params["n_targets"])
     forest = build_forest(params, n_targets, "target")
     reached = leaves(forest, x)
-    values = jnp.asarray(forest.weights.astype(np.float32))[reached]  # [N, trees, targets]
+    scores = _aggregate(forest, reached, params.get("aggregate_function") or "SUM")
+    base = _tensor_or_list(params, "base_values")
+    post = params.get("post_transform") or "NONE"
+    if base is not None and (len(base) == n_targets or (n_targets == 1 and len(base) == 1)):
+        scores = scores + jnp.asarray(base.astype(np.float32))
+    if n_targets == 1:
+        return _transform(scores, "PROBIT") if post == "PROBIT" else scores
+    return _transform(scores, post)
+
+
+def _aggregate(forest: Forest, reached, kind: str, dtype=np.float32):
+    """Each target's leaf weights over the trees: SUM, AVERAGE, MIN or MAX ([N, targets])."""
+    values = jnp.asarray(forest.weights.astype(dtype))[reached]  # [N, trees, targets]
     has = jnp.asarray(forest.touched)[reached]
-    kind = params.get("aggregate_function") or "SUM"
     if kind in ("SUM", "AVERAGE"):
         scores = jnp.sum(values, axis=1)
         if kind == "AVERAGE":
@@ -296,10 +313,116 @@ def tree_ensemble_regressor(x, **params):
         reduce = jnp.min if kind == "MIN" else jnp.max
         scores = reduce(jnp.where(has, values, fill), axis=1)
         scores = jnp.where(jnp.any(has, axis=1), scores, 0)
-    base = _tensor_or_list(params, "base_values")
-    post = params.get("post_transform") or "NONE"
-    if base is not None and (len(base) == n_targets or (n_targets == 1 and len(base) == 1)):
-        scores = scores + jnp.asarray(base.astype(np.float32))
-    if n_targets == 1:
-        return _transform(scores, "PROBIT") if post == "PROBIT" else scores
-    return _transform(scores, post)
+    return scores
+
+
+# -- TreeEnsemble (ai.onnx.ml opset 5) ----------------------------------------------------------
+
+_AGGREGATES = ("AVERAGE", "SUM", "MIN", "MAX")
+# post_transform codes as onnxruntime reads them (its enum order). The ONNX spec says 1 SOFTMAX,
+# 2 LOGISTIC; onnxruntime 1.32 computes LOGISTIC for 1 and SOFTMAX for 2: projc follows its oracle.
+_ORT_POST_TRANSFORMS = ("NONE", "LOGISTIC", "SOFTMAX", "SOFTMAX_ZERO", "PROBIT")
+
+
+def _members(modes, values) -> np.ndarray | None:
+    """Each BRANCH_MEMBER node's set (NaN-delimited in membership_values, in node order)."""
+    if 6 not in modes:
+        return None
+    sets, current = [], []
+    for v in list(values if values is not None else []) + [np.nan]:
+        if np.isnan(v):
+            sets.append(current)
+            current = []
+        else:
+            current.append(v)
+    member_nodes = [i for i, m in enumerate(modes) if m == 6]
+    if len(sets) < len(member_nodes):
+        raise ValueError(f"membership_values holds {len(sets)} sets for {len(member_nodes)} "
+                         "BRANCH_MEMBER nodes")
+    table = np.full((len(modes), max(1, *(len(s) for s in sets))), np.nan)
+    for node, members in zip(member_nodes, sets):
+        table[node, :len(members)] = members
+    return table
+
+
+def build_forest_5(params) -> Forest:
+    """The flat forest of a TreeEnsemble: interior nodes first, then one node per leaf."""
+    modes = [int(m) for m in np.asarray(params.get("nodes_modes")).reshape(-1)]
+    count = len(modes)
+    splits = np.asarray(params.get("nodes_splits"), np.float64).reshape(-1)
+    leaf_weights = np.asarray(params.get("leaf_weights"), np.float64).reshape(-1)
+    targets = list(params.get("leaf_targetids") or [])
+    n_targets = int(params.get("n_targets") or 0)
+    fields = [list(params.get(name) or []) for name in (
+        "nodes_featureids", "nodes_truenodeids", "nodes_falsenodeids", "nodes_trueleafs",
+        "nodes_falseleafs")]
+    if any(len(f) != count for f in fields) or len(splits) != count or \
+            len(targets) != len(leaf_weights) or any(m not in range(7) for m in modes):
+        raise ValueError("the nodes_* (and leaf_*) attributes must all have one entry per node "
+                         "(per leaf), with modes 0..6")
+    features, true_ids, false_ids, true_leaf, false_leaf = fields
+    leaves_count = len(leaf_weights)
+
+    def target(index, is_leaf):
+        limit = leaves_count if is_leaf else count
+        if not 0 <= index < limit:
+            raise ValueError(f"branch to {'leaf' if is_leaf else 'node'} {index} of {limit}")
+        return count + index if is_leaf else index
+
+    true_next = np.array([target(i, t) for i, t in zip(true_ids, true_leaf)]
+                         + list(range(count, count + leaves_count)), np.int32)
+    false_next = np.array([target(i, f) for i, f in zip(false_ids, false_leaf)]
+                          + list(range(count, count + leaves_count)), np.int32)
+    mode = np.array([_MEMBER if m == 6 else m for m in modes] + [_MODES["LEAF"]] * leaves_count,
+                    np.int32)
+    weights = np.zeros((count + leaves_count, max(n_targets, 1)))
+    touched = np.zeros(weights.shape, bool)
+    for j, (k, w) in enumerate(zip(targets, leaf_weights)):
+        if not 0 <= k < n_targets:
+            raise ValueError(f"leaf {j} targets {k}, outside 0..{n_targets - 1}")
+        weights[count + j, k] += w
+        touched[count + j, k] = True
+    roots = np.array(list(params.get("tree_roots") or []), np.int32)
+    missing = list(params.get("nodes_missing_value_tracks_true") or [0] * count)
+    members = _members(modes, params.get("membership_values"))
+    pad = np.zeros(leaves_count)
+    return Forest(np.array(features + [0] * leaves_count, np.int32),
+                  np.concatenate([splits, pad]), mode, true_next, false_next,
+                  np.array(list(missing) + [0] * leaves_count, bool), roots,
+                  _depth(true_next, false_next, roots, mode == _MODES["LEAF"]), weights, touched,
+                  None if members is None else np.concatenate(
+                      [members, np.full((leaves_count, members.shape[1]), np.nan)]))
+
+
+def check_tree_ensemble(inputs, params) -> None:
+    """TreeEnsemble: a consistent node and leaf table, known aggregate_function (0..3) and
+    post_transform (0..4), features within the input."""
+    if params.get("aggregate_function", 1) not in range(4):
+        raise ValueError(f"attribute aggregate_function={params['aggregate_function']!r}: "
+                         "expected 0..3")
+    if params.get("post_transform", 0) not in range(5):
+        raise ValueError(f"attribute post_transform={params['post_transform']!r}: expected 0..4")
+    if not params.get("tree_roots"):
+        raise ValueError("attribute tree_roots is required")
+    build_forest_5(params)
+    x = inputs[0]
+    used = max(params.get("nodes_featureids") or [0])
+    if x is not None and isinstance(x.shape[-1], int) and used >= x.shape[-1]:
+        raise ValueError(f"the trees read feature {used}, the input has {x.shape[-1]}")
+
+
+@register("ml.TreeEnsemble", since=5, check=check_tree_ensemble, attrs={
+    "aggregate_function": 1, "leaf_targetids": None, "leaf_weights": None,
+    "membership_values": None, "n_targets": None, "nodes_falseleafs": None,
+    "nodes_falsenodeids": None, "nodes_featureids": None, "nodes_hitrates": None,
+    "nodes_missing_value_tracks_true": None, "nodes_modes": None, "nodes_splits": None,
+    "nodes_trueleafs": None, "nodes_truenodeids": None, "post_transform": 0, "tree_roots": None})
+def tree_ensemble(x, **params):
+    """Each target's leaf weights aggregated over the trees (AVERAGE, SUM, MIN or MAX),
+    post-transformed (codes as onnxruntime reads them: 1 LOGISTIC, 2 SOFTMAX); nodes compare
+    with <=, <, >=, >, ==, != or set membership."""
+    forest = build_forest_5(params)
+    reached = leaves(forest, x)
+    dtype = np.float64 if jnp.dtype(x.dtype) == jnp.float64 else np.float32
+    scores = _aggregate(forest, reached, _AGGREGATES[params.get("aggregate_function", 1)], dtype)
+    return _transform(scores, _ORT_POST_TRANSFORMS[params.get("post_transform", 0)]).astype(x.dtype)
