@@ -98,7 +98,7 @@ def test_compare_exit_1_on_mismatch(capsys, monkeypatch):
 @pytest.mark.parametrize("make, message", [
     (lambda p: write(p, b""), "empty"),
     (lambda p: write(p, open(MLP, "rb").read()[:500]), "bad.onnx"),
-    (lambda p: one_op_model(p, op="Hardmax"), "Hardmax (opset 17) at node \"the_node\""),
+    (lambda p: one_op_model(p, op="LpNormalization"), "LpNormalization (opset 17) at node \"the_node\""),
     (lambda p: one_op_model(p, opset=99), "opset 99"),  # older opsets are upgraded
     (lambda p: one_op_model(p, rank_known=False), "unknown rank"),
     (lambda p: str(p.parent / "nope.onnx"), "nope.onnx"),
@@ -112,10 +112,10 @@ def test_bad_models_exit_2_with_one_message(capsys, tmp_path, make, message, com
 
 
 def test_no_traceback_without_debug_but_with_it(tmp_path):
-    path = one_op_model(tmp_path / "m.onnx", op="Hardmax")
+    path = one_op_model(tmp_path / "m.onnx", op="LpNormalization")
     cmd = [sys.executable, "-m", "projc.cli"]
     plain = subprocess.run(cmd + ["inspect", path], capture_output=True, text=True)
-    assert plain.returncode == 2 and "Traceback" not in plain.stderr and "Hardmax" in plain.stderr
+    assert plain.returncode == 2 and "Traceback" not in plain.stderr and "LpNormalization" in plain.stderr
     debug = subprocess.run(cmd + ["--debug", "inspect", path], capture_output=True, text=True)
     assert debug.returncode != 0 and "Traceback" in debug.stderr
 

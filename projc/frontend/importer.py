@@ -38,6 +38,7 @@ from projc.ir import Dim, Graph, Op, Value, dtype_name, remove_dead_code
 from projc.ops import MAX_OPSET, MIN_OPSET, OpDef, kind_of, lookup
 from projc.ops.checks import check_input_types
 from projc.ops.dtypes import ir_dtype_of_onnx, np_dtype, onnx_type_name
+from projc.ops.resize import pin_legacy_resize
 
 FLOAT_DTYPES = ("f16", "f32", "f64")
 SUPPORTED_LIST_HINT = "supported ops: run `projc ops` or see docs/ops.md"
@@ -236,6 +237,7 @@ def upgrade_opset(model: onnx.ModelProto, label: str) -> onnx.ModelProto:
             warnings.simplefilter("ignore")
             converted = onnx.version_converter.convert_version(model, MIN_OPSET)
         converted = list_initializers_as_inputs(converted)
+        pin_legacy_resize(model, converted)  # the converter drops Upsample's coordinates
         onnx.checker.check_model(converted)
     except Exception as err:  # the converter raises RuntimeError/ValidationError/... on gaps
         raise UnsupportedModelError(

@@ -9,6 +9,7 @@ from .registry import (DOMAIN_PREFIX, MAX_OPSET, MIN_OPSET, OpDef, kind_of, look
                        lookup_by_params, lookup_in, op_family, opset_for, register,
                        render_supported_ops, supported_ops)
 from . import activations, elementwise, layout, ml, nn, recurrent, reduce, shape_like  # noqa: F401,E402  (populate the registry)
+from . import arith, attention, indexing, norm, resize, spatial, trees  # noqa: F401,E402
 
 
 def format_supported_ops() -> str:

@@ -1,4 +1,5 @@
-"""Reductions: Reduce{Max,Min,Sum,Mean} (axes as attribute, then as input) and Arg{Max,Min}."""
+"""Reductions: Reduce{Max,Min,Sum,Mean,Prod,L1,L2,SumSquare,LogSum,LogSumExp} (axes as
+attribute, then as input) and Arg{Max,Min}."""
 from __future__ import annotations
 
 import jax.numpy as jnp
@@ -13,6 +14,8 @@ def _identity_element(kind: str, dtype):
     """The value a reduction over an empty set yields (ONNX: -inf for max, +inf for min)."""
     if kind in ("sum", "mean"):
         return 0
+    if kind == "log_sum_exp":
+        return -jnp.inf
     if dtype == jnp.bool_:
         return kind == "min"  # max of nothing is False, min of nothing is True
     floating = jnp.issubdtype(dtype, jnp.floating)
@@ -21,7 +24,25 @@ def _identity_element(kind: str, dtype):
     return jnp.inf if floating else jnp.iinfo(dtype).max
 
 
-_REDUCERS = {"max": jnp.max, "min": jnp.min, "sum": jnp.sum, "mean": jnp.mean}
+def _log_sum_exp(x, axis, keepdims):
+    top = jnp.max(x, axis=axis, keepdims=True)
+    top = jnp.where(jnp.isfinite(top), top, 0)
+    total = jnp.log(jnp.sum(jnp.exp(x - top), axis=axis, keepdims=True)) + top
+    return total if keepdims else jnp.squeeze(total, axis)
+
+
+_REDUCERS = {
+    "max": jnp.max, "min": jnp.min, "sum": jnp.sum, "mean": jnp.mean, "prod": jnp.prod,
+    "l1": lambda x, axis, keepdims: jnp.sum(jnp.abs(x), axis=axis, keepdims=keepdims),
+    "l2": lambda x, axis, keepdims: jnp.sqrt(jnp.sum(x * x, axis=axis, keepdims=keepdims)),
+    "sum_square": lambda x, axis, keepdims: jnp.sum(x * x, axis=axis, keepdims=keepdims),
+    "log_sum": lambda x, axis, keepdims: jnp.log(jnp.sum(x, axis=axis, keepdims=keepdims)),
+    "log_sum_exp": _log_sum_exp,
+}
+# Reductions whose value over an empty set jnp already gives as ONNX does (0, 1, log 0 = -inf).
+_EMPTY_OK = ("sum", "prod", "l1", "l2", "sum_square", "log_sum")
+_NAMES = {"max": "Max", "min": "Min", "sum": "Sum", "mean": "Mean", "prod": "Prod", "l1": "L1",
+          "l2": "L2", "sum_square": "SumSquare", "log_sum": "LogSum", "log_sum_exp": "LogSumExp"}
 
 
 def _reduce(kind, x, axes, keepdims, noop_with_empty_axes=0):
@@ -30,17 +51,20 @@ def _reduce(kind, x, axes, keepdims, noop_with_empty_axes=0):
             return x
         axes = range(x.ndim)
     axes = tuple(sorted(normalize_axis(a, x.ndim) for a in axes))
-    if any(x.shape[a] == 0 for a in axes) and kind != "sum":
+    if any(x.shape[a] == 0 for a in axes) and kind not in _EMPTY_OK:
         shape = [1 if i in axes else d for i, d in enumerate(x.shape)]
         full = jnp.full(shape, _identity_element(kind, x.dtype), x.dtype)
         return full if keepdims else jnp.squeeze(full, axes)
+    if kind in ("l2", "log_sum", "log_sum_exp") and not jnp.issubdtype(x.dtype, jnp.floating):
+        x32 = x.astype(jnp.float32)  # integer inputs: computed in float, truncated back
+        return _REDUCERS[kind](x32, axis=axes, keepdims=bool(keepdims)).astype(x.dtype)
     return _REDUCERS[kind](x, axis=axes, keepdims=bool(keepdims)).astype(x.dtype)
 
 
 def _axes_attribute_version(kind):
     def fn(x, *, axes, keepdims):
         return _reduce(kind, x, axes, keepdims)
-    fn.__doc__ = f"Reduce{kind.capitalize()} over the ``axes`` attribute (all when absent)."
+    fn.__doc__ = f"Reduce{_NAMES[kind]} over the ``axes`` attribute (all when absent)."
     return fn
 
 
@@ -48,7 +72,7 @@ def _axes_input_version(kind):
     def fn(x, axes=None, *, keepdims, noop_with_empty_axes):
         return _reduce(kind, x, None if axes is None else ints(axes), keepdims,
                        noop_with_empty_axes)
-    fn.__doc__ = (f"Reduce{kind.capitalize()} over the static ``axes`` input (all when empty, "
+    fn.__doc__ = (f"Reduce{_NAMES[kind]} over the static ``axes`` input (all when empty, "
                   "unless noop_with_empty_axes).")
     return fn
 
@@ -58,8 +82,8 @@ _AXES_INPUT = {"keepdims": 1, "noop_with_empty_axes": 0}
 
 # ReduceSum takes axes as an input from opset 13; the others from opset 18.
 register("ReduceSum", since=13, attrs=_AXES_INPUT, static=(1,))(_axes_input_version("sum"))
-for _kind in ("max", "min", "mean"):
-    _name = "Reduce" + _kind.capitalize()
+for _kind in ("max", "min", "mean", "prod", "l1", "l2", "sum_square", "log_sum", "log_sum_exp"):
+    _name = "Reduce" + _NAMES[_kind]
     register(_name, since=13, attrs=_AXES_ATTR)(_axes_attribute_version(_kind))
     _by_input = _axes_input_version(_kind)
     register(_name, since=18, attrs=_AXES_INPUT, static=(1,))(_by_input)
