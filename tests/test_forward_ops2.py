@@ -7,9 +7,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from projc.compare import compare_model
+from projc.cli.compare import compare_model
 from projc.errors import ModelLoadError
-from projc.onnx_import import from_onnx
+from projc.frontend.importer import from_onnx
 
 F32, I64 = TensorProto.FLOAT, TensorProto.INT64
 
@@ -255,7 +255,7 @@ def test_legacy_resize_10_rounds_as_onnxruntime(scales, mode, tmp_path):
 
 def test_legacy_resize_10_mixed_nearest_rounding_is_refused(tmp_path):
     from projc.errors import UnsupportedModelError
-    from projc.onnx_import import load_model
+    from projc.frontend.importer import load_model
 
     with pytest.raises(UnsupportedModelError, match="downsamples some axes and upsamples"):
         load_model(_resize_10([1, 1, 0.6, 1.5], "nearest", tmp_path))

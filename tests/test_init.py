@@ -68,8 +68,8 @@ def test_cli_train_with_adam_and_init(capsys, tmp_path):
 
 
 def test_auto_init_is_he_for_convolutions_and_file_otherwise():
-    from projc.train.init_params import resolve_init
     from projc.config import CompilationConfig
+    from projc.train.init_params import resolve_init
 
     assert CompilationConfig().init == "auto"
     g_cnn, vals_cnn = _file_values("cnn_digits")

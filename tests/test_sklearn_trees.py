@@ -13,7 +13,7 @@ from onnx import TensorProto, helper
 pytest.importorskip("skl2onnx")
 
 from projc.cli import main  # noqa: E402
-from projc.compare import compare_model  # noqa: E402
+from projc.cli.compare import compare_model  # noqa: E402
 
 
 def _data(kind: str):

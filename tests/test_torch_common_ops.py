@@ -44,7 +44,7 @@ MODULES = {
 
 # An explicit output size exports Resize's sizes as Concat(Shape(x)[:2], [5, 7]): with a dynamic
 # batch its first entry is the batch symbol, which projc's symbolic shape evaluation
-# (projc.onnx_symbolic.resolve_static) resolves for Reshape and Expand only.
+# (projc.frontend.symbolic.resolve_static) resolves for Reshape and Expand only.
 _SIZES = "Resize sizes holding the dynamic batch are not resolved at compile time (onnx_symbolic)"
 
 

@@ -9,7 +9,7 @@ exporter also static. A combination torch itself cannot export is skipped with t
 
 Known limit (strict xfail): with a dynamic batch the TorchScript exporter computes
 MultiheadAttention's head split as ``Reshape(x, Concat(..., Mul(Gather(Shape(x)), heads), ...))``;
-projc's symbolic shape evaluation (``projc.onnx_symbolic``) folds Shape/Gather/Concat/... but not
+projc's symbolic shape evaluation (``projc.frontend.symbolic``) folds Shape/Gather/Concat/... but not
 Mul, so the Reshape's shape is not known at compile time. The dynamo exporter reshapes with
 ``-1`` and imports fine.
 """
@@ -87,7 +87,7 @@ COMBOS = [("torchscript", 17, False), ("torchscript", DEFAULT, False),
           ("torchscript", 17, True), ("torchscript", DEFAULT, True),
           ("dynamo", 17, True), ("dynamo", DEFAULT, True), ("dynamo", 23, True)]
 _MUL_SHAPE = ("TorchScript's dynamic-batch MultiheadAttention reshapes to Mul(batch, heads), "
-              "which projc's symbolic shape evaluation (projc.onnx_symbolic) does not fold")
+              "which projc's symbolic shape evaluation (projc.frontend.symbolic) does not fold")
 KNOWN_FAILURES = {(name, "torchscript", opset, True): _MUL_SHAPE
                   for name in MODULES if name == "multihead_attention" or name.startswith("encoder")
                   for opset in (17, DEFAULT)}
@@ -164,7 +164,7 @@ def test_layer_norm_statistics_outputs_match_the_reference(tmp_path):
     """LayerNormalization's optional Mean and InvStdDev outputs (torch never asks for them)."""
     from onnx import TensorProto, helper, numpy_helper
 
-    from projc.compare import compare_model
+    from projc.cli.compare import compare_model
 
     rng = np.random.default_rng(0)
     node = helper.make_node("LayerNormalization", ["x", "s", "b"], ["y", "mean", "inv"], axis=1,
