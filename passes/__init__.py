@@ -19,16 +19,18 @@ import sys
 import time
 from typing import IO, ClassVar
 
-import projc.ops  # noqa: F401  (the ONNX op registry)
-import projc.ops.constraint  # noqa: F401  (registers projc's constraint/layout/loss ops)
+import projc.ops  # noqa: F401  (the op registry: ONNX ops and projc's constraint ops)
 from projc.errors import PassError, VerificationError
 from projc.ir import Graph
 from projc.ir.printer import format_graph
 from projc.ir.verify import verify
 
+from ._common import Lowering
+
 # fuse-activations runs again after lower so that a lowered Conv's bias sum fuses into its ReLU.
-TRAINING_PIPELINE = ("attach-loss,canonicalize,unroll,fold-constants,dce,fuse-activations,lower,"
-                     "fold-constants,dce,fuse-activations,select-projections,bipartite,schedule")
+TRAINING_PASSES = ("attach-loss", "canonicalize", "unroll", "fold-constants", "dce", "fuse-activations", "lower",
+                   "fold-constants", "dce", "fuse-activations", "select-projections", "bipartite", "schedule")
+TRAINING_PIPELINE = ",".join(TRAINING_PASSES)  # the same as a pipeline string (the CLI's default)
 # Registered passes that TRAINING_PIPELINE leaves out (opt-in through a pipeline string, after lower).
 OPTIONAL_PASSES = ("hoist-max-offset",)
 
@@ -132,8 +134,8 @@ def parse_pipeline(text: str) -> list[Pass]:
 
 
 def verify_training_ir(graph: Graph) -> None:
-    from projc.ops.constraint import constraint_type_rules
-    verify(graph, constraint_type_rules())
+    from projc.ir.constraints import type_rules
+    verify(graph, type_rules())
 
 
 class PassManager:
@@ -184,20 +186,33 @@ class PassManager:
         return "\n".join(lines) + "\n"
 
 
-def compile_for_training(graph: Graph, *, loss: str = "cross_entropy", lam: float = 5.0,
-                         ce_method: str = "newton", repair: bool = True, train_batchnorm: bool = False,
-                         pipeline: str | None = None,
-                         print_after_all: bool = False,
-                         print_after: tuple[str, ...] = (), time_passes: bool = False,
-                         out: IO[str] | None = None) -> Graph:
-    """A copy of ``graph`` run through TRAINING_PIPELINE (attach-loss, canonicalize and bipartite
-    options set)."""
+def training_pipeline(*, loss: str = "cross_entropy", lam: float = 5.0, ce_method: str = "newton",
+                      repair: bool = True, train_batchnorm: bool = False) -> list[Pass]:
+    """The training pipeline as pass objects, the options set on the passes that take them."""
+    options: dict[str, dict] = {"attach-loss": {"loss": loss, "lam": lam, "method": ce_method},
+                                "canonicalize": {"train_batchnorm": train_batchnorm},
+                                "bipartite": {"repair": repair}}
+    return [PASSES[name](**options.get(name, {})) for name in TRAINING_PASSES]
+
+
+def lowering_table() -> dict[str, list[tuple[str, Lowering]]]:
+    """ONNX kind -> [(pass, Lowering)]: every op the training pipeline turns into constraint
+    families, from the passes' own tables (``lowerings``), in pipeline order."""
+    table: dict[str, list[tuple[str, Lowering]]] = {}
+    for name in dict.fromkeys(TRAINING_PASSES):
+        for kind, lowering in getattr(PASSES[name], "lowerings", {}).items():
+            table.setdefault(kind, []).append((name, lowering))
+    return table
+
+
+def compile_for_training(graph: Graph, *, pipeline: str | list[Pass] | None = None,
+                         print_after_all: bool = False, print_after: tuple[str, ...] = (),
+                         time_passes: bool = False, out: IO[str] | None = None, **options) -> Graph:
+    """A copy of ``graph`` run through ``pipeline`` (default: ``training_pipeline(**options)``)."""
     if pipeline is None:
-        pipeline = TRAINING_PIPELINE.replace(
-            "attach-loss", f"attach-loss{{loss={loss} lam={lam} method={ce_method}}}", 1)
-        pipeline = pipeline.replace("bipartite", f"bipartite{{repair={'true' if repair else 'false'}}}", 1)
-        if train_batchnorm:
-            pipeline = pipeline.replace("canonicalize", "canonicalize{train_batchnorm=true}", 1)
+        pipeline = training_pipeline(**options)
+    elif options:
+        raise PassError(f"options {', '.join(options)} apply to the default pipeline only")
     manager = PassManager(pipeline, print_after_all=print_after_all, print_after=print_after,
                           time_passes=time_passes, out=out)
     return manager.run(graph.clone())
@@ -207,5 +222,6 @@ def compile_for_training(graph: Graph, *, loss: str = "cross_entropy", lam: floa
 from . import (attach_loss, bipartite, canonicalize, dce, fold_constants, fuse_activations,  # noqa: E402,F401
                hoist_max_offset, lower, schedule, select_projections, unroll)
 
-__all__ = ["Pass", "PassManager", "PASSES", "OPTIONAL_PASSES", "TRAINING_PIPELINE", "compile_for_training",
-           "make_pass", "parse_pipeline", "register_pass", "verify_training_ir"]
+__all__ = ["Pass", "PassManager", "PASSES", "OPTIONAL_PASSES", "TRAINING_PASSES", "TRAINING_PIPELINE",
+           "compile_for_training", "lowering_table", "make_pass", "parse_pipeline", "register_pass",
+           "training_pipeline", "verify_training_ir"]

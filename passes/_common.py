@@ -1,14 +1,28 @@
 """Helpers shared by the passes: emitting ops in place of a matched op, consts, data-ness."""
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 
 from projc.ir import DTYPES, Graph, Op, Value
-from projc.ops.constraint import FAMILIES, LOSSES, MOVES, infer_shape
+from projc.ir.constraints import FAMILIES, LOSSES, MOVES, infer_shape
 
 Rule = Callable[["Rewriter", Op], "list[Value] | Value | None"]
+
+
+class Lowering(NamedTuple):
+    """How a pass rewrites one ONNX op kind towards constraint families: the rule, what it
+    becomes and when it applies. A pass's table of these is the one place that says the op trains
+    (``projc.passes.lowering_table``, ``projc ops --trainable``, the unsupported-op message)."""
+
+    rule: Rule
+    becomes: str
+    note: str = ""
+
+
+def rules(table: dict[str, Lowering]) -> dict[str, Rule]:
+    return {kind: lowering.rule for kind, lowering in table.items()}
 
 
 def src_of(op: Op) -> str:

@@ -14,11 +14,13 @@ first in the training pipeline, so dce then removes the post-processing.
 """
 from __future__ import annotations
 
+from typing import ClassVar
+
 from projc.errors import PassError
 from projc.ir import Graph, Op, Value
 
 from . import Pass, register_pass
-from ._common import is_loss
+from ._common import Lowering, is_loss
 
 POSTPROCESS = {"Identity", "Cast", "Reshape", "Flatten", "Squeeze", "ArgMax",
                "ml.ArrayFeatureExtractor", "ArrayFeatureExtractor", "ml.ZipMap", "ZipMap",
@@ -66,8 +68,20 @@ def find_logits(graph: Graph, strip: set[str], ranks_2: bool = False) -> tuple[V
     return candidates[0]
 
 
+def _stripped(note: str) -> Lowering:
+    return Lowering(None, "-", note)
+
+
+# what this pass takes off the end of a model (a rule of None: it walks back from the outputs)
+LOWERINGS = {kind: _stripped("at the output of a classifier only: stripped, the loss takes the logits")
+             for kind in ("Softmax", "LogSoftmax")}
+LOWERINGS.update({kind: _stripped("post-processing at the output only: stripped")
+                  for kind in ("ArgMax", "ml.ArrayFeatureExtractor", "ml.ZipMap", "ml.Normalizer")})
+
+
 @register_pass("attach-loss")
 class AttachLoss(Pass):
+    lowerings: ClassVar[dict[str, Lowering]] = LOWERINGS
     loss: str = "cross_entropy"
     lam: float = 5.0
     method: str = "newton"  # cross_entropy's prox solver: newton | fixed-point

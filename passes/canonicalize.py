@@ -11,6 +11,7 @@ scale and bias are trainable initializers becomes
 from __future__ import annotations
 
 from functools import partial
+from typing import ClassVar
 
 import numpy as np
 
@@ -18,7 +19,7 @@ from projc.errors import PassError
 from projc.ir import Op, Value
 
 from . import Pass, register_pass
-from ._common import Rewriter, const_data, reshape_param, rewrite, src_of
+from ._common import Lowering, Rewriter, const_data, reshape_param, rewrite, rules, src_of
 
 
 def _scalar(rw: Rewriter, x: float, like: Value, hint: str = "") -> Value:
@@ -205,41 +206,56 @@ def linear_classifier(rw: Rewriter, op: Op):
     return [op.outputs[0], scores]
 
 
-RULES = {
-    "Gemm": gemm,                                   # a'b'*alpha + c*beta -> sum(mul(dot(a', b'), alpha), mul(c, beta))
-    "MatMul": matmul,                               # a @ b (b 2-D) -> dot(a, b)
-    "Add": lambda rw, op: rw.emit("sum", op.inputs, shape=op.outputs[0].shape),   # a + b -> sum(a, b)
-    "Sum": lambda rw, op: rw.emit("sum", op.inputs, shape=op.outputs[0].shape),   # a1+..+an -> sum
-    "Mul": lambda rw, op: rw.emit("mul", op.inputs, shape=op.outputs[0].shape),   # a * b -> mul
-    "Sub": sub,                                     # a - b -> sum(a, -b) (b const) | sum(a, mul(b, -1))
-    "Neg": lambda rw, op: rw.emit("mul", [op.inputs[0], _scalar(rw, -1.0, op.inputs[0], "minus_one")]),  # -a -> mul(a, -1)
-    "Div": div,                                     # a / c -> mul(a, 1/c)  (c const)
-    "Flatten": to_reshape,                          # flatten -> reshape to the output shape
-    "Reshape": to_reshape,                          # reshape(x, shape) -> reshape[shape]
-    "Squeeze": to_reshape,                          # squeeze -> reshape
-    "Unsqueeze": to_reshape,                        # unsqueeze -> reshape
-    "Transpose": transpose,                         # transpose -> transpose[perm]
-    "Concat": concat,                               # concat -> concat[axis >= 0]
-    "Slice": slice_,                                # slice(x, consts) -> slice[starts, ends, axes, steps]
-    "Pad": pad,                                     # pad(x, consts, mode=constant) -> pad[pads, value]
-    "Identity": remove,                             # identity(x) -> x
-    "Dropout": remove,                              # dropout(x) (inference) -> x
-    "Cast": cast,                                   # cast(x) to x's dtype -> x
-    "Relu": pwl("relu"),                            # max(x, 0) -> sum_pwl[relu](x)
-    "LeakyRelu": leaky_relu,                        # x<0 ? alpha x : x -> sum_pwl[leaky_relu](x)
-    "Clip": clip,                                   # clip(x, lo, hi) (const) -> sum_pwl[clip](x)
-    "Abs": pwl("abs"),                              # |x| -> sum_pwl[abs](x)
-    "Sign": pwl("sign"),                            # sign(x) -> sum_pwl[sign](x)
-    "BatchNormalization": batchnorm,                # (x-m)/sqrt(v+e)*g+b -> sum(mul(x, s), b - m s), frozen
-    "ml.LinearClassifier": linear_classifier,       # scores x W^T + b -> sum(dot(x, W^T), b)
+def _add(rw: Rewriter, op: Op):
+    return rw.emit("sum", op.inputs, shape=op.outputs[0].shape)
+
+
+def _mul(rw: Rewriter, op: Op):
+    return rw.emit("mul", op.inputs, shape=op.outputs[0].shape)
+
+
+def _neg(rw: Rewriter, op: Op):
+    return rw.emit("mul", [op.inputs[0], _scalar(rw, -1.0, op.inputs[0], "minus_one")])
+
+
+L = Lowering
+LOWERINGS = {
+    "Gemm": L(gemm, "dot, sum", "a'b'·alpha + c·beta"),
+    "MatMul": L(matmul, "dot", "right operand 2-D"),
+    "Add": L(_add, "sum"),
+    "Sum": L(_add, "sum"),
+    "Mul": L(_mul, "mul"),
+    "Sub": L(sub, "sum", "a - b = sum(a, -b)"),
+    "Neg": L(_neg, "mul", "mul(a, -1)"),
+    "Div": L(div, "mul", "by a constant: mul(a, 1/c)"),
+    "Flatten": L(to_reshape, "reshape"),
+    "Reshape": L(to_reshape, "reshape"),
+    "Squeeze": L(to_reshape, "reshape"),
+    "Unsqueeze": L(to_reshape, "reshape"),
+    "Transpose": L(transpose, "transpose"),
+    "Concat": L(concat, "concat"),
+    "Slice": L(slice_, "slice", "constant starts/ends/axes/steps"),
+    "Pad": L(pad, "pad", "constant mode, constant pads"),
+    "Identity": L(remove, "-", "removed"),
+    "Dropout": L(remove, "-", "inference: removed"),
+    "Cast": L(cast, "-", "to its own dtype: removed"),
+    "Relu": L(pwl("relu"), "sum_pwl[relu]"),
+    "LeakyRelu": L(leaky_relu, "sum_pwl[leaky_relu]"),
+    "Clip": L(clip, "sum_pwl[clip]", "constant bounds"),
+    "Abs": L(pwl("abs"), "sum_pwl[abs]"),
+    "Sign": L(pwl("sign"), "sum_pwl[sign]"),
+    "BatchNormalization": L(batchnorm, "mul, sum", "inference; a frozen affine (train_batchnorm: scale and bias train)"),
+    "ml.LinearClassifier": L(linear_classifier, "dot, sum", "the raw scores train; post_transform NONE, SOFTMAX or LOGISTIC"),
 }
 
 
 @register_pass("canonicalize")
 class Canonicalize(Pass):
     train_batchnorm: bool = False
+    lowerings: ClassVar[dict[str, Lowering]] = LOWERINGS
 
     def run(self, graph) -> bool:
-        if not self.train_batchnorm:
-            return rewrite(graph, RULES)
-        return rewrite(graph, {**RULES, "BatchNormalization": partial(batchnorm, train_affine=True)})
+        table = rules(LOWERINGS)
+        if self.train_batchnorm:
+            table["BatchNormalization"] = partial(batchnorm, train_affine=True)
+        return rewrite(graph, table)

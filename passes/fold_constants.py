@@ -10,8 +10,8 @@ import jax
 import numpy as np
 
 from projc.ir import DTYPES, Graph, Op, Value
+from projc.ir.constraints import LOSSES
 from projc.ops import registry
-from projc.ops.constraint import LOSSES
 
 from . import Pass, register_pass
 
@@ -53,7 +53,6 @@ def evaluate(op: Op, opset: int) -> list[np.ndarray] | None:
 @register_pass("fold-constants")
 class FoldConstants(Pass):
     def run(self, graph: Graph) -> bool:
-        import projc.ops.constraint  # noqa: F401  (registers the projc ops)
         opset = graph_opset(graph)
         changed = False
         kept: list[Op] = []

@@ -15,12 +15,14 @@ its own family.  Activations on integer tensors are left alone.
 """
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 
 from projc.ir import Graph, Op
 
 from . import Pass, register_pass
-from ._common import Rewriter, const_data, rewrite
+from ._common import Lowering, Rewriter, const_data, rewrite
 
 FUSES_INTO = {"sum_pwl": ("sum",), "sum_smooth": ("sum",), "sum": ("sum",)}  # consumer -> absorbable producers
 
@@ -31,28 +33,38 @@ def _gelu_fn(op: Op) -> str:
     return "gelu_tanh" if approx == "tanh" else "gelu"
 
 
-# ONNX kind -> (family kind, params of the op)
-ACTIVATIONS = {
-    "Tanh": lambda op: ("sum_smooth", {"fn": "tanh"}),
-    "Sigmoid": lambda op: ("sum_smooth", {"fn": "sigmoid"}),
-    "Softplus": lambda op: ("sum_smooth", {"fn": "softplus"}),
-    "Elu": lambda op: ("sum_smooth", {"fn": "elu", "alpha": float(op.params.get("alpha", 1.0))}),
-    "Gelu": lambda op: ("sum_smooth", {"fn": _gelu_fn(op)}),
-    "HardSwish": lambda op: ("sum_smooth", {"fn": "hardswish"}),
-    "HardSigmoid": lambda op: ("sum_pwl", {"fn": "hardsigmoid", "alpha": float(op.params.get("alpha", 0.2)),
-                                           "beta": float(op.params.get("beta", 0.5))}),
-    "Round": lambda op: ("sum_pwl", {"fn": "round"}),
-    "Floor": lambda op: ("sum_pwl", {"fn": "floor"}),
-    "Ceil": lambda op: ("sum_pwl", {"fn": "ceil"}),
+def _act(family: str, fn, **param_fns):
+    """A rule: the ONNX activation -> ``family[fn]`` of its input (params read from the op)."""
+    def rule(rw: Rewriter, op: Op):
+        x = op.inputs[0]
+        if not x.dtype.startswith("f"):
+            return None
+        params = {"fn": fn(op) if callable(fn) else fn, **{k: f(op) for k, f in param_fns.items()}}
+        return rw.emit(family, [x], params, shape=op.outputs[0].shape)
+    return rule
+
+
+def _attr(name: str, default: float):
+    return lambda op: float(op.params.get(name, default))
+
+
+L = Lowering
+LOWERINGS = {  # a rule of None: matched as part of a pattern (the module docstring)
+    "Tanh": L(_act("sum_smooth", "tanh"), "sum_smooth[tanh]"),
+    "Sigmoid": L(_act("sum_smooth", "sigmoid"), "sum_smooth[sigmoid]", "x·Sigmoid(x) (SiLU): sum_smooth[silu]"),
+    "Softplus": L(_act("sum_smooth", "softplus"), "sum_smooth[softplus]"),
+    "Elu": L(_act("sum_smooth", "elu", alpha=_attr("alpha", 1.0)), "sum_smooth[elu]"),
+    "Gelu": L(_act("sum_smooth", _gelu_fn), "sum_smooth[gelu | gelu_tanh]"),
+    "HardSwish": L(_act("sum_smooth", "hardswish"), "sum_smooth[hardswish]"),
+    "HardSigmoid": L(_act("sum_pwl", "hardsigmoid", alpha=_attr("alpha", 0.2), beta=_attr("beta", 0.5)),
+                     "sum_pwl[hardsigmoid]"),
+    "Round": L(_act("sum_pwl", "round"), "sum_pwl[round]"),
+    "Floor": L(_act("sum_pwl", "floor"), "sum_pwl[floor]"),
+    "Ceil": L(_act("sum_pwl", "ceil"), "sum_pwl[ceil]"),
+    "Erf": L(None, "sum_smooth[gelu]", "in torch's GELU 0.5·x·(1 + Erf(x/√2)) only"),
+    "DequantizeLinear": L(None, "sum_pwl[fake_quant]", "DequantizeLinear(QuantizeLinear(x)), per tensor"),
+    "QuantizeLinear": L(None, "sum_pwl[fake_quant]", "followed by DequantizeLinear, per tensor"),
 }
-
-
-def _activation_rule(rw: Rewriter, op: Op):
-    x = op.inputs[0]
-    if not x.dtype.startswith("f"):
-        return None
-    kind, params = ACTIVATIONS[op.kind](op)
-    return rw.emit(kind, [x], params, shape=op.outputs[0].shape)
 
 
 def _single_use(graph: Graph, users, v) -> bool:
@@ -249,12 +261,14 @@ def lower_activations(graph: Graph) -> bool:
     changed = rewrite(graph, {"mul": mul_rule, "Mul": mul_rule,
                               "DequantizeLinear": _fake_quant_rule(producers, users, dead)})
     graph.ops = [op for op in graph.ops if op not in dead]  # the absorbed Sigmoid / QuantizeLinear / GELU parts
-    changed |= rewrite(graph, {kind: _activation_rule for kind in ACTIVATIONS})
+    changed |= rewrite(graph, {kind: low.rule for kind, low in LOWERINGS.items() if low.rule})
     return _absorb_relu(graph) or changed
 
 
 @register_pass("fuse-activations")
 class FuseActivations(Pass):
+    lowerings: ClassVar[dict[str, Lowering]] = LOWERINGS
+
     def run(self, graph: Graph) -> bool:
         changed = lower_activations(graph)
         while True:

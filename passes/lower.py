@@ -27,15 +27,16 @@ from __future__ import annotations
 
 import math
 from functools import partial
+from typing import ClassVar
 
 import numpy as np
 
 from projc.errors import PassError
 from projc.ir import Graph, Op
+from projc.ir.constraints import CONSTRAINT_KINDS, MEAN_METRICS
 
 from . import Pass, register_pass
-from ._common import Rewriter, const_data, data_values, reshape_param, rewrite, src_of
-from projc.ops.constraint import CONSTRAINT_KINDS, MEAN_METRICS
+from ._common import Lowering, Rewriter, const_data, data_values, reshape_param, rewrite, rules, src_of
 
 
 def _window(op: Op, spatial: tuple, kernel: list[int]):
@@ -192,16 +193,19 @@ def reduce_mean(rw: Rewriter, op: Op, metric: str = "sum"):
     return _mean_over(rw, op.inputs[0], axes, bool(op.params.get("keepdims", 1)), metric)
 
 
-RULES = {
-    "Conv": conv,
-    "AveragePool": avgpool,
-    "GlobalAveragePool": global_avgpool,
-    "ReduceMean": reduce_mean,
-    "MaxPool": maxpool,
-    "GlobalMaxPool": global_maxpool,
-    "ReduceMax": reduce_max,
-    "Gather": gather,  # x[..., i, ...] by constant indices -> slice (+ concat) + reshape; embeddings -> embed
+L = Lowering
+LOWERINGS = {
+    "Conv": L(conv, "patches, dot, sum", "group=1"),
+    "AveragePool": L(avgpool, "patches, mean", "count_include_pad=1 or no padding; ceil_mode=0"),
+    "GlobalAveragePool": L(global_avgpool, "mean"),
+    "ReduceMean": L(reduce_mean, "mean", "constant axes, not over the batch"),
+    "MaxPool": L(maxpool, "patches, max", "ceil_mode=0; its Indices output unused"),
+    "GlobalMaxPool": L(global_maxpool, "max"),
+    "ReduceMax": L(reduce_max, "max", "constant axes"),
+    "Gather": L(gather, "slice, concat | embed", "constant indices, or an embedding lookup (a [V, D] "
+                "parameter by integer data along axis 0)"),
 }
+MEAN_KINDS = ("AveragePool", "GlobalAveragePool", "ReduceMean")  # take the mean_metric option
 
 ADVICE = {
     "Softmax": "Softmax is supported only at the end of a classifier, where attach-loss strips it; "
@@ -223,27 +227,23 @@ def unsupported(graph: Graph) -> list[str]:
     for op in graph.ops:
         if op.kind in CONSTRAINT_KINDS or all(v is None or v in fixed for v in op.inputs):
             continue  # projc ops, and ops on data/consts only (no training constraint)
-        advice = ADVICE.get(op.kind, "no projection exists for this op; supported: Gemm, MatMul, Conv, "
-                                     "Add/Sub/Mul/Div-by-const, Relu, LeakyRelu, Clip, Abs, Sign, "
-                                     "MaxPool, ReduceMax, AveragePool, GlobalAveragePool, ReduceMean, "
-                                     "BatchNormalization and layout ops")
+        advice = ADVICE.get(op.kind, "no projection exists for this op; `projc ops --trainable` lists "
+                                     "the ops that train and when")
         problems.append(f"  {op.kind} (src={src_of(op)!r}): {advice}")
     return problems
-
-
-MEAN_RULES = {"AveragePool": avgpool, "GlobalAveragePool": global_avgpool, "ReduceMean": reduce_mean}
 
 
 @register_pass("lower")
 class Lower(Pass):
     mean_metric: str = "sum"
+    lowerings: ClassVar[dict[str, Lowering]] = LOWERINGS
 
     def run(self, graph: Graph) -> bool:
         if self.mean_metric not in MEAN_METRICS:
             raise PassError(f"lower: mean_metric={self.mean_metric!r}; choose one of {', '.join(MEAN_METRICS)}")
-        rules = dict(RULES)
-        rules.update({kind: partial(rule, metric=self.mean_metric) for kind, rule in MEAN_RULES.items()})
-        changed = rewrite(graph, rules)
+        table = rules(LOWERINGS)
+        table.update({kind: partial(table[kind], metric=self.mean_metric) for kind in MEAN_KINDS})
+        changed = rewrite(graph, table)
         problems = unsupported(graph)
         if problems:
             raise PassError(f"@{graph.name}: {len(problems)} op(s) cannot be trained by projection:\n"

@@ -1,12 +1,15 @@
 """select-projections: annotate each constraint family with its closed-form projection (`proj`).
 
+The choice is the family's declaration (``projc.ir.constraints``, ``ConstraintOp.projection``):
+
     dot/mul with a const or data operand (or one computed only from them) -> linear
     dot/mul with both operands free                                        -> bilinear
-    sum, sum_pwl, sum_smooth, max, mean, embed, identity                   -> closed
+    every other family (sum, sum_pwl, sum_smooth, max, mean, embed, ...)   -> closed
 """
 from __future__ import annotations
 
 from projc.ir import Graph
+from projc.ir.constraints import OPS
 
 from . import Pass, register_pass
 from ._common import data_values
@@ -18,12 +21,10 @@ class SelectProjections(Pass):
         fixed = data_values(graph)
         changed = False
         for op in graph.ops:
-            if op.kind in ("dot", "mul"):
-                proj = "linear" if any(v in fixed for v in op.inputs) else "bilinear"
-            elif op.kind in ("sum", "sum_pwl", "sum_smooth", "max", "mean", "embed", "identity"):
-                proj = "closed"
-            else:
+            decl = OPS.get(op.kind)
+            if decl is None or decl.projection is None:
                 continue
+            proj = decl.projection(op, fixed)
             if op.annots.get("proj") != proj:
                 op.annots["proj"] = proj
                 changed = True

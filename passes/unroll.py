@@ -26,14 +26,16 @@ activation, activations other than Relu, LeakyRelu, Tanh and Sigmoid.
 """
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 
 from projc.errors import PassError
 from projc.ir import Graph, Op, Value
-from projc.ops.constraint import FAMILIES
+from projc.ir.constraints import FAMILIES
 
 from . import Pass, register_pass
-from ._common import Rewriter, const_data, reshape_param, rewrite, src_of
+from ._common import Lowering, Rewriter, const_data, reshape_param, rewrite, rules, src_of
 
 DIRECTIONS = {"forward": (False,), "reverse": (True,), "bidirectional": (False, True)}
 SMOOTH = "sum_smooth"  # y = f(sum of operands), f in {tanh, sigmoid, ...}: the activations family
@@ -310,7 +312,16 @@ def unroll_lstm(rw: Rewriter, op: Op):
     return u.run(cell, 2)
 
 
+LOWERINGS = {
+    "RNN": Lowering(unroll_rnn, "dot, sum_pwl | sum_smooth per step", "unrolled; the steps share the weights"),
+    "GRU": Lowering(unroll_gru, "dot, sum_smooth, mul, sum per step", "unrolled, each cell emitted bipartite"),
+    "LSTM": Lowering(unroll_lstm, "dot, sum_smooth, mul, sum per step", "unrolled, each cell emitted bipartite"),
+}
+
+
 @register_pass("unroll")
 class Unroll(Pass):
+    lowerings: ClassVar[dict[str, Lowering]] = LOWERINGS
+
     def run(self, graph: Graph) -> bool:
-        return rewrite(graph, {"RNN": unroll_rnn, "GRU": unroll_gru, "LSTM": unroll_lstm})
+        return rewrite(graph, rules(LOWERINGS))

@@ -15,7 +15,7 @@ from projc.cli.compare import compare_model
 from projc.errors import PassError
 from projc.frontend.importer import from_onnx, load_model
 from projc.ir import Value
-from projc.ops.constraint import FAMILIES
+from projc.ir.constraints import FAMILIES
 from projc.passes import PassManager, compile_for_training
 from projc.passes.bipartite import family_graph
 from projc.passes.unroll import SMOOTH

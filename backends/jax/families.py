@@ -24,10 +24,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from projc.ir import Op, Value
-from projc.ops import constraint as C
+from projc.ir import constraints as C
 
 from . import projections as P
 from .forward import op_forward
+from .slot_storage import EDGE_MEANS, FACTORED, MATERIALIZED
 
 
 @dataclass(frozen=True)
@@ -256,18 +257,15 @@ def _project_squared_error(fam: Family, full: dict, y0, opts: ProjOptions):
 # -- storage choosers: layout name -> (family, factor_linear) -> storage ---------------------------
 
 def _materialized(fam: Family, factor_linear: bool):
-    from .slot_storage import MATERIALIZED
     return MATERIALIZED
 
 
 def _dot_copies(fam: Family, factor_linear: bool):
-    from .slot_storage import FACTORED, MATERIALIZED
     # a linear dot with data on the left: slot[..., m, :] = G[m, :] + alpha[..., m] c[..., :] exactly
     return FACTORED if factor_linear and fam.mode == "linear" and fam.free == [False, True] else MATERIALIZED
 
 
 def _dot_consensus(fam: Family, factor_linear: bool):
-    from .slot_storage import EDGE_MEANS
     return EDGE_MEANS
 
 

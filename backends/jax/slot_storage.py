@@ -18,13 +18,16 @@ family gets in each state layout; the layouts only call these methods:
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .families import Family, ProjOptions
 from .proj_dot_means import dot_project_means
+
+if TYPE_CHECKING:  # families.py chooses these storages: it imports this module, not the reverse
+    from .families import Family, ProjOptions
 
 
 def static_eval(fn):

@@ -1,7 +1,343 @@
-"""The names of projc's constraint ops (the IR level: no JAX; the config's choices read them)."""
+"""projc's own ops, declared once: the constraint families, the moves and the losses.
+
+Each ``ConstraintOp`` says what the op is (``role``), how many operands it takes, its params with
+their defaults (``REQUIRED`` for none), its shape rule and, for a family, which projection the
+``select-projections`` pass records. The tables the rest of projc reads derive from ``OPS``:
+``FAMILIES``/``MOVES``/``LOSSES``, the verifier's type rules (``type_rules``), the shape inference
+the passes use (``infer_shape``) and the registry attributes of the JAX forwards
+(``projc.ops.constraint``). No JAX here: the config reads ``LOSSES`` to build the CLI.
+
+Adding a constraint op = one ``ConstraintOp`` here + its JAX forward in ``projc.ops.constraint``
++ (for a family) its rule in ``projc.backends.jax.families``.
+
+Shapes may hold symbolic dims (str, e.g. the batch ``"B"``); a symbolic dim only matches itself or
+a broadcast 1.
+"""
 from __future__ import annotations
 
-FAMILIES = ("dot", "mul", "sum", "sum_pwl", "sum_smooth", "max", "mean", "embed", "identity")
-MOVES = ("reshape", "transpose", "concat", "slice", "pad", "patches")
-LOSSES = ("cross_entropy", "margin", "squared_error")
-CONSTRAINT_KINDS = FAMILIES + MOVES + LOSSES
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+Shape = tuple  # of int | str
+
+PWL_FNS = ("relu", "leaky_relu", "clip", "abs", "sign", "identity",
+           "hardsigmoid", "relu6", "round", "floor", "ceil", "fake_quant")
+SMOOTH_FNS = ("tanh", "sigmoid", "one_minus_sigmoid", "softplus", "silu", "gelu", "gelu_tanh", "elu", "hardswish")
+MEAN_METRICS = ("sum", "euclidean")
+REQUIRED = object()  # a param without a default
+
+
+class ShapeError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class ConstraintOp:
+    """One projc op (see the module docstring)."""
+
+    kind: str
+    role: str                                   # "family" | "move" | "loss"
+    arity: tuple[int, int | None]               # operand count: (least, most or None)
+    shape: Callable[[dict, Sequence[Shape]], Shape | None]
+    doc: str
+    params: dict[str, Any] = field(default_factory=dict)
+    projection: Callable[[Any, set], str] | None = None   # (op, fixed values) -> the `proj` annotation
+    check: Callable[[Any], str | None] | None = None      # further rules on the op (None: fine)
+
+
+# -- shape rules -------------------------------------------------------------------------------------
+
+def _fmt(shape: Shape) -> str:
+    return "[" + ",".join(str(d) for d in shape) + "]"
+
+
+def broadcast(*shapes: Shape) -> Shape:
+    rank = max(len(s) for s in shapes)
+    out = []
+    for i in range(rank):
+        dims = {s[i - rank + len(s)] for s in shapes if i - rank + len(s) >= 0}
+        dims.discard(1)
+        if len(dims) > 1:
+            raise ShapeError(f"shapes {' and '.join(_fmt(s) for s in shapes)} do not broadcast")
+        out.append(dims.pop() if dims else 1)
+    return tuple(out)
+
+
+def _dot_shape(p, shapes):
+    a, b = shapes
+    if len(b) != 2 or len(a) < 1:
+        raise ShapeError(f"dot needs a [...,K] and b [K,M], got {_fmt(a)} and {_fmt(b)}")
+    if a[-1] != b[0]:
+        raise ShapeError(f"dot contraction mismatch: {_fmt(a)} . {_fmt(b)}")
+    return tuple(a[:-1]) + (b[1],)
+
+
+def _broadcast_shape(p, shapes):
+    return broadcast(*shapes)
+
+
+def _first_shape(p, shapes):
+    return tuple(shapes[0])
+
+
+def _embed_shape(p, shapes):
+    table, idx = shapes
+    if len(table) != 2:
+        raise ShapeError(f"embed needs a table [V,D], got {_fmt(table)}")
+    return tuple(idx) + (table[1],)
+
+
+def _reduce_shape(p, shapes):
+    (a,) = shapes
+    axes = range(len(a)) if p.get("axes") is None else [ax % len(a) for ax in p["axes"]]
+    if p.get("keepdims", 1):
+        return tuple(1 if i in axes else d for i, d in enumerate(a))
+    return tuple(d for i, d in enumerate(a) if i not in axes)
+
+
+def _reshape_shape(p, shapes) -> Shape:
+    src = shapes[0]
+    target = [int(d) for d in p["shape"]]
+    if target.count(-1) > 1:
+        raise ShapeError("reshape: more than one -1")
+    if -1 not in target:
+        if all(isinstance(d, int) for d in src) and math.prod(src) != math.prod(target):
+            raise ShapeError(f"reshape: {_fmt(src)} has {math.prod(src)} elements, not {math.prod(target)}")
+        return tuple(target)
+    known_src = math.prod(d for d in src if isinstance(d, int))
+    symbolic = [d for d in src if not isinstance(d, int)]
+    known_t = math.prod(d for d in target if d != -1)
+    if not symbolic:
+        if known_t == 0 or known_src % known_t:
+            raise ShapeError(f"reshape: cannot reshape {_fmt(src)} to {target}")
+        fill: int | str = known_src // known_t
+    elif len(symbolic) == 1 and known_src == known_t:
+        fill = symbolic[0]
+    else:
+        raise ShapeError(f"reshape: cannot infer -1 reshaping {_fmt(src)} to {target}")
+    return tuple(fill if d == -1 else d for d in target)
+
+
+def _transpose_shape(p, shapes):
+    (a,) = shapes
+    perm = p.get("perm") or list(reversed(range(len(a))))
+    if sorted(perm) != list(range(len(a))):
+        raise ShapeError(f"transpose: perm {perm} does not fit rank {len(a)}")
+    return tuple(a[i] for i in perm)
+
+
+def _concat_shape(p, shapes):
+    rank = len(shapes[0])
+    axis = p.get("axis", 0) % rank
+    total: int | str = 0
+    for s in shapes:
+        if len(s) != rank or any(s[i] != shapes[0][i] for i in range(rank) if i != axis):
+            raise ShapeError(f"concat: {' and '.join(_fmt(s) for s in shapes)} differ off axis {axis}")
+        total = total + s[axis] if isinstance(total, int) and isinstance(s[axis], int) else "?"
+    return tuple(total if i == axis else d for i, d in enumerate(shapes[0]))
+
+
+def _slice_shape(p, shapes):
+    (a,) = shapes
+    out = list(a)
+    axes = p.get("axes") or list(range(len(p["starts"])))
+    steps = p.get("steps") or [1] * len(axes)
+    for s, e, ax, st in zip(p["starts"], p["ends"], axes, steps):
+        ax %= len(a)
+        if isinstance(a[ax], int):
+            out[ax] = len(range(*slice(int(s), int(e), int(st)).indices(a[ax])))
+        elif not (int(s) == 0 and int(e) >= 2**31 - 1 and int(st) == 1):
+            raise ShapeError(f"slice of symbolic dim {a[ax]}")
+    return tuple(out)
+
+
+def _pad_shape(p, shapes):
+    (a,) = shapes
+    n = len(a)
+    pads = p["pads"]
+    return tuple(d + pads[i] + pads[i + n] if isinstance(d, int) else d for i, d in enumerate(a))
+
+
+def patches_out_spatial(spatial, kernel, strides, pads, dilations):
+    n = len(kernel)
+    out = []
+    for i in range(n):
+        size = spatial[i]
+        if not isinstance(size, int):
+            out.append(size)  # symbolic spatial: keep the name (only valid for 1x1/stride 1)
+            continue
+        eff = dilations[i] * (kernel[i] - 1) + 1
+        out.append((size + pads[i] + pads[i + n] - eff) // strides[i] + 1)
+    return tuple(out)
+
+
+def _patches_shape(p, shapes):
+    (a,) = shapes
+    k = p["kernel"]
+    n = len(k)
+    if len(a) != n + 2:
+        raise ShapeError(f"patches: input {_fmt(a)} is not N,C + {n} spatial dims")
+    if not isinstance(a[1], int):
+        raise ShapeError("patches: symbolic channel dim")
+    out = patches_out_spatial(a[2:], k, p.get("strides") or [1] * n, p.get("pads") or [0] * (2 * n),
+                              p.get("dilations") or [1] * n)
+    return (a[0],) + out + (a[1] * math.prod(k),)
+
+
+def _no_shape(p, shapes):
+    return None
+
+
+# -- projections the select-projections pass records ----------------------------------------------------
+
+def _pairwise(op, fixed: set) -> str:
+    """dot / mul: linear when an operand never moves (data, a const, or computed from them)."""
+    return "linear" if any(v in fixed for v in op.inputs) else "bilinear"
+
+
+def _closed(op, fixed: set) -> str:
+    return "closed"
+
+
+# -- further checks --------------------------------------------------------------------------------------
+
+def _fn_in(names: tuple[str, ...], needs: dict[str, tuple[str, str]]):
+    def check(op) -> str | None:
+        fn = op.params["fn"]
+        if fn not in names:
+            return f"unknown fn {fn!r} (one of {', '.join(names)})"
+        if fn in needs and needs[fn][0] not in op.params:
+            return f"fn {fn} needs param {needs[fn][0]!r}{needs[fn][1]}"
+        return None
+    return check
+
+
+def _mean_check(op) -> str | None:
+    metric = op.params.get("metric", "sum")
+    return None if metric in MEAN_METRICS else f"unknown metric {metric!r} (one of {', '.join(MEAN_METRICS)})"
+
+
+def _loss_check(op) -> str | None:
+    out, lab = op.inputs
+    if op.outputs:
+        return "a loss has no outputs"
+    if not out.dtype.startswith("f"):
+        return f"loss input must be float, got {out.dtype}"
+    if op.kind == "squared_error":
+        return None if lab.shape == out.shape else f"targets {lab.type_str()} do not match outputs {out.type_str()}"
+    if op.kind == "cross_entropy" and out.rank == 3:  # per-step logits [B,T,C], labels [B,T]
+        if lab.dtype != "i64" or tuple(lab.shape) != tuple(out.shape[:-1]):
+            return f"expects logits [B,T,C] and labels i64[B,T], got {out.type_str()}, {lab.type_str()}"
+        return None
+    if lab.dtype != "i64" or lab.rank != 1 or out.rank != 2 or lab.shape[0] != out.shape[0]:
+        return f"expects logits [B,C] and labels i64[B], got {out.type_str()}, {lab.type_str()}"
+    return None
+
+
+def _embed_check(op) -> str | None:
+    idx = op.inputs[1]
+    return None if idx.dtype in ("i64", "i32") else f"embed indices must be i64 or i32, got {idx.type_str()}"
+
+
+_STAIR_PARAMS = {"beta": 0.5, "scale": 1.0, "zero_point": 0.0, "qmin": -math.inf, "qmax": math.inf}
+_ANY = (1, None)
+
+
+def _family(kind, arity, shape, doc, projection=_closed, **kw) -> ConstraintOp:
+    return ConstraintOp(kind, "family", arity, shape, doc, projection=projection, **kw)
+
+
+def _move(kind, arity, shape, doc, **kw) -> ConstraintOp:
+    return ConstraintOp(kind, "move", arity, shape, doc, **kw)
+
+
+def _loss(kind, doc, **params) -> ConstraintOp:
+    return ConstraintOp(kind, "loss", (2, 2), _no_shape, doc, params=params, check=_loss_check)
+
+
+OPS: dict[str, ConstraintOp] = {op.kind: op for op in (
+    _family("dot", (2, 2), _dot_shape, "z[..., m] = a[..., :] . b[:, m]", _pairwise),
+    _family("mul", (2, 2), _broadcast_shape, "z = a * b (broadcast)", _pairwise),
+    _family("sum", _ANY, _broadcast_shape, "z = the sum of the operands (broadcast)"),
+    _family("sum_pwl", _ANY, _broadcast_shape, "z = f(sum of the operands), f piecewise linear or a staircase",
+            params={"fn": REQUIRED, "alpha": 0.01, "lo": -math.inf, "hi": math.inf, **_STAIR_PARAMS},
+            check=_fn_in(PWL_FNS, {"fake_quant": ("scale", ""),
+                                   "hardsigmoid": ("alpha", " (ONNX default 0.2)")})),
+    _family("sum_smooth", _ANY, _broadcast_shape, "z = f(sum of the operands), f smooth",
+            params={"fn": REQUIRED, "alpha": 1.0}, check=_fn_in(SMOOTH_FNS, {})),
+    _family("max", (1, 1), _reduce_shape, "z = max of a over axes",
+            params={"axes": REQUIRED, "keepdims": 1}),
+    _family("mean", (1, 1), _reduce_shape, "z = mean of a over axes (metric: how it projects)",
+            params={"axes": REQUIRED, "keepdims": 1, "metric": "sum"}, check=_mean_check),
+    _family("embed", (2, 2), _embed_shape, "z[n, :] = table[indices[n], :] (integer data indices)",
+            check=_embed_check),
+    _family("identity", (1, 1), _first_shape, "z = a (inserted by bipartite repair)"),
+    _move("reshape", (1, 1), _reshape_shape, "numpy reshape (one -1 allowed)", params={"shape": REQUIRED}),
+    _move("transpose", (1, 1), _transpose_shape, "numpy transpose", params={"perm": None}),
+    _move("concat", _ANY, _concat_shape, "concatenate along axis", params={"axis": 0}),
+    _move("slice", (1, 1), _slice_shape, "static slice (ONNX Slice semantics)",
+          params={"starts": REQUIRED, "ends": REQUIRED, "axes": None, "steps": None}),
+    _move("pad", (1, 1), _pad_shape, "constant pad; pads in ONNX order", params={"pads": REQUIRED, "value": 0.0}),
+    _move("patches", (1, 1), _patches_shape, "im2col: [N, C, *S] -> [N, *O, C*prod(kernel)]",
+          params={"kernel": REQUIRED, "strides": None, "pads": None, "dilations": None}),
+    _loss("cross_entropy", "softmax cross-entropy on logits [B(,T),C] and integer labels (its prox)",
+          lam=5.0, method="newton", steps=None),
+    _loss("margin", "true-class logit >= 1, others <= 0 (a projection)"),
+    _loss("squared_error", "outputs = targets (the prox of the squared distance, or exact)", lam=None),
+)}
+
+FAMILIES = tuple(k for k, op in OPS.items() if op.role == "family")
+MOVES = tuple(k for k, op in OPS.items() if op.role == "move")
+LOSSES = tuple(k for k, op in OPS.items() if op.role == "loss")
+CONSTRAINT_KINDS = tuple(OPS)
+
+
+def defaults(kind: str) -> dict[str, Any]:
+    """The op's params with defaults (the registry attributes of its forward)."""
+    return {k: (None if v is REQUIRED else v) for k, v in OPS[kind].params.items()}
+
+
+def infer_shape(kind: str, params: dict[str, Any], shapes: Sequence[Shape]) -> Shape | None:
+    """The output shape of a projc op (None for losses). Raises ShapeError."""
+    if kind not in OPS:
+        raise ShapeError(f"unknown projc op {kind}")
+    return OPS[kind].shape(params, shapes)
+
+
+def _type_rule(decl: ConstraintOp) -> Callable:
+    lo, hi = decl.arity
+
+    def rule(op) -> str | None:
+        n = len(op.inputs)
+        if n < lo or (hi is not None and n > hi) or any(v is None for v in op.inputs):
+            return f"expects {lo}{'' if hi == lo else '..' + (str(hi) if hi else 'n')} operands, got {n}"
+        for key, value in decl.params.items():
+            if value is REQUIRED and key not in op.params:
+                return f"missing param {key!r}"
+        problem = decl.check(op) if decl.check else None
+        if problem or decl.role == "loss":
+            return problem
+        if len(op.outputs) != 1:
+            return f"expects 1 output, got {len(op.outputs)}"
+        dtypes = {v.dtype for v in (op.inputs[:1] if op.kind == "embed" else op.inputs)}
+        if len(dtypes) > 1:
+            return f"operand dtypes differ: {', '.join(v.type_str() for v in op.inputs)}"
+        if op.outputs[0].dtype not in dtypes:
+            return f"output dtype {op.outputs[0].dtype} differs from operands {dtypes.pop()}"
+        try:
+            shape = decl.shape(op.params, [v.shape for v in op.inputs])
+        except ShapeError as e:
+            return str(e)
+        got = op.outputs[0].shape
+        if len(shape) != len(got) or any(a != b and not (a == "?" or b == "?") for a, b in zip(shape, got)):
+            return f"output shape {_fmt(got)} differs from the inferred {_fmt(shape)}"
+        return None
+
+    return rule
+
+
+def type_rules() -> dict[str, Callable]:
+    """kind -> verifier rule (op -> problem or None) for every projc op."""
+    return {kind: _type_rule(decl) for kind, decl in OPS.items()}

@@ -8,14 +8,16 @@ projc's own constraint ops (lowercase kinds, ``projc.ops.constraint``) use the s
 from .registry import (DOMAIN_PREFIX, MAX_OPSET, MIN_OPSET, OpDef, kind_of, lookup,
                        lookup_by_params, lookup_in, op_family, opset_for, register,
                        render_supported_ops, supported_ops)
-from . import activations, elementwise, layout, ml, nn, recurrent, reduce, shape_like  # noqa: F401,E402  (populate the registry)
-from . import arith, attention, indexing, norm, resize, spatial, trees  # noqa: F401,E402
+# populate the registry: every ONNX op, and projc's own ops (the forwards of projc.ir.constraints)
+from . import (activations, arith, attention, constraint, elementwise, indexing, layout, ml,  # noqa: F401,E402
+               nn, norm, recurrent, reduce, resize, shape_like, spatial, trees)
 
 
-def format_supported_ops() -> str:
-    """The ONNX ops projc imports, as the Markdown table `projc ops` prints (docs/ops.md)."""
-    onnx_ops = (render_supported_ops("onnx") + "\n\nai.onnx.ml (scikit-learn exports):\n\n"
-                + render_supported_ops("ml"))
+def format_supported_ops(trainable: set[str] | frozenset[str] = frozenset()) -> str:
+    """The ONNX ops projc imports, as the Markdown table `projc ops` prints (docs/ops.md);
+    ``trainable``: the kinds that train (``projc.passes.lowering_table``)."""
+    onnx_ops = (render_supported_ops("onnx", trainable) + "\n\nai.onnx.ml (scikit-learn exports):\n\n"
+                + render_supported_ops("ml", trainable))
     return (f"ONNX ops projc imports (default domain opsets {MIN_OPSET}..{MAX_OPSET}; an op is "
             "registered at the opset versions listed, each in force until the next):\n\n"
             + onnx_ops + "\n")

@@ -1,53 +1,53 @@
-"""projc's own ops: constraint families, moves and losses (docs/constraint-ops.md).
-
-The moves (reshape, transpose, concat, slice, pad, patches) are linear ops that only rearrange
-values; the solvers see through them (they hold no constraint of their own).
+"""The JAX forwards of projc's own ops (declared in ``projc.ir.constraints``: arity, params, shape).
 
 Kinds are the bare lowercase names of the contract (``dot``, ``sum_pwl``, ``patches``, ...): they
-cannot collide with ONNX op types (CamelCase). Each is registered in the op registry with its JAX
-forward (``since=1``, so ``lookup(kind, any_opset)`` finds it); losses have zero outputs and a
-forward that returns ``()``.
-
-``infer_shape(kind, params, shapes)`` is the shape rule shared by the passes (to type new values)
-and by the verifier (``constraint_type_rules()``). Shapes may hold symbolic dims (str, e.g. the
-batch ``"B"``); a symbolic dim only matches itself or a broadcast 1.
+cannot collide with ONNX op types (CamelCase). Each is registered in the op registry with its
+declared params as attributes (``since=1``, so ``lookup(kind, any_opset)`` finds it); losses have
+zero outputs and a forward that returns ``()``.
 """
 from __future__ import annotations
 
 import itertools
 import math
-from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from projc.ir.constraints import CONSTRAINT_KINDS, FAMILIES, LOSSES, MOVES  # noqa: F401  (re-exported)
+from projc.ir.constraints import (  # noqa: F401
+    CONSTRAINT_KINDS,
+    FAMILIES,
+    LOSSES,
+    MEAN_METRICS,
+    MOVES,
+    PWL_FNS,
+    SMOOTH_FNS,
+    defaults,
+    patches_out_spatial,
+)
 
 from .registry import register
 
-PWL_FNS = ("relu", "leaky_relu", "clip", "abs", "sign", "identity",
-           "hardsigmoid", "relu6", "round", "floor", "ceil", "fake_quant")
-SMOOTH_FNS = ("tanh", "sigmoid", "one_minus_sigmoid", "softplus", "silu", "gelu", "gelu_tanh", "elu", "hardswish")
 
-Shape = tuple  # of int | str
+def constraint_op(kind: str):
+    """Register ``fn`` as the forward of projc op ``kind`` with its declared params."""
+    return register(kind, since=1, attrs=defaults(kind))
 
 
 # -- forward functions ----------------------------------------------------------------------
 
-@register("dot", since=1)
+@constraint_op("dot")
 def dot(a, b):
     """z[..., m] = a[..., :] . b[:, m]."""
     return jnp.matmul(a, b)
 
 
-@register("mul", since=1)
+@constraint_op("mul")
 def mul(a, b):
     """z = a * b (broadcast)."""
     return jnp.multiply(a, b)
 
 
-@register("sum", since=1)
+@constraint_op("sum")
 def sum_(*xs):
     """z = sum of the operands (broadcast)."""
     out = xs[0]
@@ -91,11 +91,9 @@ _STAIR_FWD = {  # the sum_pwl fns beyond ReLU's kin (issue 11)
     "ceil": lambda s, **_: jnp.ceil(s),
     "fake_quant": lambda s, scale, zero_point, qmin, qmax, **_: _fake_quant(s, scale, zero_point, qmin, qmax),
 }
-_STAIR_ATTRS = {"beta": 0.5, "scale": 1.0, "zero_point": 0.0, "qmin": -math.inf, "qmax": math.inf}
 
 
-@register("sum_pwl", since=1, attrs={"fn": "identity", "alpha": 0.01, "lo": -math.inf, "hi": math.inf,
-                                     **_STAIR_ATTRS})
+@constraint_op("sum_pwl")
 def sum_pwl(*xs, fn="identity", alpha=0.01, lo=-math.inf, hi=math.inf, **stair):
     """z = phi(sum of the operands)."""
     return pwl(sum_(*xs), fn, alpha, lo, hi, **stair)
@@ -123,28 +121,25 @@ def smooth(s, fn: str, alpha: float = 1.0):
     raise ValueError(f"sum_smooth: unknown fn {fn!r}")
 
 
-@register("sum_smooth", since=1, attrs={"fn": "tanh", "alpha": 1.0})
+@constraint_op("sum_smooth")
 def sum_smooth(*xs, fn="tanh", alpha=1.0):
     """z = f(sum of the operands) for a smooth f (tanh, sigmoid, softplus, silu, gelu, elu, hardswish)."""
     return smooth(sum_(*xs), fn, alpha)
 
 
-@register("max", since=1, attrs={"axes": None, "keepdims": 1})
+@constraint_op("max")
 def max_(a, axes=None, keepdims=1):
     """z = max of a over axes."""
     return jnp.max(a, axis=None if axes is None else tuple(axes), keepdims=bool(keepdims))
 
 
-MEAN_METRICS = ("sum", "euclidean")
-
-
-@register("mean", since=1, attrs={"axes": None, "keepdims": 1, "metric": "sum"})
+@constraint_op("mean")
 def mean(a, axes=None, keepdims=1, metric="sum"):
     """z = mean of a over axes (``metric`` only chooses how the solver projects it)."""
     return jnp.mean(a, axis=None if axes is None else tuple(axes), keepdims=bool(keepdims))
 
 
-@register("embed", since=1)
+@constraint_op("embed")
 def embed(table, indices):
     """z[n, :] = table[indices[n], :] (an embedding lookup: a float table [V, D], integer data indices
     in 0..V-1; negative ones count from the end, as ONNX Gather's)."""
@@ -153,31 +148,31 @@ def embed(table, indices):
     return jnp.take(table, idx, axis=0, mode="clip")
 
 
-@register("identity", since=1)
+@constraint_op("identity")
 def identity(a):
     """z = a (inserted by bipartite repair)."""
     return a
 
 
-@register("reshape", since=1, attrs={"shape": None})
+@constraint_op("reshape")
 def reshape(a, shape=None):
     """numpy reshape (one -1 allowed)."""
     return jnp.reshape(a, tuple(shape))
 
 
-@register("transpose", since=1, attrs={"perm": None})
+@constraint_op("transpose")
 def transpose(a, perm=None):
     """numpy transpose."""
     return jnp.transpose(a, None if perm is None else tuple(perm))
 
 
-@register("concat", since=1, attrs={"axis": 0})
+@constraint_op("concat")
 def concat(*xs, axis=0):
     """concatenate along axis."""
     return jnp.concatenate(xs, axis=axis)
 
 
-@register("slice", since=1, attrs={"starts": None, "ends": None, "axes": None, "steps": None})
+@constraint_op("slice")
 def slice_(a, starts=None, ends=None, axes=None, steps=None):
     """static slice (ONNX Slice semantics, python clamping)."""
     index = [slice(None)] * a.ndim
@@ -188,27 +183,14 @@ def slice_(a, starts=None, ends=None, axes=None, steps=None):
     return a[tuple(index)]
 
 
-@register("pad", since=1, attrs={"pads": None, "value": 0.0})
+@constraint_op("pad")
 def pad(a, pads=None, value=0.0):
     """constant pad; pads in ONNX order (all begins, then all ends)."""
     n = a.ndim
     return jnp.pad(a, [(int(pads[i]), int(pads[i + n])) for i in range(n)], constant_values=value)
 
 
-def patches_out_spatial(spatial, kernel, strides, pads, dilations):
-    n = len(kernel)
-    out = []
-    for i in range(n):
-        size = spatial[i]
-        if not isinstance(size, int):
-            out.append(size)  # symbolic spatial: keep the name (only valid for 1x1/stride 1)
-            continue
-        eff = dilations[i] * (kernel[i] - 1) + 1
-        out.append((size + pads[i] + pads[i + n] - eff) // strides[i] + 1)
-    return tuple(out)
-
-
-@register("patches", since=1, attrs={"kernel": None, "strides": None, "pads": None, "dilations": None})
+@constraint_op("patches")
 def patches(x, kernel=None, strides=None, pads=None, dilations=None):
     """im2col: [N, C, *S] -> [N, *O, C*prod(kernel)], channel-major within a patch."""
     n = len(kernel)
@@ -229,211 +211,19 @@ def patches(x, kernel=None, strides=None, pads=None, dilations=None):
     return jnp.reshape(col, col.shape[:-2] + (col.shape[-2] * col.shape[-1],))
 
 
-@register("cross_entropy", since=1, attrs={"lam": 5.0, "method": "newton", "steps": None})
+@constraint_op("cross_entropy")
 def cross_entropy(logits, labels, lam=5.0, method="newton", steps=None):
     """loss (no forward value: ends training at the logits)."""
     return ()
 
 
-@register("margin", since=1)
+@constraint_op("margin")
 def margin(logits, labels):
     """loss (no forward value)."""
     return ()
 
 
-@register("squared_error", since=1, attrs={"lam": None})
+@constraint_op("squared_error")
 def squared_error(outputs, targets, lam=None):
     """loss (no forward value)."""
     return ()
-
-
-# -- shape rules ----------------------------------------------------------------------------
-
-class ShapeError(ValueError):
-    pass
-
-
-def broadcast(*shapes: Shape) -> Shape:
-    rank = max(len(s) for s in shapes)
-    out = []
-    for i in range(rank):
-        dims = {s[i - rank + len(s)] for s in shapes if i - rank + len(s) >= 0}
-        dims.discard(1)
-        if len(dims) > 1:
-            raise ShapeError(f"shapes {' and '.join(_fmt(s) for s in shapes)} do not broadcast")
-        out.append(dims.pop() if dims else 1)
-    return tuple(out)
-
-
-def _fmt(shape: Shape) -> str:
-    return "[" + ",".join(str(d) for d in shape) + "]"
-
-
-def _reshape_shape(src: Shape, target: Sequence[int]) -> Shape:
-    target = [int(d) for d in target]
-    if target.count(-1) > 1:
-        raise ShapeError("reshape: more than one -1")
-    if -1 not in target:
-        if all(isinstance(d, int) for d in src) and math.prod(src) != math.prod(target):
-            raise ShapeError(f"reshape: {_fmt(src)} has {math.prod(src)} elements, not {math.prod(target)}")
-        return tuple(target)
-    known_src = math.prod(d for d in src if isinstance(d, int))
-    symbolic = [d for d in src if not isinstance(d, int)]
-    known_t = math.prod(d for d in target if d != -1)
-    if not symbolic:
-        if known_t == 0 or known_src % known_t:
-            raise ShapeError(f"reshape: cannot reshape {_fmt(src)} to {target}")
-        fill: int | str = known_src // known_t
-    elif len(symbolic) == 1 and known_src == known_t:
-        fill = symbolic[0]
-    else:
-        raise ShapeError(f"reshape: cannot infer -1 reshaping {_fmt(src)} to {target}")
-    return tuple(fill if d == -1 else d for d in target)
-
-
-def infer_shape(kind: str, params: dict[str, Any], shapes: Sequence[Shape]) -> Shape | None:
-    """The output shape of a projc op (None for losses). Raises ShapeError."""
-    p = params
-    if kind == "dot":
-        a, b = shapes
-        if len(b) != 2 or len(a) < 1:
-            raise ShapeError(f"dot needs a [...,K] and b [K,M], got {_fmt(a)} and {_fmt(b)}")
-        if a[-1] != b[0]:
-            raise ShapeError(f"dot contraction mismatch: {_fmt(a)} . {_fmt(b)}")
-        return tuple(a[:-1]) + (b[1],)
-    if kind in ("mul", "sum", "sum_pwl", "sum_smooth"):
-        return broadcast(*shapes)
-    if kind == "identity":
-        return tuple(shapes[0])
-    if kind == "embed":
-        table, idx = shapes
-        if len(table) != 2:
-            raise ShapeError(f"embed needs a table [V,D], got {_fmt(table)}")
-        return tuple(idx) + (table[1],)
-    if kind in ("max", "mean"):
-        (a,) = shapes
-        axes = range(len(a)) if p.get("axes") is None else [ax % len(a) for ax in p["axes"]]
-        if p.get("keepdims", 1):
-            return tuple(1 if i in axes else d for i, d in enumerate(a))
-        return tuple(d for i, d in enumerate(a) if i not in axes)
-    if kind == "reshape":
-        return _reshape_shape(shapes[0], p["shape"])
-    if kind == "transpose":
-        (a,) = shapes
-        perm = p.get("perm") or list(reversed(range(len(a))))
-        if sorted(perm) != list(range(len(a))):
-            raise ShapeError(f"transpose: perm {perm} does not fit rank {len(a)}")
-        return tuple(a[i] for i in perm)
-    if kind == "concat":
-        rank = len(shapes[0])
-        axis = p.get("axis", 0) % rank
-        total: int | str = 0
-        for s in shapes:
-            if len(s) != rank or any(s[i] != shapes[0][i] for i in range(rank) if i != axis):
-                raise ShapeError(f"concat: {' and '.join(_fmt(s) for s in shapes)} differ off axis {axis}")
-            total = total + s[axis] if isinstance(total, int) and isinstance(s[axis], int) else "?"
-        return tuple(total if i == axis else d for i, d in enumerate(shapes[0]))
-    if kind == "slice":
-        (a,) = shapes
-        out = list(a)
-        axes = p.get("axes") or list(range(len(p["starts"])))
-        steps = p.get("steps") or [1] * len(axes)
-        for s, e, ax, st in zip(p["starts"], p["ends"], axes, steps):
-            ax %= len(a)
-            if isinstance(a[ax], int):
-                out[ax] = len(range(*slice(int(s), int(e), int(st)).indices(a[ax])))
-            elif not (int(s) == 0 and int(e) >= 2**31 - 1 and int(st) == 1):
-                raise ShapeError(f"slice of symbolic dim {a[ax]}")
-        return tuple(out)
-    if kind == "pad":
-        (a,) = shapes
-        n = len(a)
-        pads = p["pads"]
-        return tuple(d + pads[i] + pads[i + n] if isinstance(d, int) else d for i, d in enumerate(a))
-    if kind == "patches":
-        (a,) = shapes
-        k = p["kernel"]
-        n = len(k)
-        if len(a) != n + 2:
-            raise ShapeError(f"patches: input {_fmt(a)} is not N,C + {n} spatial dims")
-        if not isinstance(a[1], int):
-            raise ShapeError("patches: symbolic channel dim")
-        out = patches_out_spatial(a[2:], k, p.get("strides") or [1] * n, p.get("pads") or [0] * (2 * n),
-                                  p.get("dilations") or [1] * n)
-        return (a[0],) + out + (a[1] * math.prod(k),)
-    if kind in LOSSES:
-        return None
-    raise ShapeError(f"unknown projc op {kind}")
-
-
-# -- verifier rules -------------------------------------------------------------------------
-
-_ARITY = {"dot": (2, 2), "mul": (2, 2), "sum": (1, None), "sum_pwl": (1, None), "sum_smooth": (1, None),
-          "max": (1, 1), "mean": (1, 1), "embed": (2, 2),
-          "identity": (1, 1), "reshape": (1, 1), "transpose": (1, 1), "concat": (1, None),
-          "slice": (1, 1), "pad": (1, 1), "patches": (1, 1), "cross_entropy": (2, 2),
-          "margin": (2, 2), "squared_error": (2, 2)}
-_REQUIRED = {"sum_pwl": ("fn",), "sum_smooth": ("fn",), "reshape": ("shape",), "slice": ("starts", "ends"),
-             "pad": ("pads",), "patches": ("kernel",), "max": ("axes",),
-             "mean": ("axes",)}
-
-
-def _rule(kind: str) -> Callable:
-    def rule(op) -> str | None:
-        lo, hi = _ARITY[kind]
-        n = len(op.inputs)
-        if n < lo or (hi is not None and n > hi) or any(v is None for v in op.inputs):
-            return f"expects {lo}{'' if hi == lo else '..' + (str(hi) if hi else 'n')} operands, got {n}"
-        for key in _REQUIRED.get(kind, ()):
-            if key not in op.params:
-                return f"missing param {key!r}"
-        if kind == "mean" and op.params.get("metric", "sum") not in MEAN_METRICS:
-            return f"unknown metric {op.params['metric']!r} (one of {', '.join(MEAN_METRICS)})"
-        if kind == "sum_pwl" and op.params["fn"] not in PWL_FNS:
-            return f"unknown fn {op.params['fn']!r} (one of {', '.join(PWL_FNS)})"
-        if kind == "sum_pwl" and op.params["fn"] == "fake_quant" and "scale" not in op.params:
-            return "fn fake_quant needs param 'scale'"
-        if kind == "sum_pwl" and op.params["fn"] == "hardsigmoid" and "alpha" not in op.params:
-            return "fn hardsigmoid needs param 'alpha' (ONNX default 0.2)"
-        if kind == "sum_smooth" and op.params["fn"] not in SMOOTH_FNS:
-            return f"unknown fn {op.params['fn']!r} (one of {', '.join(SMOOTH_FNS)})"
-        if kind in LOSSES:
-            if op.outputs:
-                return "a loss has no outputs"
-            out, lab = op.inputs
-            if not out.dtype.startswith("f"):
-                return f"loss input must be float, got {out.dtype}"
-            if kind == "squared_error":
-                if lab.shape != out.shape:
-                    return f"targets {lab.type_str()} do not match outputs {out.type_str()}"
-            elif kind == "cross_entropy" and out.rank == 3:  # per-step logits [B,T,C], labels [B,T]
-                if lab.dtype != "i64" or tuple(lab.shape) != tuple(out.shape[:-1]):
-                    return f"expects logits [B,T,C] and labels i64[B,T], got {out.type_str()}, {lab.type_str()}"
-            elif lab.dtype != "i64" or lab.rank != 1 or out.rank != 2 or lab.shape[0] != out.shape[0]:
-                return f"expects logits [B,C] and labels i64[B], got {out.type_str()}, {lab.type_str()}"
-            return None
-        if len(op.outputs) != 1:
-            return f"expects 1 output, got {len(op.outputs)}"
-        if kind == "embed" and op.inputs[1].dtype not in ("i64", "i32"):
-            return f"embed indices must be i64 or i32, got {op.inputs[1].type_str()}"
-        dtypes = {v.dtype for v in (op.inputs[:1] if kind == "embed" else op.inputs)}
-        if len(dtypes) > 1:
-            return f"operand dtypes differ: {', '.join(v.type_str() for v in op.inputs)}"
-        if op.outputs[0].dtype not in dtypes:
-            return f"output dtype {op.outputs[0].dtype} differs from operands {dtypes.pop()}"
-        try:
-            shape = infer_shape(kind, op.params, [v.shape for v in op.inputs])
-        except ShapeError as e:
-            return str(e)
-        got = op.outputs[0].shape
-        if len(shape) != len(got) or any(
-                a != b and not (a == "?" or b == "?") for a, b in zip(shape, got)):
-            return f"output shape {_fmt(got)} differs from the inferred {_fmt(shape)}"
-        return None
-
-    return rule
-
-
-def constraint_type_rules() -> dict[str, Callable]:
-    """kind -> verifier rule (op -> problem or None) for every projc op."""
-    return {kind: _rule(kind) for kind in CONSTRAINT_KINDS}

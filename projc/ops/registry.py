@@ -140,10 +140,11 @@ def op_family(kind: str) -> str:
     return "projc"
 
 
-def render_supported_ops(family: str | None = None) -> str:
-    """A Markdown table of the registered ops of one ``op_family`` (all when None)."""
-    lines = ["| op | opsets | attributes (defaults) | compile-time inputs | semantics |",
-             "|---|---|---|---|---|"]
+def render_supported_ops(family: str | None = None, trainable: set[str] | frozenset[str] = frozenset()) -> str:
+    """A Markdown table of the registered ops of one ``op_family`` (all when None); ``trainable``:
+    the kinds the training pipeline lowers to constraint families (the "trains" column)."""
+    lines = ["| op | opsets | trains | attributes (defaults) | compile-time inputs | semantics |",
+             "|---|---|---|---|---|---|"]
     for kind, defs in sorted(_REGISTRY.items()):
         if family is not None and op_family(kind) != family:
             continue
@@ -152,5 +153,6 @@ def render_supported_ops(family: str | None = None) -> str:
         static = ", ".join(str(i) for i in latest.static) or "-"
         versions = ", ".join(str(d.since) for d in defs)
         doc = latest.doc.replace("|", "\\|")  # a literal pipe would split the table cell
-        lines.append(f"| {kind} | {versions} | {attrs or '-'} | {static} | {doc} |")
+        trains = "yes" if kind in trainable else "-"
+        lines.append(f"| {kind} | {versions} | {trains} | {attrs or '-'} | {static} | {doc} |")
     return "\n".join(lines)
