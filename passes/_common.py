@@ -16,13 +16,13 @@ class Lowering(NamedTuple):
     becomes and when it applies. A pass's table of these is the one place that says the op trains
     (``projc.passes.lowering_table``, ``projc ops --trainable``, the unsupported-op message)."""
 
-    rule: Rule
+    rule: Rule | None  # None: matched as part of a pattern, or walked to from the outputs
     becomes: str
     note: str = ""
 
 
 def rules(table: dict[str, Lowering]) -> dict[str, Rule]:
-    return {kind: lowering.rule for kind, lowering in table.items()}
+    return {kind: lowering.rule for kind, lowering in table.items() if lowering.rule is not None}
 
 
 def src_of(op: Op) -> str:
