@@ -100,6 +100,24 @@ def test_docs_ops_md_is_generated_from_the_registry():
         assert f.read() == ops_markdown(), "docs/ops.md is stale: run `make docs`"
 
 
+def test_readme_trainable_ops_list_is_generated_from_the_passes():
+    """`make docs` writes the README's list of ops that train from projc.passes.lowering_table()."""
+    from projc.cli.docs import with_trainable_ops
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        readme = f.read()
+    assert with_trainable_ops(readme) == readme, "README.md's trainable-ops list is stale: run `make docs`"
+
+
+def test_readme_links_point_to_existing_pages_and_it_stays_short():
+    import re
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        readme = f.read()
+    assert len(readme.splitlines()) <= 200
+    links = re.findall(r"\]\(([^)#]+)\)", readme)
+    assert links and all(os.path.exists(os.path.join(ROOT, link)) for link in links), links
+    assert "make demo" in readme and "make test" in readme
+
+
 def test_unsupported_op_message_points_to_existing_docs():
     from projc.frontend.importer import SUPPORTED_LIST_HINT
     assert "docs/ops.md" in SUPPORTED_LIST_HINT and os.path.isfile(os.path.join(ROOT, "docs", "ops.md"))
