@@ -115,8 +115,10 @@ class TrainingRun:
                 post["residual"] = f"{self.last_residual:.2e}"
             bar.set_postfix(**post)
             bar.update()
-            if schedule.epoch_ends or schedule.done == self.total:
+            ends, every = schedule.epoch_ends or schedule.done == self.total, self.config.run.eval_every
+            if ends:
                 bar.close()
+            if ends or (every and schedule.done % every == 0):
                 self._evaluate(params, epoch=epoch + 1)
             if self._checkpoint_due():
                 self._save(params, state)
