@@ -19,11 +19,12 @@ from scipy import optimize
 
 from projc.backends.jax import proj_smooth as PS
 from projc.backends.jax import projections as P
+from projc.backends.jax.proj_smooth_domain import DOMAIN_FNS
 
 GAPS: dict[str, float] = {}
 GAP_TOL = 1e-7
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow], max_examples=25)
-FNS = sorted(PS.SMOOTH_FNS)
+FNS = sorted(set(PS.SMOOTH_FNS) - set(DOMAIN_FNS))  # the domain-restricted ones: test_projections_domain.py
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -29,7 +29,8 @@ MOVES = ("reshape", "transpose", "concat", "slice", "pad", "patches")
 LOSSES = ("cross_entropy", "margin", "squared_error")
 PWL_FNS = ("relu", "leaky_relu", "clip", "abs", "sign", "identity",
            "hardsigmoid", "relu6", "round", "floor", "ceil", "fake_quant")
-SMOOTH_FNS = ("tanh", "sigmoid", "one_minus_sigmoid", "softplus", "silu", "gelu", "gelu_tanh", "elu", "hardswish")
+SMOOTH_FNS = ("tanh", "sigmoid", "one_minus_sigmoid", "softplus", "silu", "gelu", "gelu_tanh", "elu", "hardswish",
+              "exp", "log", "sqrt", "rsqrt", "reciprocal", "square", "pow")
 CONSTRAINT_KINDS = FAMILIES + MOVES + LOSSES
 
 Shape = tuple  # of int | str
@@ -103,8 +104,32 @@ def sum_pwl(*xs, fn="identity", alpha=0.01, lo=-math.inf, hi=math.inf, **stair):
     return pwl(sum_(*xs), fn, alpha, lo, hi, **stair)
 
 
-def smooth(s, fn: str, alpha: float = 1.0):
-    """f(s) for the smooth activations of sum_smooth (elu: alpha)."""
+def _power(s, exponent: float):
+    """s ** exponent (a constant) with the primitives the projection's f uses for the common exponents
+    (backends/jax/proj_smooth_domain.pow_value)."""
+    e = float(exponent)
+    if e == 0:
+        return jnp.ones_like(s)
+    if e == 1:
+        return s
+    if e == 2:
+        return s * s
+    if e == 0.5:
+        return jnp.sqrt(s)
+    if e == -0.5:
+        return jax.lax.rsqrt(s)
+    if e == -1:
+        return 1 / s
+    if e.is_integer():
+        return jax.lax.integer_pow(s, int(e))
+    return jnp.power(s, jnp.asarray(e, jnp.result_type(s)))  # NaN for s < 0, as ONNX Pow
+
+
+_POWERS = {"sqrt": 0.5, "rsqrt": -0.5, "reciprocal": -1.0, "square": 2.0}
+
+
+def smooth(s, fn: str, alpha: float = 1.0, exponent: float = 1.0):
+    """f(s) for the smooth activations of sum_smooth (elu: alpha; pow: exponent)."""
     dt = jnp.result_type(s)
     if fn == "tanh":
         return jnp.tanh(s)
@@ -122,13 +147,22 @@ def smooth(s, fn: str, alpha: float = 1.0):
         return jnp.where(s > 0, s, jnp.asarray(alpha, dt) * jnp.expm1(jnp.minimum(s, 0)))
     if fn == "hardswish":
         return s * jnp.clip(s / 6 + 0.5, 0, 1)
+    if fn == "exp":
+        return jnp.exp(s)
+    if fn == "log":
+        return jnp.log(s)
+    if fn in _POWERS:
+        return _power(s, _POWERS[fn])
+    if fn == "pow":
+        return _power(s, exponent)
     raise ValueError(f"sum_smooth: unknown fn {fn!r}")
 
 
-@register("sum_smooth", since=1, attrs={"fn": "tanh", "alpha": 1.0})
-def sum_smooth(*xs, fn="tanh", alpha=1.0):
-    """z = f(sum of the operands) for a smooth f (tanh, sigmoid, softplus, silu, gelu, elu, hardswish)."""
-    return smooth(sum_(*xs), fn, alpha)
+@register("sum_smooth", since=1, attrs={"fn": "tanh", "alpha": 1.0, "exponent": 1.0})
+def sum_smooth(*xs, fn="tanh", alpha=1.0, exponent=1.0):
+    """z = f(sum of the operands) for a smooth f (tanh, sigmoid, softplus, silu, gelu, elu, hardswish,
+    exp, log, sqrt, rsqrt, reciprocal, square, pow with a constant exponent)."""
+    return smooth(sum_(*xs), fn, alpha, exponent)
 
 
 @register("max", since=1, attrs={"axes": None, "keepdims": 1})
@@ -380,6 +414,10 @@ _REQUIRED = {"sum_pwl": ("fn",), "sum_smooth": ("fn",), "reshape": ("shape",), "
              "mean": ("axes",)}
 
 
+def _finite_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
 def _rule(kind: str) -> Callable:
     def rule(op) -> str | None:
         lo, hi = _ARITY[kind]
@@ -399,6 +437,8 @@ def _rule(kind: str) -> Callable:
             return "fn hardsigmoid needs param 'alpha' (ONNX default 0.2)"
         if kind == "sum_smooth" and op.params["fn"] not in SMOOTH_FNS:
             return f"unknown fn {op.params['fn']!r} (one of {', '.join(SMOOTH_FNS)})"
+        if kind == "sum_smooth" and op.params["fn"] == "pow" and not _finite_number(op.params.get("exponent")):
+            return "fn pow needs a finite number as param 'exponent'"
         if kind in LOSSES:
             if op.outputs:
                 return "a loss has no outputs"
