@@ -203,7 +203,7 @@ def _interval(sm: Smooth, S0, y0, Sc, fSc, lo, hi, n, alpha):
     steps = jnp.asarray(PROBES, S0.dtype)
     probes = [e(Sc), e(Sc) + steps, e(Sc) - steps]
     T = None
-    if sm.mono:
+    if sm.mono and sm.inverse is not None and sm.range_lo is not None and sm.range_hi is not None:
         # monotone f: the minimizer lies between Sc and f⁻¹(y0) (past it both terms grow)
         up = (y0 >= fSc) if sm.mono > 0 else (y0 <= fSc)  # a larger S brings f toward y0
         inside = (y0 > sm.range_lo(alpha)) & (y0 < sm.range_hi(alpha))
@@ -303,7 +303,7 @@ def _solve_branch(sm: Smooth, S0, y0, n, alpha, mag):
     fS0 = sm.f(S0, alpha)[0]
     stay = (S0 >= sm.dom_lo) & jnp.isfinite(fS0)
     cands, ccost = [e(S0)], [e(jnp.where(stay, (fS0 - y0) ** 2, jnp.inf))]
-    if sm.complete:  # the closed forms hold every local minimum but the domain's ends and kinks
+    if sm.complete and sm.exact is not None:  # closed forms: every local minimum but the ends and kinks
         ends = [lo, hi] if sm.bounds is not None else []
         for x in ends + [jnp.full_like(S0, k) for k in sm.kinks] + list(sm.exact(S0, y0, n, alpha)):
             x = jnp.clip(jnp.broadcast_to(x, S0.shape), lo, hi)
@@ -370,16 +370,14 @@ def solve_sum(fn: str, S0, y0, n: int, alpha=1.0, exponent: float = 1.0, mag=Non
     dt = S0.dtype
     alpha = jnp.asarray(alpha, dt)
     mag = jnp.abs(S0) if mag is None else mag
-    best = None
-    for sm, sig, tau in spec.branches:
-        S, c = _solve_branch(sm, sig * S0, tau * y0, n, alpha, mag)
-        S = sig * S
-        if best is None:
-            best = (S, c)
-        else:
-            take = c < best[1]
-            best = (jnp.where(take, S, best[0]), jnp.where(take, c, best[1]))
-    return best[0]
+    (sm, sig, tau), *others = spec.branches
+    S, c = _solve_branch(sm, sig * S0, tau * y0, n, alpha, mag)
+    S = sig * S
+    for sm, sig, tau in others:  # the first of equal costs wins
+        Sb, cb = _solve_branch(sm, sig * S0, tau * y0, n, alpha, mag)
+        take = cb < c
+        S, c = jnp.where(take, sig * Sb, S), jnp.where(take, cb, c)
+    return S
 
 
 # compiled once per (fn, n, exponent, shape, dtype): eager calls (tests, scripts) would otherwise
@@ -398,7 +396,6 @@ def sum_smooth(*args, fn: str = "tanh", alpha: float = 1.0, offset=0.0, exponent
     if len(args) < 2:
         raise TypeError("sum_smooth(*operands, target, fn=...) needs at least one operand and a target")
     *ops, y0, off = as_floats(*args, offset)
-    dt = ops[0].dtype
     shape = jnp.broadcast_shapes(*(x.shape for x in ops), y0.shape, off.shape)
     ops = [jnp.broadcast_to(x, shape) for x in ops]
     y0 = jnp.broadcast_to(y0, shape)
@@ -408,7 +405,7 @@ def sum_smooth(*args, fn: str = "tanh", alpha: float = 1.0, offset=0.0, exponent
     S = _solve_jit(fn, S0, y0, n, alpha, exponent, mag)
     shift = (S - S0) / n
     new = [x + shift for x in ops]
-    return (*new, forward_smooth(off + sum(new[1:], new[0]), fn, jnp.asarray(alpha, dt), exponent))
+    return (*new, forward_smooth(off + sum(new[1:], new[0]), fn, alpha, exponent))
 
 
 # ------------------------------------------------------------------ the backend's entry point
