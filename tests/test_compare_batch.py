@@ -66,3 +66,11 @@ def test_unknown_dim_name_is_refused(capsys, tmp_path):
     assert main(["compare", path, "--dim", "nope=2"]) == 2
     err = capsys.readouterr().err
     assert "has no symbolic dim 'nope' (its symbolic dims: seq, batch)" in err
+
+
+def test_batch_with_given_inputs_is_a_note(tmp_path):
+    path = save(tmp_path / "m.onnx", ["N", 4])
+    report = compare_model(path, batch=7, inputs={"x": np.ones((2, 4), np.float32)})
+    assert report.batch == 2 and report.inputs["x"].shape == (2, 4)
+    (note,) = notes(report)
+    assert "--batch 7 does not apply: the inputs from the given arrays give the sizes (batch 2)" in note

@@ -212,6 +212,9 @@ def compare_model(path, *, atol: float | None = None, rtol: float | None = None,
         used_batch = _given_batch(graph, feed)
         if inputs_source is None:
             inputs_source = "the given arrays"
+        if batch is not None and batch != used_batch:
+            notes.append(f"--batch {batch} does not apply: the inputs from {inputs_source} give "
+                         f"the sizes (batch {used_batch if used_batch is not None else 'static'})")
     else:
         sizes, batch_symbol, notes = symbol_sizes(graph, batch, dims, label)
         _check_input_size(graph, sizes, max_input_bytes)
