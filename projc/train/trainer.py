@@ -85,6 +85,22 @@ def resolve_update_scale(update_scale: float | str, source_graph, projection: bo
     return CONV_UPDATE_SCALE if has_conv and projection else 1.0
 
 
+def check_batch_axis(value, model: str) -> None:
+    """Training feeds minibatches along the input's first axis: it must be the symbolic batch."""
+    shape = list(value.shape)
+    if value.rank and not isinstance(shape[0], int):
+        return
+    text = "[" + ",".join(str(d) for d in shape) + "]"
+    symbolic = [i for i, d in enumerate(shape) if not isinstance(d, int)]
+    if symbolic:
+        raise ProjcError(f"{model}: input {value.hint!r} is {text}: its batch axis is {symbolic[0]}, but projc "
+                         f"trains on minibatches along axis 0; re-export with the batch first (e.g. torch's "
+                         f"batch_first=True) and a dynamic axis 0")
+    raise ProjcError(f"{model}: input {value.hint!r} has the static shape {text}, so every minibatch would have "
+                     f"to hold {shape[0] if shape else 1} samples; re-export with a dynamic batch axis (torch: "
+                     f"dynamic_axes={{'{value.hint}': {{0: 'batch'}}}}, or dynamo=True with dynamic_shapes)")
+
+
 class Trainer:
     """A compiled trainer for one ONNX model (see the module docstring)."""
 
@@ -117,6 +133,7 @@ class Trainer:
             raise ProjcError(f"{self.model_path}: projc trains models with one data input, this one "
                              f"has {len(data)} ({', '.join(v.hint for v in data)})")
         self._input = data[0]
+        check_batch_axis(self._input, self.model_path)
         self._label = self.graph.labels[0]
         self.input_name = self._input.hint
         self.label_name = self._label.hint
