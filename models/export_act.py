@@ -2,7 +2,8 @@
 
 MLPs on digits (64 -> 32 -> 10) whose hidden activation is not ReLU: tanh, sigmoid, a QAT-style
 fake quantizer (torch.fake_quantize_per_tensor_affine, exported as a QuantizeLinear ->
-DequantizeLinear pair), round, and HardSwish (MobileNetV3's activation, two hidden layers).
+DequantizeLinear pair), round, HardSwish (MobileNetV3's activation, two hidden layers), and a
+user-written staircase round(clamp(h, 0, 2) * 2) / 2 (staircase_mlp).
 
 Init: torch's default Linear init under a fixed seed, except where a model's entry says otherwise:
 "torch_x10" scales every parameter of that init by 10, "he" is He-normal weights std sqrt(2/fan_in)
@@ -33,6 +34,13 @@ class Round(nn.Module):
         return torch.round(x)
 
 
+class HalfSteps(nn.Module):
+    """A user's quantized activation: clamp to [0, 2], then round to halves (levels 0, 0.5, ..., 2)."""
+
+    def forward(self, x):
+        return torch.round(torch.clamp(x, 0, 2) * 2) / 2
+
+
 class MLP(nn.Module):
     def __init__(self, act, hidden=(32,)):
         super().__init__()
@@ -56,6 +64,9 @@ MODELS = {
     # init is scaled ×10 to spread them over several levels (0.76 -> 0.93 test accuracy, README)
     "round_mlp": (lambda: MLP(Round), 14, "torch_x10"),
     "hardswish_mlp": (lambda: MLP(nn.Hardswish, hidden=(32, 32)), 15, "torch"),
+    # a staircase as a user writes it, round(clamp(h, 0, 2) * 2) / 2, with torch's default init (no
+    # rescaling in the file: --init data spreads the pre-activations at the start, docs/recipes.md)
+    "staircase_mlp": (lambda: MLP(HalfSteps), 16, "torch"),
 }
 
 

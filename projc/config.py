@@ -145,6 +145,10 @@ def _schedules() -> Sequence[str]:
     return ("constant", *SCHEDULE_FACTORS)
 
 
+def _recipes() -> Sequence[str]:
+    return ("auto", "none")
+
+
 def _ce_methods() -> Sequence[str]:
     return ("newton", "fixed-point")
 
@@ -257,13 +261,20 @@ class CompilationConfig(Group):
 
     init: str = option("auto", one_of(_inits),
                        "starting weights: file (the exported values), he (He-normal weights, zero "
-                       "biases, seeded by --seed) or auto (he for a model with a Conv, else file)")
+                       "biases, seeded by --seed), data (the file's, each layer scaled on one batch "
+                       "so its pre-activations spread over its activation's range) or auto (the "
+                       "recipe's; without one: he for a model with a Conv, else file)")
     freeze: tuple[str, ...] = option((), names(), "initializers to keep fixed (`projc inspect MODEL` "
                                      "lists them)", metavar="NAME[,NAME...]", fingerprint=ALWAYS)
     repair: bool = option(True, boolean(), "fail on a non-bipartite graph instead of inserting "
                           "identity constraints to repair it", fingerprint=ALWAYS)
     train_batchnorm: bool = option(False, boolean(),
                                    "train BatchNormalization scale/bias (default: a frozen affine)")
+    recipe: str = option("auto", one_of(_recipes),
+                         "auto: choose the options you do not set (solver, batch, steps, lam, update "
+                         "scale, schedule, init, ...) from the model's structure, printed on the run's "
+                         "first line (docs/recipes.md); none: the plain defaults",
+                         fingerprint=NEVER)
 
 
 @dataclass(frozen=True)
@@ -344,14 +355,27 @@ class Config:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     run: RunConfig = field(default_factory=RunConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    # the options the user set (API keywords, CLI flags given), even to their default values: the
+    # recipe (projc.train.recipe) fills only the others; see ``user_set``
+    explicit: frozenset = field(default=frozenset())
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.explicit, frozenset):
+            object.__setattr__(self, "explicit", frozenset(self.explicit))
+        unknown = sorted(self.explicit - set(field_owners()))
+        if unknown:
+            raise ProjcError(f"explicit names unknown options: {', '.join(unknown)}")
 
     @classmethod
     def build(cls, config: Config | None = None, **options) -> Config:
         """``config`` (or the defaults) with ``options`` applied: a group object by its group name
-        (``method=MethodConfig(...)``) or a field by its own name (``solver="cp"``)."""
+        (``method=MethodConfig(...)``) or a field by its own name (``solver="cp"``). Every option
+        named here, and every field of ``config`` or of a group object that differs from its
+        default, counts as set by the user (``user_set``)."""
         if config is not None and not isinstance(config, Config):
             raise ProjcError(f"config must be a projc.config.Config, got {type(config).__name__}")
         config = config or cls()
+        explicit = set(config.user_set())
         groups = {name: getattr(config, name) for name in GROUPS}
         changes: dict[str, dict[str, Any]] = {name: {} for name in GROUPS}
         owner = field_owners()
@@ -361,12 +385,31 @@ class Config:
                     raise ProjcError(f"{name} must be a projc.config.{GROUPS[name].__name__}, got "
                                      f"{type(value).__name__}")
                 groups[name] = value
+                explicit |= {f.name for f in dataclasses.fields(value) if getattr(value, f.name) != f.default}
             elif name in owner:
                 changes[owner[name]][name] = value
+                explicit.add(name)
             else:
                 raise ProjcError(f"unknown option {name!r}; options: {', '.join(sorted(owner))}")
         return cls(**{g: dataclasses.replace(groups[g], **changes[g]) if changes[g] else groups[g]
-                      for g in GROUPS})
+                      for g in GROUPS}, explicit=frozenset(explicit))
+
+    def user_set(self) -> frozenset:
+        """The options the user chose: those named when the config was built, and every field that
+        differs from its default (a Config built by hand carries no other record)."""
+        return self.explicit | {f.name for _, f, v in self.fields() if v != f.default}
+
+    def with_defaults(self, values: dict[str, Any]) -> Config:
+        """This config with ``values`` (option name -> value) applied where the user set nothing;
+        what the user set stays, and stays recorded as set."""
+        owner = field_owners()
+        changes: dict[str, dict[str, Any]] = {name: {} for name in GROUPS}
+        user = self.user_set()
+        for name, value in values.items():
+            if name not in user:
+                changes[owner[name]][name] = value
+        return dataclasses.replace(self, explicit=self.explicit, **{
+            g: dataclasses.replace(getattr(self, g), **changes[g]) for g in GROUPS if changes[g]})
 
     def fields(self) -> Iterator[tuple[str, dataclasses.Field, Any]]:
         """(group name, field, value) for every option."""

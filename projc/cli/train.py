@@ -50,21 +50,34 @@ def add_option(parser, f: dataclasses.Field) -> None:
     flag = f.metadata["flag"] or "--" + f.name.replace("_", "-")
     names = [flag, "--" + f.name.replace("_", "-")] if not flag.startswith("--") else [flag]
     help_text = f.metadata["help"]
+    # default=SUPPRESS: a flag not given leaves no attribute, so the config knows what the user set
+    # (the recipe fills the rest: projc.train.recipe)
     if f.default is False:
-        parser.add_argument(*names, dest=f.name, action="store_true", help=help_text)
+        parser.add_argument(*names, dest=f.name, action="store_true", default=argparse.SUPPRESS,
+                            help=help_text)
         return
     if f.default is True:
         parser.add_argument("--no-" + f.name.replace("_", "-"), dest=f.name, action="store_false",
-                            help=help_text)
+                            default=argparse.SUPPRESS, help=help_text)
         return
     if f.default not in (None, ()):
-        help_text += f" (default {f.default})"
+        help_text += f" (default {f.default}{RECIPE_MARK if f.name in recipe_options() else ''})"
+    elif f.name in recipe_options():
+        help_text += f" ({RECIPE_MARK.lstrip('; ')})"
     if check.choices is not None:
         choices = list(check.choices())
-        parser.add_argument(*names, dest=f.name, default=f.default, choices=choices, help=help_text)
+        parser.add_argument(*names, dest=f.name, default=argparse.SUPPRESS, choices=choices, help=help_text)
         return
-    parser.add_argument(*names, dest=f.name, default=f.default, type=argument_type(check),
+    parser.add_argument(*names, dest=f.name, default=argparse.SUPPRESS, type=argument_type(check),
                         metavar=f.metadata["metavar"] or check.metavar, help=help_text)
+
+
+RECIPE_MARK = "; or the recipe's"
+
+
+def recipe_options() -> frozenset:
+    from projc.train.recipe import RECIPE_OPTIONS
+    return RECIPE_OPTIONS
 
 
 def argument_type(check: Check):
@@ -81,9 +94,11 @@ def argument_type(check: Check):
 
 
 def config_from_args(args) -> Config:
-    """The Config the parsed flags describe (cross-option checks raise ProjcError)."""
-    return Config(**{group: cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
-                     for group, cls in GROUPS.items()})
+    """The Config the parsed flags describe (cross-option checks raise ProjcError); the flags given
+    are the options the user set (``Config.explicit``), the recipe fills the others."""
+    given = {f.name: getattr(args, f.name) for cls in GROUPS.values() for f in dataclasses.fields(cls)
+             if hasattr(args, f.name)}
+    return Config.build(None, **given)
 
 
 def start_scaling(config: Config):

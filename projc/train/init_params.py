@@ -1,5 +1,7 @@
 """Parameter initialization for training: ``init="file"`` keeps the exported values, ``"he"``
-re-draws them, ``"auto"`` (the default) is ``he`` for a model with a Conv and ``file`` otherwise.
+re-draws them, ``"data"`` scales the file's on one batch (``calibrated_params``), ``"auto"`` (the
+default) is the recipe's choice (projc.train.recipe); without a recipe ``he`` for a model with a
+Conv and ``file`` otherwise.
 
 ``auto`` follows the measurements of benchmarks/init.py (docs/initialization.md): He wins by 0.15
 to 0.77 on every convolutional export, while on the MLPs the file's (torch's) values are as good or
@@ -20,7 +22,7 @@ import numpy as np
 
 from projc.errors import ProjcError
 
-INITS = ("auto", "file", "he")
+INITS = ("auto", "file", "he", "data")
 
 
 def resolve_init(init: str, source_graph) -> str:
@@ -58,6 +60,8 @@ def initial_params(source_graph, file_values: dict[str, np.ndarray], init: str,
                    seed: int = 0) -> dict[str, np.ndarray]:
     """The starting parameters {name: array} for ``init`` (see the module docstring)."""
     init = resolve_init(init, source_graph)
+    if init == "data":
+        raise ProjcError("init 'data' needs a batch: projc.train.init_params.calibrated_params")
     if init == "file":
         return {k: v.copy() for k, v in file_values.items()}
     roles = _roles(source_graph)
@@ -73,3 +77,123 @@ def initial_params(source_graph, file_values: dict[str, np.ndarray], init: str,
         else:
             out[name] = value.copy()
     return out
+
+
+# -- data-calibrated initialization ------------------------------------------------------------------
+
+# ops an activation chain passes through, from a layer's output to what the next layer reads
+CHAIN_OPS = frozenset({"Add", "Sub", "Mul", "Div", "Neg", "Clip", "Relu", "LeakyRelu", "Tanh", "Sigmoid",
+                       "Round", "Floor", "Ceil", "QuantizeLinear", "DequantizeLinear", "Sign", "HardSigmoid",
+                       "HardSwish", "Elu", "Softplus", "Gelu", "Erf", "Abs"})
+STAIRCASE_OPS = frozenset({"Round", "Floor", "Ceil", "QuantizeLinear"})
+TARGET_STD = 1.0       # continuous units: unit-variance pre-activations (LSUV)
+STAIRCASE_LEVELS = 6   # a staircase: spread over about this many levels (entropy log 6)
+
+
+def _chain(graph, users, z):
+    """(ops, output value, staircase?) of the elementwise chain reading ``z``, up to the next layer."""
+    ops, v, stair = [], z, False
+    while True:
+        us = users.get(v, [])
+        if len(us) != 1 or us[0][0].kind not in CHAIN_OPS or len(us[0][0].outputs) != 1:
+            return ops, v, stair
+        op = us[0][0]
+        others = [u for i, u in enumerate(op.inputs) if u is not None and u is not v]
+        if any(u.role not in ("param", "const") for u in others):
+            return ops, v, stair  # a sum of two moving values (a residual): stop
+        ops.append(op)
+        stair |= op.kind in STAIRCASE_OPS
+        v = op.outputs[0]
+
+
+def _unit_entropy(y: np.ndarray, channel_axis: int) -> float:
+    """Mean over units of the entropy of a piecewise-constant output's levels across the batch
+    (and positions): a unit is a feature (dense) or a channel (conv)."""
+    y = np.moveaxis(np.asarray(y, np.float64), channel_axis, -1).reshape(-1, y.shape[channel_axis])
+    y = np.sort(np.round(y, 6), axis=0)
+    n = y.shape[0]
+    total = 0.0
+    for col in y.T:
+        edges = np.flatnonzero(np.diff(col)) + 1
+        counts = np.diff(np.concatenate([[0], edges, [n]])) / n
+        total -= float(np.sum(counts * np.log(counts)))
+    return total / y.shape[1]
+
+
+def calibrated_params(source_graph, values: dict[str, np.ndarray], x, input_name: str) -> dict[str, np.ndarray]:
+    """``values`` with each layer (Gemm, MatMul, Conv with a trainable weight), in graph order,
+    scaled on the batch ``x`` so its pre-activations spread over its activation's useful range:
+    unit variance where the activation is continuous (ReLU kin, smooth, none), and, where it is a
+    staircase (Round, Floor, Ceil, fake quantization), the scale and bias shift whose output spreads
+    over about STAIRCASE_LEVELS levels (the entropy of the levels each unit takes over the batch,
+    searched on a grid). Each layer is measured after the layers before it were scaled. Recurrent
+    cells keep the file's values."""
+    import jax
+    import jax.numpy as jnp
+
+    from projc.backends.jax.forward import Interpreter
+
+    graph = source_graph
+    users = graph.users()
+    interp = Interpreter(graph)
+    params = {k: np.array(v, copy=True) for k, v in values.items()}
+    data = {input_name: jnp.asarray(x)}
+
+    def leaf(v):
+        if v.role == "param":
+            return jnp.asarray(params[v.hint])
+        if v.role == "const":
+            return jnp.asarray(v.data)
+        return data[v.hint]
+
+    for op in graph.ops:
+        if op.kind not in ("Gemm", "MatMul", "Conv") or len(op.inputs) < 2:
+            continue
+        w = op.inputs[1]
+        if w is None or w.role != "param" or w.hint not in params:
+            continue
+        z = op.outputs[0]
+        bias = op.inputs[2] if op.kind != "MatMul" and len(op.inputs) > 2 else None
+        chain, out, stair = _chain(graph, users, z)
+        if op.kind == "MatMul" and chain and chain[0].kind == "Add":  # MatMul + bias: the Add's output
+            b = [u for u in chain[0].inputs if u is not None and u is not z]
+            bias = b[0] if b and b[0].role == "param" else None
+            z = chain[0].outputs[0]
+            chain = chain[1:]
+        if bias is not None and (bias.role != "param" or bias.hint not in params):
+            bias = None
+        zv = np.asarray(interp.values(leaf, [z])[z], np.float64)
+        std = float(zv.std())
+        if not np.isfinite(std) or std <= 0:
+            continue
+        shift = 0.0
+        if not stair:
+            scale = TARGET_STD / std
+        else:
+            axis = 1 if op.kind == "Conv" else zv.ndim - 1
+            run = jax.jit(lambda zz: interp.values(leaf, [out], known={z: zz})[out])
+            scale, shift = _staircase_fit(zv, run, axis, bias is not None)
+        params[w.hint] = (params[w.hint] * scale).astype(params[w.hint].dtype)
+        if bias is not None:
+            b = params[bias.hint] * scale + shift
+            params[bias.hint] = b.astype(params[bias.hint].dtype)
+    return params
+
+
+def _staircase_fit(zv: np.ndarray, run, axis: int, can_shift: bool) -> tuple[float, float]:
+    """(scale, shift) of z for a staircase chain ``run``: the smallest scale whose best shift reaches
+    90% of the entropy target min(log STAIRCASE_LEVELS, the best found)."""
+    std = float(zv.std())
+    mean = float(zv.mean())
+    cands = []
+    for k in np.arange(-4.0, 6.5, 0.5):           # the pre-activation std, relative to 1
+        s = 2.0 ** k / std
+        for m in ((-1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0) if can_shift else (0.0,)):
+            c = m * 2.0 ** k - s * mean if can_shift else 0.0   # mean moved to m standard deviations
+            y = np.asarray(run(np.asarray(s * zv + c, np.float32)))
+            cands.append((s, c, _unit_entropy(y, axis)))
+    best = max(h for _, _, h in cands)
+    goal = 0.9 * min(best, math.log(STAIRCASE_LEVELS))
+    ok = [(s, -h, c) for s, c, h in cands if h >= goal]
+    s, _, c = min(ok)
+    return s, c

@@ -68,7 +68,7 @@ class TrainingRun:
     def _start(self):
         """(params, state, initial loss or None, update count resumed at or None)."""
         trainer = self.trainer
-        params = trainer.init_params()
+        params = trainer.init_params(self.data.x_train[:self.config.dataset.batch])
         if not self.config.run.resume:
             return params, trainer.init_state(params), None, None
         from projc.train.checkpoint import check_fingerprint, checkpoint_path, load_checkpoint
@@ -85,16 +85,13 @@ class TrainingRun:
 
     def _loop(self, params: dict, state) -> dict:
         import numpy as np
-        from tqdm import tqdm
+
+        from projc.train.progress import Progress
 
         trainer, data, schedule = self.trainer, self.data, self.schedule
-        tty = sys.stderr.isatty() and self.rank == 0
-        bar, current = None, None
+        bar = self.progress = Progress(self.total, schedule.per_epoch, -(-self.total // schedule.per_epoch),
+                                       done=schedule.done, enabled=self.verbose and self.rank == 0)
         for epoch, idx in schedule:
-            if epoch != current:
-                current = epoch
-                bar = tqdm(desc=f"epoch {epoch + 1}", unit="upd", disable=not tty, leave=False,
-                           total=schedule.per_epoch, initial=schedule.position - 1)
             idx = np.array_split(idx, self.nproc)[self.rank]  # this process's slice of the minibatch
             xb, yb = data.x_train[idx], data.y_train[idx]
             progress = min(max(schedule.done - 1, 0), self.total) / max(self.total, 1)
@@ -113,11 +110,10 @@ class TrainingRun:
             post = {"acc": f"{batch['accuracy']:.3f}"}
             if self.last_residual is not None:
                 post["residual"] = f"{self.last_residual:.2e}"
-            bar.set_postfix(**post)
-            bar.update()
+            bar.update(schedule.done, epoch, post)
             ends, every = schedule.epoch_ends or schedule.done == self.total, self.config.run.eval_every
             if ends:
-                bar.close()
+                bar.epoch_end()
             if ends or (every and schedule.done % every == 0):
                 self._evaluate(params, epoch=epoch + 1)
             if self._checkpoint_due():
@@ -137,6 +133,8 @@ class TrainingRun:
             raise DivergenceError(f"stopped at update {self.schedule.done}: the training loss is "
                                   f"{train['loss']}; nothing exported")
         seconds = self.seconds()
+        if show and self.verbose and getattr(self, "progress", None) is not None:
+            self.progress.epoch_end()  # a terminal's bar makes way for the evaluation line
         if show and self.verbose:
             print(f"epoch {epoch:3d}  train acc {train['accuracy']:.4f}  test acc {test['accuracy']:.4f}  "
                   f"loss {train['loss']:.4f}  {seconds:.2f}s", flush=True)

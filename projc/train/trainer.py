@@ -113,16 +113,21 @@ class Trainer:
         from projc.train.init_params import initial_params, resolve_init
         from projc.train.methods import METHODS, build_method
 
-        self.config = config = Config.build(config, **options)
-        task, method, comp = config.task, config.method, config.compilation
+        from projc.train.recipe import choose
+
+        config = Config.build(config, **options)
         self.source = read_model(model)  # read once: the export writes this graph
         self.model_path = self.source.label
         self.source_graph = from_onnx(self.source.proto, path=self.source.path or self.source.label)
+        self.frozen = freeze_params(self.source_graph, config.compilation.freeze)
+        # the options the user left unset come from the recipe for this model's structure
+        self.recipe = choose(config, self.source_graph)
+        self.config = config = self.recipe.config
+        task, method, comp = config.task, config.method, config.compilation
         self.entry = METHODS[method.solver]
         self.init = resolve_init(comp.init, self.source_graph)  # "auto" -> file | he
         self.update_scale = resolve_update_scale(config.update.update_scale, self.source_graph,
                                                  self.entry.projection)
-        self.frozen = freeze_params(self.source_graph, comp.freeze)
         self.graph = compile_for_training(self.source_graph, loss=task.loss, lam=task.lam,
                                           ce_method=task.ce_method, repair=comp.repair,
                                           train_batchnorm=comp.train_batchnorm)
@@ -146,7 +151,7 @@ class Trainer:
         self.label_steps = self._label.shape[1] if self.per_step else None
         self.param_names = [v.hint for v in self.graph.params]
         self._init = initial_params(self.source_graph, {v.hint: np.asarray(v.data) for v in self.graph.params},
-                                    self.init, config.run.seed)
+                                    "file" if self.init == "data" else self.init, config.run.seed)
         self.parallel = DataParallel.from_spec(config.parallel.devices)  # None: one device
         self.method = build_method(self.layout, config, self.update_scale)
         # (params, state) replicated, the batch sharded, progress replicated; outputs replicated
@@ -156,9 +161,17 @@ class Trainer:
         self._forward = jax.jit(lambda p, xb: layout.forward_logits(p, {name: xb}))
 
     # -- public API ------------------------------------------------------------------------
-    def init_params(self) -> dict[str, np.ndarray]:
-        """{ONNX initializer name: array}: the starting values (the file's, or re-drawn by ``init``)."""
-        return {k: v.copy() for k, v in self._init.items()}
+    def init_params(self, x=None) -> dict[str, np.ndarray]:
+        """{ONNX initializer name: array}: the starting values (the file's, or re-drawn by ``init``).
+        ``init="data"`` scales the file's values on ``x``, one batch of inputs (required then)."""
+        if self.init != "data":
+            return {k: v.copy() for k, v in self._init.items()}
+        if x is None:
+            raise ProjcError("init 'data' scales each layer on one batch of inputs: call "
+                             "trainer.init_params(x) with a batch (e.g. the first training batch), or "
+                             "choose init='file' or 'he'")
+        from projc.train.init_params import calibrated_params
+        return calibrated_params(self.source_graph, self._init, self._check_x(x), self.input_name)
 
     def init_state(self, params: Mapping[str, Any]) -> Any:
         """The state the method carries from one update to the next, fresh: Adam's moments and step
@@ -222,7 +235,7 @@ class Trainer:
     def lower_update(self, x, y):
         """The jitted update lowered for one batch of this shape (for inspection: ``.as_text()``,
         ``.compile().memory_analysis()``)."""
-        params = self.init_params()
+        params = self.init_params(x)
         state = self.init_state(params)
         x, y = self._check_data(x, y)
         batch = {self.input_name: x, self.label_name: self._targets(y)}

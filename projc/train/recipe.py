@@ -1,0 +1,196 @@
+"""The recipe: the options that measured best for a model's structure, filled in where the user set
+nothing.
+
+    recipe = choose(config, source_graph)     # config: what the user set (Config.user_set())
+    recipe.config                             # the resolved config a run uses
+    recipe.line()                             # "recipe gated-recurrent: GRU/LSTM cells ...: ..."
+
+The table ``RULES`` is read top to bottom; the first rule whose ``when`` holds for the model's
+``Structure`` gives its ``values``. Every option the user set (an API keyword, a CLI flag given, a
+field of a given Config that differs from its default) stays as set; the recipe fills only the
+others. When the user picks another solver than the rule's, the rule's options that were tuned for
+its solver (``SOLVER_BOUND``) are not applied. ``recipe="none"`` keeps the plain defaults.
+
+Each rule names the benchmark that backs it (``benchmarks/recipes.py``, which runs every bundled
+model with its recipe over seeds 0-2); docs/recipes.md gives each rule's measurements.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from projc.config import Config
+
+# the options a rule may set (the CLI marks them "or the recipe's")
+RECIPE_OPTIONS = frozenset({"solver", "layout", "steps_per_update", "relaxation", "anderson", "inertia",
+                            "omega", "batch", "lam", "update_scale", "schedule", "weight_decay", "init"})
+# tuned for the rule's solver: dropped when the user chooses another solver
+SOLVER_BOUND = frozenset({"layout", "steps_per_update", "relaxation", "anderson", "inertia", "omega",
+                          "lam", "update_scale", "schedule", "weight_decay"})
+
+STAIRCASE_OPS = ("Round", "Floor", "Ceil", "QuantizeLinear")
+GATED_OPS = ("GRU", "LSTM")
+
+
+@dataclass(frozen=True)
+class Structure:
+    """What the rules read from a model's graph (the source graph, as imported, frozen
+    initializers folded)."""
+
+    ops: Mapping[str, int]          # op kind -> count
+    free_input_convs: int           # Convs whose input moves in training (both operands free)
+    data_convs: int                 # Convs of the data (or of constants): one free operand
+    params: int                     # trainable values
+
+    @classmethod
+    def of(cls, graph) -> Structure:
+        ops: dict[str, int] = {}
+        free = {v: v.role == "param" for v in graph.values()}
+        free_convs = data_convs = 0
+        for op in graph.ops:
+            ops[op.kind] = ops.get(op.kind, 0) + 1
+            if op.kind == "Conv":
+                if free.get(op.inputs[0], False):
+                    free_convs += 1
+                else:
+                    data_convs += 1
+            moving = any(free.get(u, False) for u in op.inputs if u is not None)
+            for out in op.outputs:
+                free[out] = moving
+        n = sum(int(getattr(v, "size", 0) or _size(v)) for v in graph.params)
+        return cls(ops, free_convs, data_convs, n)
+
+    def count(self, *kinds: str) -> int:
+        return sum(self.ops.get(k, 0) for k in kinds)
+
+    def summary(self) -> str:
+        parts = []
+        if self.free_input_convs or self.data_convs:
+            parts.append(f"{self.free_input_convs + self.data_convs} Conv ({self.free_input_convs} with "
+                         f"a moving input)")
+        for kinds, name in ((GATED_OPS, "gated recurrent"), (("RNN",), "RNN"),
+                            (STAIRCASE_OPS, "staircase"), (("Sign",), "Sign")):
+            if self.count(*kinds):
+                parts.append(f"{self.count(*kinds)} {name}")
+        parts.append(f"{self.params} trainable values")
+        return ", ".join(parts)
+
+
+def _size(v) -> int:
+    import math
+    return math.prod(d if isinstance(d, int) else 1 for d in v.shape)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One line of the table: when ``when(structure)`` holds, ``values`` (option -> value)."""
+
+    name: str
+    when: Callable[[Structure], bool]
+    values: Mapping[str, Any]
+    reason: str
+    benchmark: str                      # the command whose measurement backs the rule
+
+    @property
+    def solver(self) -> str:
+        return self.values.get("solver", Config().method.solver)
+
+
+BENCH = "benchmarks/recipes.py --models "
+
+RULES: tuple[Rule, ...] = (
+    Rule("gated-recurrent", lambda s: s.count(*GATED_OPS) > 0,
+         {"solver": "dr", "batch": 64, "steps_per_update": 100, "lam": 2.0, "schedule": "cosine",
+          "init": "file", "update_scale": 1.0},
+         "GRU/LSTM cells: a gate product passes on a small part of each pull, so more steps per "
+         "update, a gentler loss prox and a decaying step",
+         BENCH + "gru_digits,lstm_digits"),
+    Rule("recurrent", lambda s: s.count("RNN") > 0,
+         {"solver": "dr", "batch": 64, "init": "file", "update_scale": 1.0},
+         "an unrolled RNN: more, smaller updates",
+         BENCH + "rnn_digits,rnn_tanh_digits"),
+    Rule("conv-pairs", lambda s: s.free_input_convs > 0,
+         {"solver": "cp", "batch": 32, "init": "he", "update_scale": 2.0},
+         "a Conv whose input moves has two free operands: Douglas-Rachford would keep every "
+         "patch's copies, cyclic projections keep consensus means",
+         BENCH + "cnn2_digits,lenet_digits,fcn_maxlogits_digits,gap_digits,maxlogits_digits"),
+    Rule("conv-data", lambda s: s.data_convs > 0,
+         {"solver": "dr", "init": "he", "update_scale": 2.0},
+         "one Conv of the data: a pooled loss corrects few of its copies, so the update is stretched",
+         BENCH + "cnn_digits"),
+    Rule("staircase", lambda s: s.count(*STAIRCASE_OPS) > 0,
+         {"solver": "dr", "init": "data"},
+         "a staircase activation: its pieces are flat, so the start must spread the "
+         "pre-activations over several steps (init scaled on one batch)",
+         BENCH + "round_mlp,quant_mlp,staircase_mlp"),
+    Rule("dense", lambda s: True,
+         {"solver": "dr", "init": "file", "update_scale": 1.0},
+         "dense layers and elementwise activations: the plain defaults",
+         BENCH + "mlp_digits,tanh_mlp,binary_mlp"),
+)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The rule chosen for a model and what it did to a config."""
+
+    rule: Rule | None                   # None: recipe="none"
+    structure: Structure
+    config: Config                      # the resolved config
+    applied: Mapping[str, Any] = field(default_factory=dict)   # option -> value the recipe set
+    kept: Mapping[str, Any] = field(default_factory=dict)      # rule values the user overrode
+    dropped: Mapping[str, Any] = field(default_factory=dict)   # rule values not applied (another solver)
+    given: frozenset = frozenset()                              # the options the user set
+
+    def line(self) -> str:
+        """One line for the run's header: the rule, its reason, and what the user overrode."""
+        if self.rule is None:
+            return "no recipe (the plain defaults)"
+        text = f"recipe {self.rule.name}: {self.rule.reason}"
+        if self.kept:
+            text += f"; overridden: {', '.join(sorted(self.kept))}"
+        if self.dropped:
+            text += f"; not applied under solver {self.config.method.solver}: {', '.join(sorted(self.dropped))}"
+        return text
+
+    def table(self) -> list[tuple[str, str, str]]:
+        """(option, value, where from) for every option a rule may set (``projc inspect --recipe``)."""
+        from projc.config import field_owners
+        owner = field_owners()
+        rows = []
+        for name in sorted(RECIPE_OPTIONS):
+            value = getattr(getattr(self.config, owner[name]), name)
+            source = "recipe" if name in self.applied else "given" if name in self.given else "default"
+            rows.append((name, str(value), source))
+        return rows
+
+
+def rule_for(structure: Structure) -> Rule:
+    return next(r for r in RULES if r.when(structure))
+
+
+def choose(config: Config, graph) -> Recipe:
+    """The recipe for ``graph`` (the imported source graph) under the options ``config`` set."""
+    structure = Structure.of(graph)
+    if config.compilation.recipe == "none":
+        return Recipe(None, structure, config, given=config.user_set())
+    rule = rule_for(structure)
+    user = config.user_set()
+    own_solver = "solver" not in user or config.method.solver == rule.solver
+    applied, kept, dropped = {}, {}, {}
+    from projc.config import field_owners
+    owner = field_owners()
+    for name, value in rule.values.items():
+        current = getattr(getattr(config, owner[name]), name)
+        if name in user:
+            if current != value:
+                kept[name] = value
+        elif name in SOLVER_BOUND and not own_solver:
+            dropped[name] = value
+        else:
+            applied[name] = value
+    return Recipe(rule, structure, config.with_defaults(applied), applied, kept, dropped, frozenset(user))
+
+
+__all__ = ["RECIPE_OPTIONS", "RULES", "Recipe", "Rule", "SOLVER_BOUND", "Structure", "choose", "rule_for"]
