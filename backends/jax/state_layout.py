@@ -112,12 +112,14 @@ class StateLayout:
 
     name = "?"
 
-    def __init__(self, graph: Graph, *, factor_linear: bool = True, bilinear_iters: int | None = None):
+    def __init__(self, graph: Graph, *, factor_linear: bool = True, bilinear_iters: int | None = None,
+                 tied_anchor: float = 0.0):
         unknown = [op.kind for op in graph.ops if op.kind not in RULES and op.kind not in MOVES]
         if unknown:
             raise ProjcError(f"the solver needs the lowered constraint IR; found op(s) "
                              f"{', '.join(sorted(set(unknown)))} (run compile_for_training first)")
         self.graph = graph
+        self.tied_anchor = float(tied_anchor)
         self.opts = ProjOptions(bilinear_iters)
         self.interp = Interpreter(graph, cast=False)
         self.params: list[Value] = list(graph.params)
@@ -281,7 +283,27 @@ class StateLayout:
         return jnp.where(w > 0, ws / safe, fallback())
 
     def _param_values(self, acc, ctx: StepContext) -> dict[Value, Any]:
-        return {p: self.consumer_mean(acc, p, lambda p=p: ctx.params[p.hint]) for p in self.params}
+        """Each parameter's value: the mean over its consumer edges. With ``tied_anchor`` τ > 0 a
+        parameter read by k > 1 families (weight tying: every step of a recurrence) also counts its
+        value at the start of the update as τ·k·(k − 1) more edges, so it moves by
+        (mean − start) / (1 + τ (k − 1)): the k uses each ask for their own correction, and together
+        they apply it k times (docs/recipes.md, "Tied parameters")."""
+        tau = self.tied_anchor
+        out = {}
+        for p in self.params:
+            if tau <= 0 or p not in acc:
+                out[p] = self.consumer_mean(acc, p, lambda p=p: ctx.params[p.hint])
+                continue
+            ws, w = acc[p]  # w: the number of consumer edges per element (static)
+            kappa = tau * w * np.maximum(w - 1, 0)
+            if not np.any(kappa):
+                out[p] = self.consumer_mean(acc, p, lambda p=p: ctx.params[p.hint])
+                continue
+            old = ctx.params[p.hint]
+            den = w + kappa
+            safe = np.where(den > 0, den, 1)
+            out[p] = jnp.where(den > 0, (ws + kappa * old) / safe, old)
+        return out
 
     # -- projections -----------------------------------------------------------------------------------
     def output_forms(self, key) -> dict[str, str]:

@@ -96,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="the summary and IR as one JSON object")
     p.add_argument("--freeze", type=name_list, default=[], metavar="NAME[,NAME...]",
                    help="show what trains when these initializers are frozen (as train --freeze)")
+    p.add_argument("--recipe", action="store_true",
+                   help="show the options `projc train` would choose for this model (its recipe, "
+                   "the reason and the estimated time per update) instead of the IR")
 
     p = sub.add_parser("compare", help="check projc's forward against onnxruntime or goldens",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -200,6 +203,8 @@ def cmd_inspect(args) -> int:
     from projc.frontend.importer import load_supported_part, unsupported_message
     from projc.ir.printer import format_graph
 
+    if args.recipe:
+        return inspect_recipe(args)
     graph, unsupported = load_supported_part(args.model)
     if args.freeze:
         from projc.train.trainer import freeze_params
@@ -232,6 +237,42 @@ def cmd_inspect(args) -> int:
                               print_after=tuple(args.print_after), time_passes=args.time_passes,
                               out=sys.stdout)
         manager.run(graph)
+    return 0
+
+
+def inspect_recipe(args) -> int:
+    """``projc inspect MODEL --recipe``: the recipe's choice for MODEL, without training."""
+    import projc
+    from projc.train.recipe import RULES, update_estimate
+
+    trainer = projc.compile(args.model, freeze=tuple(args.freeze))
+    recipe, config = trainer.recipe, trainer.config
+    seconds, faster = update_estimate(trainer, config.dataset.batch)
+    rows = recipe.table()
+    info = {"model": args.model, "structure": recipe.structure.summary(),
+            "rule": recipe.rule.name if recipe.rule else None,
+            "reason": recipe.rule.reason if recipe.rule else None,
+            "benchmark": recipe.rule.benchmark if recipe.rule else None,
+            "options": {name: {"value": value, "from": source} for name, value, source in rows},
+            "seconds_per_update": round(seconds, 3), "faster": faster}
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"model      {args.model}")
+    print(f"structure  {info['structure']}")
+    print(f"{recipe.line()}")
+    width = max(len(r[0]) for r in rows)
+    for name, value, source in rows:
+        print(f"  {name:<{width}}  {value:<12} {source}")
+    if recipe.rule is not None:
+        print(f"backed by  {recipe.rule.benchmark} (docs/recipes.md)")
+    if trainer.entry.projection:
+        print(f"estimate   about {seconds:.3g} s per update at batch {config.dataset.batch}, "
+              f"{config.method.steps_per_update} steps" + (f"; faster: {faster}" if faster else ""))
+    print("rules (the first that holds is taken; a flag you give always wins):")
+    for rule in RULES:
+        mark = "*" if recipe.rule is not None and rule.name == recipe.rule.name else " "
+        print(f" {mark} {rule.name:<16} {rule.condition}")
     return 0
 
 

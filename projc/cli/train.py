@@ -211,7 +211,8 @@ def warn(message: str | None) -> None:
 
 # How the run's header names an option that differs from its default (others: "name value").
 HEADER_FORMS = {"update_scale": "update scale {:g}", "schedule": "{} schedule", "weight_decay": "weight decay {:g}",
-                "freeze": "frozen {}", "repair": "no repair", "train_batchnorm": "trained BatchNorm"}
+                "freeze": "frozen {}", "repair": "no repair", "train_batchnorm": "trained BatchNorm",
+                "recipe": "recipe {}", "tied_anchor": "tied anchor {:g}"}
 SHOWN_FIRST = ("solver", "steps_per_update", "lr", "init", "update_scale")
 
 
@@ -227,7 +228,8 @@ def run_header(model: str, config: Config, trainer, data) -> str:
         return HEADER_FORMS.get(name, name.replace("_", " ") + " {}").format(value)
     return (f"projc train: {model} on {data.name} ({len(data.y_train)} train, {len(data.y_test)} test), "
             f"solver {config.method.solver}, {trainer.entry.describe(config)}, batch {config.dataset.batch}, "
-            f"init {trainer.init}" + "".join(f", {form(n, v)}" for n, v in extras))
+            f"init {trainer.init}" + "".join(f", {form(n, v)}" for n, v in extras)
+            + f"; {trainer.recipe.line()}")
 
 
 def cmd_train(args) -> int:
@@ -235,6 +237,8 @@ def cmd_train(args) -> int:
     from projc.train.data import load_data
     from projc.train.distributed import process_count, process_index
     from projc.train.loop import TrainingRun
+    from projc.train.progress import slow_update_warning
+    from projc.train.recipe import update_estimate
     from projc.train.watch import input_scale_warning
 
     config = config_from_args(args)
@@ -249,10 +253,16 @@ def cmd_train(args) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # also silences gloo's C++ log
     config = Config.build(config, devices=devices)
     trainer = projc.compile(args.model, config)
+    config = trainer.config  # the recipe filled in what the flags left unset
+    if config.dataset.batch % nproc:
+        raise ProjcError(f"the recipe's batch {config.dataset.batch} does not divide over {nproc} "
+                         f"processes; give --batch")
     data = load_data(config.dataset.data, seed=config.run.seed, input_shape=trainer.input_shape,
                      per_step=trainer.per_step)
     warn(input_scale_warning(data.x_train))
     print(run_header(args.model, config, trainer, data), flush=True)
+    if rank == 0:
+        warn(slow_update_warning(*update_estimate(trainer, config.dataset.batch // nproc)))
     params = TrainingRun(config, trainer, data, warn=warn, rank=rank, nproc=nproc).train()
     if rank != 0:
         return 0

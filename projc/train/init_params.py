@@ -171,7 +171,7 @@ def calibrated_params(source_graph, values: dict[str, np.ndarray], x, input_name
             scale = TARGET_STD / std
         else:
             axis = 1 if op.kind == "Conv" else zv.ndim - 1
-            run = jax.jit(lambda zz: interp.values(leaf, [out], known={z: zz})[out])
+            run = jax.jit(lambda zz, z=z, out=out: interp.values(leaf, [out], known={z: zz})[out])
             scale, shift = _staircase_fit(zv, run, axis, bias is not None)
         params[w.hint] = (params[w.hint] * scale).astype(params[w.hint].dtype)
         if bias is not None:

@@ -31,6 +31,9 @@ class TrainingRun:
 
     def __init__(self, config: Config, trainer, data, *, warn: Callable[[str | None], None] = _print_warning,
                  rank: int = 0, nproc: int = 1, verbose: bool = True):
+        recipe = getattr(trainer, "recipe", None)
+        if recipe is not None and config is not trainer.config:  # the recipe's choices, where unset
+            config = config.with_defaults(dict(recipe.applied))
         self.config, self.trainer, self.data, self.warn = config, trainer, data, warn
         self.rank, self.nproc, self.verbose = rank, nproc, verbose
         run, batch = config.run, config.dataset.batch
@@ -163,10 +166,12 @@ class TrainingRun:
         """What shapes the run: the config's fingerprint (``Config.fingerprint``), the model's and the
         data's content, the update count and the resolved update scale."""
         if self._fp is None:
-            fp = self.config.fingerprint()
+            fp = self.config.fingerprint()  # the resolved config: the values the run uses
             fp.pop("update_scale", None)
             if self.trainer.update_scale != 1.0:  # "auto" resolved for this model
                 fp["update_scale"] = self.trainer.update_scale
+            if fp.get("init") == getattr(self.trainer, "default_init", None):
+                fp.pop("init")  # what "auto" meant before recipes: checkpoints of then still resume
             fp.update(model=self.trainer.source.digest, updates=self.total)
             digest = getattr(self.data, "digest", None)
             if digest:

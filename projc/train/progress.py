@@ -49,12 +49,10 @@ class Progress:
 
     # -- the rate ------------------------------------------------------------------------------
     def seconds_per_update(self) -> float | None:
-        """Mean seconds per update after the first (compilation) one; the first alone until then."""
-        if self.t_first is None:
+        """Mean seconds per update after the first (compilation) one; None until one has run."""
+        if self.t_first is None or not self.n_after_first:
             return None
-        if self.n_after_first:
-            return (self.clock() - self.t_first) / self.n_after_first
-        return self.first_seconds
+        return (self.clock() - self.t_first) / self.n_after_first
 
     def left(self, done: int) -> float | None:
         rate = self.seconds_per_update()
@@ -80,8 +78,8 @@ class Progress:
         text = f"projc train: update {done}/{self.total} (epoch {epoch + 1}/{self.epochs})"
         if rate is not None:
             text += f", {rate:.3g} s/update, {duration(left)} left"
-        if self.n_after_first == 0 and self.first_seconds is not None:
-            text += f" (the first update, compilation included, took {duration(self.first_seconds)})"
+        elif self.first_seconds is not None:
+            text += f", the first update (compilation included) took {duration(self.first_seconds)}"
         if "acc" in post:
             text += f", batch acc {post['acc']}"
         return text

@@ -24,10 +24,11 @@ from projc.config import Config
 
 # the options a rule may set (the CLI marks them "or the recipe's")
 RECIPE_OPTIONS = frozenset({"solver", "layout", "steps_per_update", "relaxation", "anderson", "inertia",
-                            "omega", "batch", "lam", "update_scale", "schedule", "weight_decay", "init"})
+                            "omega", "batch", "lam", "update_scale", "schedule", "weight_decay", "init",
+                            "tied_anchor"})
 # tuned for the rule's solver: dropped when the user chooses another solver
 SOLVER_BOUND = frozenset({"layout", "steps_per_update", "relaxation", "anderson", "inertia", "omega",
-                          "lam", "update_scale", "schedule", "weight_decay"})
+                          "lam", "update_scale", "schedule", "weight_decay", "tied_anchor"})
 
 STAIRCASE_OPS = ("Round", "Floor", "Ceil", "QuantizeLinear")
 GATED_OPS = ("GRU", "LSTM")
@@ -87,6 +88,7 @@ class Rule:
     """One line of the table: when ``when(structure)`` holds, ``values`` (option -> value)."""
 
     name: str
+    condition: str                      # ``when`` in words
     when: Callable[[Structure], bool]
     values: Mapping[str, Any]
     reason: str
@@ -100,31 +102,37 @@ class Rule:
 BENCH = "benchmarks/recipes.py --models "
 
 RULES: tuple[Rule, ...] = (
-    Rule("gated-recurrent", lambda s: s.count(*GATED_OPS) > 0,
+    Rule("gated-recurrent", "a GRU or LSTM cell",
+         lambda s: s.count(*GATED_OPS) > 0,
          {"solver": "dr", "batch": 64, "steps_per_update": 100, "lam": 2.0, "schedule": "cosine",
           "init": "file", "update_scale": 1.0},
          "GRU/LSTM cells: a gate product passes on a small part of each pull, so more steps per "
          "update, a gentler loss prox and a decaying step",
          BENCH + "gru_digits,lstm_digits"),
-    Rule("recurrent", lambda s: s.count("RNN") > 0,
+    Rule("recurrent", "an RNN cell",
+         lambda s: s.count("RNN") > 0,
          {"solver": "dr", "batch": 64, "init": "file", "update_scale": 1.0},
          "an unrolled RNN: more, smaller updates",
          BENCH + "rnn_digits,rnn_tanh_digits"),
-    Rule("conv-pairs", lambda s: s.free_input_convs > 0,
+    Rule("conv-pairs", "a Conv whose input moves (a conv after a conv)",
+         lambda s: s.free_input_convs > 0,
          {"solver": "cp", "batch": 32, "init": "he", "update_scale": 2.0},
          "a Conv whose input moves has two free operands: Douglas-Rachford would keep every "
          "patch's copies, cyclic projections keep consensus means",
          BENCH + "cnn2_digits,lenet_digits,fcn_maxlogits_digits,gap_digits,maxlogits_digits"),
-    Rule("conv-data", lambda s: s.data_convs > 0,
+    Rule("conv-data", "a Conv of the data only",
+         lambda s: s.data_convs > 0,
          {"solver": "dr", "init": "he", "update_scale": 2.0},
          "one Conv of the data: a pooled loss corrects few of its copies, so the update is stretched",
          BENCH + "cnn_digits"),
-    Rule("staircase", lambda s: s.count(*STAIRCASE_OPS) > 0,
+    Rule("staircase", "Round, Floor, Ceil or fake quantization",
+         lambda s: s.count(*STAIRCASE_OPS) > 0,
          {"solver": "dr", "init": "data"},
          "a staircase activation: its pieces are flat, so the start must spread the "
          "pre-activations over several steps (init scaled on one batch)",
          BENCH + "round_mlp,quant_mlp,staircase_mlp"),
-    Rule("dense", lambda s: True,
+    Rule("dense", "anything else",
+         lambda s: True,
          {"solver": "dr", "init": "file", "update_scale": 1.0},
          "dense layers and elementwise activations: the plain defaults",
          BENCH + "mlp_digits,tanh_mlp,binary_mlp"),
@@ -194,3 +202,63 @@ def choose(config: Config, graph) -> Recipe:
 
 
 __all__ = ["RECIPE_OPTIONS", "RULES", "Recipe", "Rule", "SOLVER_BOUND", "Structure", "choose", "rule_for"]
+
+
+# -- how long one update takes, estimated from the state's size before anything is compiled ----------
+
+# seconds per stored state number per projection step on this project's 2-core machine under its usual
+# load (docs/recipes.md, "Progress"): measured as s/step ÷ state numbers on lenet_digits and cnn2_digits
+# (copies DR: 7.6e-9 and 8.3e-9; consensus CP: 1.4e-8 and 1.6e-8); a smooth activation's exact
+# search costs about SMOOTH_FACTOR times a closed-form projection per number
+SECONDS_PER_NUMBER = {"copies": 1e-8, "consensus": 1.6e-8}
+SMOOTH_FACTOR = 8.0
+
+
+def state_numbers(layout, params, batch_spec) -> dict[str, int]:
+    """{family op kind: stored numbers} of ``layout``'s solver state for one batch of the shapes in
+    ``batch_spec`` ({input or label name: jax.ShapeDtypeStruct}; traced abstractly, nothing runs)."""
+    import jax
+    import numpy as np
+
+    spec = {k: jax.ShapeDtypeStruct(np.shape(v), np.asarray(v).dtype) for k, v in params.items()}
+    shapes = jax.eval_shape(lambda p, b: layout.init_state(layout.make_ctx(p, b)), spec, batch_spec)
+    kinds = {f.key: f.op.kind for f in layout.families}
+    out: dict[str, int] = {}
+    for key, slots in shapes.items():
+        n = sum(int(np.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(slots))
+        out[kinds.get(key, "?")] = out.get(kinds.get(key, "?"), 0) + n
+    return out
+
+
+def estimate_seconds(numbers: Mapping[str, int], layout_name: str, steps: int) -> float:
+    """Seconds per update from the state's numbers by family kind (``state_numbers``)."""
+    weighted = sum(n * (SMOOTH_FACTOR if kind == "sum_smooth" else 1.0) for kind, n in numbers.items())
+    return weighted * steps * SECONDS_PER_NUMBER.get(layout_name, SECONDS_PER_NUMBER["copies"])
+
+
+def update_estimate(trainer, batch: int) -> tuple[float, str | None]:
+    """(estimated seconds per update, the faster choice in words or None) for ``trainer`` at ``batch``.
+    The faster choice: cyclic projections on the consensus state when the trainer keeps copies and
+    that layout fits the graph, else a quarter of the batch."""
+    if not trainer.entry.projection:
+        return 0.0, None
+    config = trainer.config
+    steps = config.method.steps_per_update
+    spec = trainer.batch_spec(batch)
+    params = trainer._init
+    seconds = estimate_seconds(state_numbers(trainer.layout, params, spec), trainer.layout.name, steps)
+    if seconds <= 30.0:
+        return seconds, None
+    faster = None
+    if trainer.layout.name == "copies":
+        try:
+            from projc.backends.jax.layout_consensus import ConsensusLayout
+            alt = ConsensusLayout(trainer.graph, solver="cp")
+            alt_s = estimate_seconds(state_numbers(alt, params, spec), "consensus", steps)
+            if alt_s < seconds / 2:
+                faster = f"--solver cp keeps consensus means instead of copies: about {alt_s:.3g} s per update"
+        except Exception:  # noqa: BLE001 - no consensus layout for this graph: suggest the batch
+            faster = None
+    if faster is None and batch >= 8:
+        faster = f"--batch {batch // 4}: about {seconds / 4:.3g} s per update"
+    return seconds, faster

@@ -60,20 +60,20 @@ def freeze_params(graph, names) -> list[str]:
     return names
 
 
-def make_state_layout(name: str, solver: str, graph, *, factor_linear: bool = True):
+def make_state_layout(name: str, solver: str, graph, *, factor_linear: bool = True, tied_anchor: float = 0.0):
     """The state layout ``name`` for ``solver``: ``auto`` takes consensus where it is exact (AP, CP
     on this graph), copies otherwise."""
     from projc.backends.jax.layout_consensus import EXACT_SOLVERS, ConsensusLayout
     from projc.backends.jax.layout_copies import CopiesLayout
 
     if name == "copies" or (name == "auto" and solver not in EXACT_SOLVERS):
-        return CopiesLayout(graph, factor_linear=factor_linear)
+        return CopiesLayout(graph, factor_linear=factor_linear, tied_anchor=tied_anchor)
     if name == "auto":
         try:
-            return ConsensusLayout(graph, solver=solver)
+            return ConsensusLayout(graph, solver=solver, tied_anchor=tied_anchor)
         except ProjcError:  # not exact for this graph: copies is
-            return CopiesLayout(graph, factor_linear=factor_linear)
-    return ConsensusLayout(graph, solver=solver)
+            return CopiesLayout(graph, factor_linear=factor_linear, tied_anchor=tied_anchor)
+    return ConsensusLayout(graph, solver=solver, tied_anchor=tied_anchor)
 
 
 def resolve_update_scale(update_scale: float | str, source_graph, projection: bool) -> float:
@@ -112,7 +112,6 @@ class Trainer:
         from projc.train.distributed import DataParallel
         from projc.train.init_params import initial_params, resolve_init
         from projc.train.methods import METHODS, build_method
-
         from projc.train.recipe import choose
 
         config = Config.build(config, **options)
@@ -126,13 +125,14 @@ class Trainer:
         task, method, comp = config.task, config.method, config.compilation
         self.entry = METHODS[method.solver]
         self.init = resolve_init(comp.init, self.source_graph)  # "auto" -> file | he
+        self.default_init = resolve_init("auto", self.source_graph)  # what auto means without a recipe
         self.update_scale = resolve_update_scale(config.update.update_scale, self.source_graph,
                                                  self.entry.projection)
         self.graph = compile_for_training(self.source_graph, loss=task.loss, lam=task.lam,
                                           ce_method=task.ce_method, repair=comp.repair,
                                           train_batchnorm=comp.train_batchnorm)
         self.layout = make_state_layout(method.layout, method.solver, self.graph,
-                                        factor_linear=method.factor_linear)
+                                        factor_linear=method.factor_linear, tied_anchor=method.tied_anchor)
         data = self.graph.data_inputs
         if len(data) != 1:
             raise ProjcError(f"{self.model_path}: projc trains models with one data input, this one "
@@ -242,6 +242,19 @@ class Trainer:
         if self.parallel is not None:
             params, batch = self.parallel.put_replicated(params), self.parallel.put_batch(batch)
         return self._update.lower(params, state, batch, np.float32(0))
+
+    def batch_spec(self, batch: int) -> dict[str, Any]:
+        """{input name, label name: jax.ShapeDtypeStruct} of a minibatch of ``batch`` samples (what
+        ``update`` feeds the compiled graph), for abstract tracing."""
+        import jax
+
+        x_shape = (batch,) + tuple(1 if d is None else d for d in self.input_shape[1:])
+        x_dtype = np.int32 if self._input.dtype in ("i64", "i32") else np.float32
+        if self.config.task.loss == "squared_error":
+            y = jax.ShapeDtypeStruct((batch, self.num_classes or 1), np.float32)
+        else:
+            y = jax.ShapeDtypeStruct((batch, self.label_steps) if self.per_step else (batch,), np.int32)
+        return {self.input_name: jax.ShapeDtypeStruct(x_shape, np.dtype(x_dtype)), self.label_name: y}
 
     # -- the state as arrays (checkpoints) -----------------------------------------------------
     def state_leaves(self, state: Any) -> list[np.ndarray]:

@@ -1,0 +1,182 @@
+"""Defaults are a product (issue 25): the config knows what the user set, the recipe fills the rest
+from the model's structure and says so, a flag always wins; data-calibrated init; tied parameters;
+progress lines and the slow-update warning."""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import projc
+from projc.config import Config, MethodConfig
+from projc.errors import ProjcError
+
+MODELS = Path(__file__).resolve().parents[1] / "models"
+
+
+def _graph(name):
+    from projc.frontend.importer import from_onnx, read_model
+    src = read_model(str(MODELS / f"{name}.onnx"))
+    return from_onnx(src.proto, path=src.label)
+
+
+# -- what the user set -------------------------------------------------------------------------------
+
+def test_config_records_the_options_the_user_set_even_at_their_defaults():
+    c = Config.build(solver="dr", batch=32)
+    assert c.explicit == {"solver", "batch"} and c.user_set() == {"solver", "batch"}
+    # a given Config's non-default fields count as set; its explicit set carries over
+    c2 = Config.build(Config(method=MethodConfig(steps_per_update=7)), lam=5.0)
+    assert c2.user_set() == {"steps_per_update", "lam"}
+    assert Config.build(c, steps_per_update=3).user_set() == {"solver", "batch", "steps_per_update"}
+    # the recipe's values land only where nothing was set, and are not recorded as the user's
+    filled = c.with_defaults({"solver": "cp", "batch": 64, "lam": 2.0})
+    assert (filled.method.solver, filled.dataset.batch, filled.task.lam) == ("dr", 32, 2.0)
+    assert filled.explicit == c.explicit
+    with pytest.raises(ProjcError, match="explicit names unknown options"):
+        Config(explicit=frozenset({"nope"}))
+
+
+def test_cli_flags_given_are_the_explicit_options():
+    from projc.cli.main import build_parser
+    from projc.cli.train import config_from_args
+
+    args = build_parser().parse_args(["train", "m.onnx", "--steps", "50", "--no-repair"])
+    c = config_from_args(args)
+    assert c.explicit == {"steps_per_update", "repair"} and c.method.steps_per_update == 50
+    assert config_from_args(build_parser().parse_args(["train", "m.onnx"])) == Config()
+
+
+# -- the rule table --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name, rule", [("mlp_digits", "dense"), ("gru_digits", "gated-recurrent"),
+                                        ("lstm_digits", "gated-recurrent"), ("rnn_digits", "recurrent"),
+                                        ("staircase_mlp", "staircase"), ("quant_mlp", "staircase"),
+                                        ("cnn_digits", "conv-data"), ("cnn2_digits", "conv-pairs"),
+                                        ("lenet_digits", "conv-pairs")])
+def test_each_bundled_structure_gets_its_rule(name, rule):
+    from projc.train.recipe import Structure, rule_for
+    assert rule_for(Structure.of(_graph(name))).name == rule
+
+
+def test_every_rule_names_its_benchmark_and_sets_only_recipe_options():
+    from projc.config import field_owners
+    from projc.train.recipe import RECIPE_OPTIONS, RULES
+    assert RULES[-1].when(None) is True  # the last rule catches everything
+    for rule in RULES:
+        assert rule.benchmark.startswith("benchmarks/recipes.py --models ") and rule.reason and rule.condition
+        assert set(rule.values) <= RECIPE_OPTIONS <= set(field_owners())
+        Config.build(**rule.values)  # every value passes its option's check
+
+
+def test_a_flag_wins_and_another_solver_drops_the_rules_tuned_options():
+    from projc.train.recipe import choose
+    g = _graph("rnn_digits")
+    r = choose(Config.build(batch=16), g)
+    assert r.rule.name == "recurrent" and r.config.dataset.batch == 16 and "batch" in r.kept
+    assert r.config.method.solver == "dr" and r.applied["solver"] == "dr"
+    r = choose(Config.build(solver="adam"), g)
+    assert r.config.method.solver == "adam" and r.config.dataset.batch == 64  # not tuned for a solver
+    assert "update_scale" in r.dropped and "not applied under solver adam" in r.line()
+    r = choose(Config.build(recipe="none"), g)
+    assert r.rule is None and r.config == Config.build(recipe="none")
+
+
+def test_trainer_uses_the_resolved_config_and_the_checkpoint_records_it():
+    from projc.train.data import load_data
+    from projc.train.loop import TrainingRun
+    tr = projc.compile(str(MODELS / "rnn_digits.onnx"), steps_per_update=2)
+    assert tr.config.dataset.batch == 64 and tr.config.method.steps_per_update == 2
+    assert tr.recipe.rule.name == "recurrent" and tr.config.explicit == {"steps_per_update"}
+    data = load_data("digits", input_shape=tr.input_shape)
+    run = TrainingRun(Config.build(steps_per_update=2, updates=1), tr, data, verbose=False)
+    fp = run.fingerprint()
+    assert fp["batch"] == 64 and fp["steps"] == 2 and fp["solver"] == "dr" and "init" not in fp
+    assert run.config.dataset.batch == 64
+
+
+def test_inspect_recipe_shows_the_choice_without_training(capsys):
+    from projc.cli.main import main
+    assert main(["inspect", str(MODELS / "staircase_mlp.onnx"), "--recipe"]) == 0
+    out = capsys.readouterr().out
+    assert "recipe staircase:" in out and "init              data         recipe" in out
+    assert "backed by  benchmarks/recipes.py" in out and " * staircase" in out and "s per update" in out
+
+
+# -- data-calibrated init ----------------------------------------------------------------------------------
+
+def test_data_init_spreads_a_staircase_over_its_levels_and_relu_layers_to_unit_variance():
+    from projc.backends.jax.forward import run_forward
+    from projc.train.data import load_data
+    tr = projc.compile(str(MODELS / "staircase_mlp.onnx"), steps_per_update=1)
+    assert tr.init == "data"
+    with pytest.raises(ProjcError, match="init 'data' scales each layer on one batch"):
+        tr.init_params()
+    x = load_data("digits", input_shape=tr.input_shape).x_train[:256]
+    p = tr.init_params(x)
+    h = x @ p["net.0.weight"].T + p["net.0.bias"]
+    levels = np.round(np.clip(h, 0, 2) * 2) / 2
+    # the file's init puts almost every unit at level 0; the calibrated one uses every level
+    h0 = x @ tr._init["net.0.weight"].T + tr._init["net.0.bias"]
+    assert np.mean(np.round(np.clip(h0, 0, 2) * 2) == 0) > 0.85
+    assert np.mean(levels == 0) < 0.5 and len(np.unique(levels)) == 5
+    mlp = projc.compile(str(MODELS / "mlp_digits.onnx"), init="data", steps_per_update=1)
+    q = mlp.init_params(x)
+    (logits,) = run_forward(mlp.source_graph, q, {mlp.input_name: x})
+    assert abs(float(np.std(logits)) - 1.0) < 1e-3
+
+
+# -- tied parameters -------------------------------------------------------------------------------------
+
+def test_tied_anchor_damps_only_parameters_read_by_several_families():
+    import jax.numpy as jnp
+    tr = projc.compile(str(MODELS / "rnn_digits.onnx"), steps_per_update=1, tied_anchor=1.0)
+    lay = tr.layout
+    p = {k: jnp.asarray(v) for k, v in tr.init_params().items()}
+
+    class Ctx:
+        params = p
+    acc = {}
+    for v in lay.params:
+        old = np.asarray(p[v.hint])
+        k = 1 if v.hint.startswith("fc") else 4       # the classifier: one family; the cell: tied
+        w = np.full(old.shape, float(k))
+        acc[v] = (jnp.asarray((old + 1.0) * k), w)     # every edge asks for +1
+    out = lay._param_values(acc, Ctx())
+    for v in lay.params:
+        move = np.asarray(out[v]) - np.asarray(p[v.hint])
+        want = 1.0 if v.hint.startswith("fc") else 1.0 / (1 + 1.0 * 3)
+        assert np.allclose(move, want, atol=1e-5), v.hint
+
+
+# -- progress and the slow-update warning -------------------------------------------------------------------
+
+def test_progress_prints_a_plain_line_every_30_seconds_without_the_compile_in_the_rate():
+    from projc.train.progress import Progress
+    now = [0.0]
+    out = io.StringIO()
+    pr = Progress(100, 10, 10, tty=False, stream=out, clock=lambda: now[0])
+    now[0] = 40.0
+    pr.update(1, 0, {"acc": "0.500"})            # the first update: compilation included
+    assert "update 1/100 (epoch 1/10), the first update (compilation included) took 40s" in out.getvalue()
+    for done in range(2, 12):
+        now[0] += 5.0
+        pr.update(done, (done - 1) // 10, {"acc": "0.700"})
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2 and "update 7/100 (epoch 1/10), 5 s/update, 7m45s left, batch acc 0.700" in lines[1]
+    quiet = io.StringIO()
+    Progress(100, 10, 10, tty=False, stream=quiet, enabled=False, clock=lambda: now[0]).update(1, 0, {})
+    assert quiet.getvalue() == ""
+
+
+def test_slow_update_warning_names_the_faster_choice():
+    from projc.train.progress import slow_update_warning
+    from projc.train.recipe import update_estimate
+    tr = projc.compile(str(MODELS / "cnn_digits.onnx"), solver="dr", steps_per_update=50)
+    fast, _ = update_estimate(tr, 64)
+    assert fast < 30 and slow_update_warning(fast, None) is None
+    seconds, faster = update_estimate(tr, 1 << 15)
+    assert seconds > 30 and faster.startswith("--solver cp keeps consensus means")
+    assert slow_update_warning(seconds, faster).startswith("one update is estimated to take about ")
