@@ -130,9 +130,9 @@ def test_data_init_spreads_a_staircase_over_its_levels_and_relu_layers_to_unit_v
 
 # -- tied parameters -------------------------------------------------------------------------------------
 
-def test_tied_anchor_damps_only_parameters_read_by_several_families():
+def test_anchor_damps_each_parameter_by_its_number_of_uses():
     import jax.numpy as jnp
-    tr = projc.compile(str(MODELS / "rnn_digits.onnx"), steps_per_update=1, tied_anchor=1.0)
+    tr = projc.compile(str(MODELS / "rnn_digits.onnx"), steps_per_update=1, anchor=1.0)
     lay = tr.layout
     p = {k: jnp.asarray(v) for k, v in tr.init_params().items()}
 
@@ -147,7 +147,7 @@ def test_tied_anchor_damps_only_parameters_read_by_several_families():
     out = lay._param_values(acc, Ctx())
     for v in lay.params:
         move = np.asarray(out[v]) - np.asarray(p[v.hint])
-        want = 1.0 if v.hint.startswith("fc") else 1.0 / (1 + 1.0 * 3)
+        want = 1.0 / (1 + 1.0 * (1 if v.hint.startswith("fc") else 4))
         assert np.allclose(move, want, atol=1e-5), v.hint
 
 

@@ -113,13 +113,13 @@ class StateLayout:
     name = "?"
 
     def __init__(self, graph: Graph, *, factor_linear: bool = True, bilinear_iters: int | None = None,
-                 tied_anchor: float = 0.0):
+                 anchor: float = 0.0):
         unknown = [op.kind for op in graph.ops if op.kind not in RULES and op.kind not in MOVES]
         if unknown:
             raise ProjcError(f"the solver needs the lowered constraint IR; found op(s) "
                              f"{', '.join(sorted(set(unknown)))} (run compile_for_training first)")
         self.graph = graph
-        self.tied_anchor = float(tied_anchor)
+        self.anchor = float(anchor)
         self.opts = ProjOptions(bilinear_iters)
         self.interp = Interpreter(graph, cast=False)
         self.params: list[Value] = list(graph.params)
@@ -283,22 +283,19 @@ class StateLayout:
         return jnp.where(w > 0, ws / safe, fallback())
 
     def _param_values(self, acc, ctx: StepContext) -> dict[Value, Any]:
-        """Each parameter's value: the mean over its consumer edges. With ``tied_anchor`` τ > 0 a
-        parameter read by k > 1 families (weight tying: every step of a recurrence) also counts its
-        value at the start of the update as τ·k·(k − 1) more edges, so it moves by
-        (mean − start) / (1 + τ (k − 1)): the k uses each ask for their own correction, and together
-        they apply it k times (docs/recipes.md, "Tied parameters")."""
-        tau = self.tied_anchor
+        """Each parameter's value: the mean over its consumer edges. With ``anchor`` τ > 0 a
+        parameter read by k families also counts its value at the start of the update as τ·k² more
+        edges, so the mean becomes start + (mean − start) / (1 + τ k): the projection onto the
+        consensus of the copies and a fixed anchor copy, i.e. the update is a proximal step whose
+        trust region shrinks with the number of uses (docs/recipes.md, "Anchored parameters")."""
+        tau = self.anchor
         out = {}
         for p in self.params:
             if tau <= 0 or p not in acc:
                 out[p] = self.consumer_mean(acc, p, lambda p=p: ctx.params[p.hint])
                 continue
             ws, w = acc[p]  # w: the number of consumer edges per element (static)
-            kappa = tau * w * np.maximum(w - 1, 0)
-            if not np.any(kappa):
-                out[p] = self.consumer_mean(acc, p, lambda p=p: ctx.params[p.hint])
-                continue
+            kappa = tau * w * w
             old = ctx.params[p.hint]
             den = w + kappa
             safe = np.where(den > 0, den, 1)
