@@ -227,11 +227,10 @@ class MethodConfig(Group):
     inertia: float = option(0.0, interval(0, 1, lo_closed=True, hi_closed=False),
                             "inertial extrapolation between steps (0: off)")
     anderson: int = option(0, integer(0), "Anderson acceleration memory (0: off)")
-    anchor: float = option(0.0, interval(0, 1e6, lo_closed=True, hi_closed=True),
-                           "τ: each parameter also counts its value at the start of the update as "
-                           "τ·k more consumers (k: the families that read it), so it moves by "
-                           "1/(1 + τ k) of its consumers' mean correction: a trust region that "
-                           "grows with weight tying (0: off; docs/recipes.md)")
+    tied: float = option(0.0, interval(0, 1e6, lo_closed=True, hi_closed=True),
+                         "τ: a parameter read by k > 1 families (tied across the steps of a "
+                         "recurrence) moves by 1/(1 + τ (k - 1)) of its consumers' mean correction "
+                         "per update (0: off; docs/recipes.md)")
     factor_linear: bool = option(True, boolean(),
                                  "materialize the slots of dot families with a data operand (copies "
                                  "layout; by default they are kept in an exact factored form)")

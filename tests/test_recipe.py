@@ -130,9 +130,9 @@ def test_data_init_spreads_a_staircase_over_its_levels_and_relu_layers_to_unit_v
 
 # -- tied parameters -------------------------------------------------------------------------------------
 
-def test_anchor_damps_each_parameter_by_its_number_of_uses():
+def test_tied_step_damps_only_parameters_read_by_several_families():
     import jax.numpy as jnp
-    tr = projc.compile(str(MODELS / "rnn_digits.onnx"), steps_per_update=1, anchor=1.0)
+    tr = projc.compile(str(MODELS / "rnn_digits.onnx"), steps_per_update=1, tied=1.0)
     lay = tr.layout
     p = {k: jnp.asarray(v) for k, v in tr.init_params().items()}
 
@@ -142,13 +142,12 @@ def test_anchor_damps_each_parameter_by_its_number_of_uses():
     for v in lay.params:
         old = np.asarray(p[v.hint])
         k = 1 if v.hint.startswith("fc") else 4       # the classifier: one family; the cell: tied
-        w = np.full(old.shape, float(k))
-        acc[v] = (jnp.asarray((old + 1.0) * k), w)     # every edge asks for +1
-    out = lay._param_values(acc, Ctx())
+        acc[v] = (jnp.asarray((old + 1.0) * k), np.full(old.shape, float(k)))   # every edge asks +1
+    plain, out = lay._param_values(acc, Ctx()), lay._readout_values(acc, Ctx())
     for v in lay.params:
         move = np.asarray(out[v]) - np.asarray(p[v.hint])
-        want = 1.0 / (1 + 1.0 * (1 if v.hint.startswith("fc") else 4))
-        assert np.allclose(move, want, atol=1e-5), v.hint
+        assert np.allclose(np.asarray(plain[v]) - np.asarray(p[v.hint]), 1.0, atol=1e-5)
+        assert np.allclose(move, 1.0 if v.hint.startswith("fc") else 1.0 / (1 + 1.0 * 3), atol=1e-5), v.hint
 
 
 # -- progress and the slow-update warning -------------------------------------------------------------------

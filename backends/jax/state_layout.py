@@ -113,13 +113,13 @@ class StateLayout:
     name = "?"
 
     def __init__(self, graph: Graph, *, factor_linear: bool = True, bilinear_iters: int | None = None,
-                 anchor: float = 0.0):
+                 tied: float = 0.0):
         unknown = [op.kind for op in graph.ops if op.kind not in RULES and op.kind not in MOVES]
         if unknown:
             raise ProjcError(f"the solver needs the lowered constraint IR; found op(s) "
                              f"{', '.join(sorted(set(unknown)))} (run compile_for_training first)")
         self.graph = graph
-        self.anchor = float(anchor)
+        self.tied = float(tied)
         self.opts = ProjOptions(bilinear_iters)
         self.interp = Interpreter(graph, cast=False)
         self.params: list[Value] = list(graph.params)
@@ -283,24 +283,27 @@ class StateLayout:
         return jnp.where(w > 0, ws / safe, fallback())
 
     def _param_values(self, acc, ctx: StepContext) -> dict[Value, Any]:
-        """Each parameter's value: the mean over its consumer edges. With ``anchor`` τ > 0 a
-        parameter read by k families also counts its value at the start of the update as τ·k² more
-        edges, so the mean becomes start + (mean − start) / (1 + τ k): the projection onto the
-        consensus of the copies and a fixed anchor copy, i.e. the update is a proximal step whose
-        trust region shrinks with the number of uses (docs/recipes.md, "Anchored parameters")."""
-        tau = self.anchor
-        out = {}
+        return {p: self.consumer_mean(acc, p, lambda p=p: ctx.params[p.hint]) for p in self.params}
+
+    def _readout_values(self, acc, ctx: StepContext) -> dict[Value, Any]:
+        """The parameters an update returns: each the mean over its consumer edges. With ``tied``
+        τ > 0 a parameter read by k > 1 families (weight tying: every step of a recurrence reads
+        the same weights and biases) moves by (mean − start) / (1 + τ (k − 1)): each of its k uses
+        asks for the correction its own constraint needs, and the shared value applies it at all k
+        of them (docs/recipes.md, "Tied parameters"). Parameters read once are unchanged."""
+        values = self._param_values(acc, ctx)
+        tau = self.tied
+        if tau <= 0:
+            return values
         for p in self.params:
-            if tau <= 0 or p not in acc:
-                out[p] = self.consumer_mean(acc, p, lambda p=p: ctx.params[p.hint])
+            if p not in acc:
                 continue
-            ws, w = acc[p]  # w: the number of consumer edges per element (static)
-            kappa = tau * w * w
+            w = acc[p][1]  # the number of consumer edges per element (static)
+            if not np.any(w > 1):
+                continue
             old = ctx.params[p.hint]
-            den = w + kappa
-            safe = np.where(den > 0, den, 1)
-            out[p] = jnp.where(den > 0, (ws + kappa * old) / safe, old)
-        return out
+            values[p] = old + (values[p] - old) / (1.0 + tau * np.maximum(w - 1, 0))
+        return values
 
     # -- projections -----------------------------------------------------------------------------------
     def output_forms(self, key) -> dict[str, str]:
@@ -360,7 +363,7 @@ class StateLayout:
     # -- readout, diagnostics ---------------------------------------------------------------------------
     def readout(self, state: dict, ctx: StepContext) -> dict[str, Any]:
         """Parameters: each the mean over its consumer edges (its own projection)."""
-        values = self._param_values(self.consumer_means(state, ctx), ctx)
+        values = self._readout_values(self.consumer_means(state, ctx), ctx)
         return {p.hint: values[p].astype(ctx.params[p.hint].dtype) for p in self.params}
 
     def sq_dist(self, x: dict, y: dict, ctx: StepContext):

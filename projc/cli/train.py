@@ -212,7 +212,7 @@ def warn(message: str | None) -> None:
 # How the run's header names an option that differs from its default (others: "name value").
 HEADER_FORMS = {"update_scale": "update scale {:g}", "schedule": "{} schedule", "weight_decay": "weight decay {:g}",
                 "freeze": "frozen {}", "repair": "no repair", "train_batchnorm": "trained BatchNorm",
-                "recipe": "recipe {}", "anchor": "anchor {:g}"}
+                "recipe": "recipe {}", "tied": "tied step 1/(1+{:g}(k-1))"}
 SHOWN_FIRST = ("solver", "steps_per_update", "lr", "init", "update_scale")
 
 

@@ -25,10 +25,10 @@ from projc.config import Config
 # the options a rule may set (the CLI marks them "or the recipe's")
 RECIPE_OPTIONS = frozenset({"solver", "layout", "steps_per_update", "relaxation", "anderson", "inertia",
                             "omega", "batch", "lam", "update_scale", "schedule", "weight_decay", "init",
-                            "anchor"})
+                            "tied"})
 # tuned for the rule's solver: dropped when the user chooses another solver
 SOLVER_BOUND = frozenset({"layout", "steps_per_update", "relaxation", "anderson", "inertia", "omega",
-                          "lam", "update_scale", "schedule", "weight_decay", "anchor"})
+                          "lam", "update_scale", "schedule", "weight_decay", "tied"})
 
 STAIRCASE_OPS = ("Round", "Floor", "Ceil", "QuantizeLinear")
 GATED_OPS = ("GRU", "LSTM")

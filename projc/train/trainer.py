@@ -60,20 +60,20 @@ def freeze_params(graph, names) -> list[str]:
     return names
 
 
-def make_state_layout(name: str, solver: str, graph, *, factor_linear: bool = True, anchor: float = 0.0):
+def make_state_layout(name: str, solver: str, graph, *, factor_linear: bool = True, tied: float = 0.0):
     """The state layout ``name`` for ``solver``: ``auto`` takes consensus where it is exact (AP, CP
     on this graph), copies otherwise."""
     from projc.backends.jax.layout_consensus import EXACT_SOLVERS, ConsensusLayout
     from projc.backends.jax.layout_copies import CopiesLayout
 
     if name == "copies" or (name == "auto" and solver not in EXACT_SOLVERS):
-        return CopiesLayout(graph, factor_linear=factor_linear, anchor=anchor)
+        return CopiesLayout(graph, factor_linear=factor_linear, tied=tied)
     if name == "auto":
         try:
-            return ConsensusLayout(graph, solver=solver, anchor=anchor)
+            return ConsensusLayout(graph, solver=solver, tied=tied)
         except ProjcError:  # not exact for this graph: copies is
-            return CopiesLayout(graph, factor_linear=factor_linear, anchor=anchor)
-    return ConsensusLayout(graph, solver=solver, anchor=anchor)
+            return CopiesLayout(graph, factor_linear=factor_linear, tied=tied)
+    return ConsensusLayout(graph, solver=solver, tied=tied)
 
 
 def resolve_update_scale(update_scale: float | str, source_graph, projection: bool) -> float:
@@ -132,7 +132,7 @@ class Trainer:
                                           ce_method=task.ce_method, repair=comp.repair,
                                           train_batchnorm=comp.train_batchnorm)
         self.layout = make_state_layout(method.layout, method.solver, self.graph,
-                                        factor_linear=method.factor_linear, anchor=method.anchor)
+                                        factor_linear=method.factor_linear, tied=method.tied)
         data = self.graph.data_inputs
         if len(data) != 1:
             raise ProjcError(f"{self.model_path}: projc trains models with one data input, this one "
