@@ -37,11 +37,11 @@ def xla_bytes(trainer, batch):
     return m.argument_size_in_bytes + m.temp_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
 
 
-# measured 2026-12-07 on 26 configurations (docs/reliability.md): XLA / estimate in 0.72 .. 1.09
+# the copies and consensus layouts, smooth families, Adam; benchmarks/memory_plan.py has 28 (docs/reliability.md)
 @pytest.mark.slow
 @pytest.mark.parametrize("name, solver, batch", [
-    ("mlp_digits", "dr", 256), ("mlp_digits", "cp", 256), ("tanh_mlp", "dr", 64), ("cnn_digits", "dr", 128),
-    ("cnn2_digits", "dr", 32), ("gap_digits", "cp", 64), ("mlp_digits", "adam", 256),
+    ("mlp_digits", "dr", 256), ("tanh_mlp", "dr", 64), ("cnn2_digits", "dr", 32), ("gap_digits", "cp", 64),
+    ("mlp_digits", "adam", 256),
 ])
 def test_the_estimate_is_within_plan_factor_of_xla(name, solver, batch):
     trainer = projc.compile(model(name), solver=solver, steps_per_update=5)
