@@ -4,18 +4,21 @@
 allocation) of the solver state the layout keeps (``StateLayout.init_state``: the copies layout's
 materialized and factored slots, the consensus layout's edge means) and estimates
 
-    bytes ≈ STATE_FACTOR[solver] · state + SEARCH_BYTES · (elements of the smooth families)
+    bytes ≈ STATE_FACTOR[solver] · state + SEARCH_ARRAYS · 4 B · Σ (grid points · elements)
             + the parameters, the batch and what the method carries (Adam's moments)
 
 STATE_FACTOR counts the states an update holds at once: the iterate, the projected and reflected
 points (DR, AR, DM: x, R_A x, R_B R_A x; CDR one more per layer pair), plus Anderson's history and
-inertia's previous point; SEARCH_BYTES is the smooth projections' candidate grid (about 66 points
-per element and a few arrays of each: ``proj_smooth``), which XLA keeps live for every smooth family
-of a set at once. The constants were fitted to XLA's own numbers
+inertia's previous point. The second term is the activation projections that search a candidate
+grid per element (``proj_smooth``: tanh, sigmoid, ...): XLA keeps SEARCH_ARRAYS arrays of the grid's
+size live for every such family of a set at once. The grid's size is read from the jaxpr of the
+family's projection traced on one element (``search_points``), so it follows ``proj_smooth`` as it
+changes; a projection of fewer than MIN_SEARCH_POINTS candidates (a staircase's 7, hardswish's closed
+form) is covered by STATE_FACTOR. The constants were fitted to XLA's own numbers
 (``lower_update(x, y).compile().memory_analysis()``: arguments + temporaries + outputs − aliased) on
-the bundled models; tests/test_memory_plan.py checks the estimate stays within ``PLAN_FACTOR`` of
-them. For Adam, which keeps no slots, the estimate is the forward's activations (kept for the
-backward) 1.5 times over.
+the bundled models (``benchmarks/memory_plan.py``); tests/test_memory_plan.py checks the estimate
+stays within ``PLAN_FACTOR`` of them. For Adam, which keeps no slots, the estimate is the forward's
+activations (kept for the backward) 1.5 times over.
 
 ``available_memory()`` is what this process may still allocate: on an accelerator its free memory,
 on the CPU the least of the machine's available memory (``MemAvailable``), the cgroup's limit less
@@ -28,6 +31,7 @@ its update for many minutes).
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -39,7 +43,9 @@ from projc.errors import ProjcError
 
 # states held at once during one step, per solver (fitted: see the module docstring)
 STATE_FACTOR = {"ap": 3.5, "cp": 3.5, "dr": 3.5, "ar": 3.5, "dm": 3.7, "cdr": 4.9}
-SEARCH_BYTES = 1300     # per element of a sum_smooth family: its projection's candidate grid
+SEARCH_ARRAYS = 4.5     # float arrays of a candidate grid's size XLA keeps per element (fitted)
+MIN_SEARCH_POINTS = 32  # a projection holding fewer candidates per element counts in the state factor
+DEFAULT_SEARCH_POINTS = 100
 ADAM_ACTIVATIONS = 1.5  # forward activations kept for the backward (fitted, as above)
 PLAN_FACTOR = 1.5       # the estimate is within this factor of XLA's number (tested)
 
@@ -133,15 +139,57 @@ def plan_update(trainer, batch: int, *, layout=None, solver: str | None = None) 
         total = int(ADAM_ACTIVATIONS * acts + fixed)
         return MemoryPlan(batch, solver, "-", 0, 0, fixed, total)
     state, shapes = _layout_shapes(layout, params, inputs)
-    smooth = 0
+    search = 0
     for fam in layout.families:
-        if fam.op.kind == "sum_smooth" and fam.out is not None:
-            smooth += int(math.prod(shapes[fam.out][0]))
+        if fam.out is not None and fam.op.kind in ("sum_smooth", "sum_pwl"):
+            points = search_points(fam.op.kind, _frozen(fam.op.params))
+            if points >= MIN_SEARCH_POINTS:
+                search += int(SEARCH_ARRAYS * 4 * points * math.prod(shapes[fam.out][0]))
     m = trainer.config.method
     factor = STATE_FACTOR[solver] + (2 * (m.anderson + 1) if m.anderson else 0) + (1 if m.inertia else 0)
-    search = SEARCH_BYTES * smooth
     total = int(factor * state + search + fixed)
     return MemoryPlan(batch, solver, layout.name, state, search, fixed, total)
+
+
+def _frozen(params: dict) -> tuple:
+    return tuple(sorted((k, v if isinstance(v, (int, float, str, bool, type(None))) else repr(v))
+                        for k, v in params.items()))
+
+
+@functools.cache
+def search_points(kind: str, params: tuple) -> int:
+    """The most values one element's projection holds at once (its candidate grid), read from the
+    jaxpr of the family's projection traced on one element: it follows ``proj_smooth`` as it
+    changes. 0 for a family the backend projects otherwise."""
+    import jax
+    import jax.numpy as jnp
+
+    from projc.backends.jax import projections as P
+
+    options = dict(params)
+    if not P.activation_handles(kind, options):
+        return 0
+    one = jax.ShapeDtypeStruct((1,), jnp.float32)
+    try:
+        jaxpr = jax.make_jaxpr(lambda a, y: P.sum_activation(kind, options, a, y))(one, one)
+    except Exception:  # noqa: BLE001 - a params form the trace cannot take: assume a grid
+        return DEFAULT_SEARCH_POINTS
+    return _largest(jaxpr.jaxpr)
+
+
+def _largest(jaxpr) -> int:
+    best = 0
+    for eqn in jaxpr.eqns:
+        for var in eqn.outvars:
+            shape = getattr(getattr(var, "aval", None), "shape", None)
+            if shape is not None:
+                best = max(best, int(math.prod(shape)))
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (list, tuple)) else (value,):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    best = max(best, _largest(inner))
+    return best
 
 
 # -- what the process can allocate ----------------------------------------------------------------------
