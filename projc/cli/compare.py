@@ -408,8 +408,9 @@ def _bytes(count: int) -> str:
 def _projc_forward(path: str, graph: Graph, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
     """projc's outputs; a failure inside JAX/XLA (out of memory, a shape XLA refuses) is
     reported as the model's error, not as a mismatch."""
-    try:
-        return run_forward(graph, graph_param_values(graph), feed)
+    from projc.frontend.limits import eager_ops
+    try:  # a very large graph runs op by op: XLA would compile it for minutes (frontend/limits.py)
+        return run_forward(graph, graph_param_values(graph), feed, jit=len(graph.ops) <= eager_ops())
     except ProjcError:
         raise
     except Exception as err:  # XlaRuntimeError, TypeError from jax, MemoryError, ...

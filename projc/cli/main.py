@@ -337,10 +337,12 @@ def _compare_options(args):
     if args.expected and args.save_expected:
         raise ProjcError("--expected and --save-expected exclude each other: the goldens are "
                          "either read or written")
+    from projc.train.files import refuse_link
     for option, path in (("--json", args.json), ("--junit-xml", args.junit_xml),
                          ("--save-inputs", args.save_inputs), ("--save-outputs", args.save_outputs)):
         if path:
             goldens.check_writable_file(path, option)
+            refuse_link(path, option)  # never written through nor replaced (docs/reliability.md)
     if args.save_expected:
         goldens.check_target(args.save_expected)
     if args.expected and not os.path.exists(args.expected):
@@ -377,15 +379,28 @@ def load_npz(path: str) -> dict:
     import numpy as np
     try:
         with np.load(path, allow_pickle=False) as f:
-            return {k: f[k] for k in f.files}
-    except (OSError, ValueError) as e:
-        raise ProjcError(f"{path}: cannot read inputs ({e}); expected an .npz keyed by ONNX input names")
+            if not hasattr(f, "files"):
+                raise ValueError("a single array, not an .npz archive")
+            arrays = {k: np.asarray(f[k]) for k in f.files}
+    except Exception as e:  # noqa: BLE001 - zip, zlib, numpy errors: the user's file is damaged
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else \
+            (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ProjcError(f"{path}: cannot read inputs ({reason}); expected an .npz keyed by ONNX input names")
+    empty = [k for k, a in arrays.items() if a.size == 0]
+    if empty:
+        raise ProjcError(f"{path}: input {empty[0]!r} has shape {list(arrays[empty[0]].shape)}, no elements; "
+                         "give every input at least one element (onnxruntime aborts on some empty inputs)")
+    return arrays
 
 
 def save_npz(path: str, arrays: dict) -> None:
-    """Atomic: a temp file beside the destination, then a rename."""
-    from projc.cli.goldens import save_npz_atomic
-    save_npz_atomic(path, arrays)
+    """Atomic (``projc.train.files.atomic_write``): a temp file beside the destination, then a
+    rename; a failure is one ProjcError (exit 2) and leaves an existing file as it was."""
+    import numpy as np
+
+    from projc.train.files import atomic_write
+    atomic_write(path, lambda f: np.savez(f, **arrays), what="the arrays",
+                 keep="an existing file there is unchanged")
 
 
 def cmd_ops(args) -> int:
@@ -435,11 +450,42 @@ def cmd_plot(args) -> int:
     return 0
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised in the main thread like SIGINT's KeyboardInterrupt, so that every
+    cleanup (temporary files, locks) runs the same way; ``main`` exits 128 + the signal number."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _terminate(signum, frame):
+    import signal
+    for sig in (signal.SIGTERM, signal.SIGHUP):  # a second signal must not interrupt the cleanup
+        signal.signal(sig, signal.SIG_IGN)
+    raise Terminated(signum)
+
+
+def _install_signal_handlers() -> dict:
+    """SIGTERM and SIGHUP raise ``Terminated`` (main thread only); returns the previous handlers."""
+    import signal
+    import threading
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    previous = {}
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        previous[sig] = signal.signal(sig, _terminate)
+    return previous
+
+
 def main(argv: list[str] | None = None) -> int:
+    import signal
+
     args = build_parser().parse_args(argv)
     from projc.cli.train import cmd_train
     commands = {"inspect": cmd_inspect, "compare": cmd_compare, "train": cmd_train, "ops": cmd_ops,
                 "plot": cmd_plot}
+    previous = _install_signal_handlers()
     try:
         return commands[args.command](args)
     except ProjcError as err:
@@ -450,12 +496,16 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `projc ops | head`: the reader left early, which is no error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
+        signum = getattr(err, "signum", signal.SIGINT)
         hint = ""
         if getattr(args, "checkpoint", None):
             hint = f"; the same command with --resume continues from {args.checkpoint}"
-        print(f"projc: interrupted{hint}", file=sys.stderr)
-        return 130
+        print(f"projc: interrupted by {signal.Signals(signum).name}{hint}", file=sys.stderr)
+        return 128 + signum
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ from onnx import numpy_helper
 from projc.errors import ModelLoadError, ProjcError, UnsupportedModelError
 from projc.frontend import symbolic
 from projc.frontend.evaluate import BATCH, SymbolSizes, fold, trace
+from projc.frontend.limits import check_recurrent_input, check_shape
 from projc.ir import Dim, Graph, Op, Value, dtype_name, remove_dead_code
 from projc.ops import MAX_OPSET, MIN_OPSET, OpDef, kind_of, lookup
 from projc.ops.checks import check_input_types
@@ -536,8 +537,9 @@ class _GraphBuilder:
                 self._add_const(vi.name, np.asarray(self.bind[vi.name]),
                                 dtype=self._tensor_dtype(vi.name, vi.type, "input"))
                 continue
-            value = Value(self._tensor_dtype(vi.name, vi.type, "input"), self._input_shape(vi),
-                          "input", hint=vi.name)
+            shape = self._input_shape(vi)
+            check_shape(shape, self.label, "the graph", f"input \"{vi.name}\"")
+            value = Value(self._tensor_dtype(vi.name, vi.type, "input"), shape, "input", hint=vi.name)
             self.graph.inputs.append(value)
             self.values[vi.name] = value
 
@@ -639,8 +641,13 @@ class _GraphBuilder:
             kind, inputs, params = stand_in
             opdef = lookup(kind, 1)
         inputs = self._static_inputs(label, kind, opdef, inputs, params)
+        if inputs and inputs[0] is not None:
+            check_recurrent_input(node.op_type, inputs[0].shape, int(params.get("layout") or 0),
+                                  self.label, label)
         with self._context(label, node.op_type):
             traced = trace(opdef, inputs, params, self.sizes)
+        for name, (_, shape) in zip(node.output, traced):  # before anything allocates or compiles it
+            check_shape(shape, self.label, f"node \"{label}\" ({node.op_type})", f"output \"{name}\"")
         outputs = self._outputs(label, node, inputs, traced)
         if entries is not None:
             self.shape_tensors[outputs[0]] = entries
