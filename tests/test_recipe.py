@@ -106,6 +106,17 @@ def test_inspect_recipe_shows_the_choice_without_training(capsys):
     assert "backed by  benchmarks/recipes.py" in out and " * staircase" in out and "s per update" in out
 
 
+
+def test_data_init_trains_and_resumes_through_the_cli(capsys, tmp_path):
+    # init 'data' needs a batch for the values; the memory plan and the resume check read only shapes
+    from projc.cli.main import main
+    args = ["train", str(MODELS / "staircase_mlp.onnx"), "--updates", "2", "--steps", "2",
+            "--checkpoint", str(tmp_path / "ck"), "-o", str(tmp_path / "a.onnx")]
+    assert main(args) == 0
+    assert "recipe staircase:" in capsys.readouterr().out
+    assert main([*args, "--resume"]) == 0  # the finished run's checkpoint: restored, nothing left
+    assert "update 2 of 2" in capsys.readouterr().out
+
 # -- data-calibrated init ----------------------------------------------------------------------------------
 
 def test_data_init_spreads_a_staircase_over_its_levels_and_relu_layers_to_unit_variance():

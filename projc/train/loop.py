@@ -132,11 +132,11 @@ class TrainingRun:
         if sorted(ckpt.params) != sorted(trainer.param_names):
             raise ProjcError(f"{path}: the checkpoint holds parameters {', '.join(sorted(ckpt.params)) or 'none'}, "
                              f"the model {', '.join(sorted(trainer.param_names))}; {DAMAGED_HINT}")
-        reference = trainer.init_params()
+        reference = trainer.param_shapes()
         for name, value in ckpt.params.items():
-            if value.shape != reference[name].shape or not np.all(np.isfinite(value)):
+            if value.shape != reference[name] or not np.all(np.isfinite(value)):
                 raise ProjcError(f"{path}: parameter {name!r} has shape {list(value.shape)} or non-finite "
-                                 f"values, the model needs {list(reference[name].shape)}; {DAMAGED_HINT}")
+                                 f"values, the model needs {list(reference[name])}; {DAMAGED_HINT}")
         done = ckpt.schedule["done"]
         try:
             state = trainer.state_from_leaves(dict(ckpt.params), ckpt.solver_state)

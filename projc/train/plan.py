@@ -95,7 +95,7 @@ def _specs(trainer, batch: int):
     import jax
     import jax.numpy as jnp
 
-    params = {k: jax.ShapeDtypeStruct(v.shape, jnp.float32) for k, v in trainer.init_params().items()}
+    params = {k: jax.ShapeDtypeStruct(v, jnp.float32) for k, v in trainer.param_shapes().items()}
     xdt = jnp.int32 if trainer._input.dtype in ("i64", "i32") else jnp.float32
     per = tuple(d if d is not None else 1 for d in trainer.input_shape[1:])
     x = jax.ShapeDtypeStruct((batch, *per), xdt)

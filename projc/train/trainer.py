@@ -174,6 +174,10 @@ class Trainer:
         from projc.train.init_params import calibrated_params
         return calibrated_params(self.source_graph, self._init, self._check_x(x), self.input_name)
 
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        """{ONNX initializer name: shape} of the trained parameters (no batch needed, any init)."""
+        return {k: tuple(np.shape(v)) for k, v in self._init.items()}
+
     def init_state(self, params: Mapping[str, Any]) -> Any:
         """The state the method carries from one update to the next, fresh: Adam's moments and step
         count; ``()`` for the projection solvers (each update starts from the parameters)."""
