@@ -289,7 +289,7 @@ def _train(args, config: Config, output: str) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # also silences gloo's C++ log
     config = Config.build(config, devices=devices)
     trainer = projc.compile(args.model, config)
-    config = trainer.config  # the recipe filled in what the flags left unset
+    config = trainer.resolved(config)  # the recipe fills in what the flags left unset
     if config.dataset.batch % nproc:
         raise ProjcError(f"the recipe's batch {config.dataset.batch} does not divide over {nproc} "
                          f"processes; give --batch")

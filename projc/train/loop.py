@@ -53,9 +53,7 @@ class TrainingRun:
     def __init__(self, config: Config, trainer, data, *, warn: Callable[[str | None], None] = _print_warning,
                  rank: int = 0, nproc: int = 1, verbose: bool = True,
                  note: Callable[[str], None] = _print_note):
-        recipe = getattr(trainer, "recipe", None)
-        if recipe is not None and config is not trainer.config:  # the recipe's choices, where unset
-            config = config.with_defaults(dict(recipe.applied))
+        config = trainer.resolved(config)  # the recipe's choices, where the run's config set nothing
         self.config, self.trainer, self.data, self.warn, self.note = config, trainer, data, warn, note
         self.rank, self.nproc, self.verbose = rank, nproc, verbose
         run, batch = config.run, config.dataset.batch

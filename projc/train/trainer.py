@@ -174,6 +174,11 @@ class Trainer:
         from projc.train.init_params import calibrated_params
         return calibrated_params(self.source_graph, self._init, self._check_x(x), self.input_name)
 
+    def resolved(self, config: Config) -> Config:
+        """``config`` (a run's options) with this model's recipe filled in where it set nothing:
+        ``self.config`` for the config the trainer was compiled with."""
+        return config.with_defaults(dict(self.recipe.applied))
+
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         """{ONNX initializer name: shape} of the trained parameters (no batch needed, any init)."""
         return {k: tuple(np.shape(v)) for k, v in self._init.items()}
