@@ -187,9 +187,9 @@ class PassManager:
 
 
 def training_pipeline(*, loss: str = "cross_entropy", lam: float = 5.0, ce_method: str = "newton",
-                      repair: bool = True, train_batchnorm: bool = False) -> list[Pass]:
+                      repair: bool = True, train_batchnorm: bool = False, delta: float = 1.0) -> list[Pass]:
     """The training pipeline as pass objects, the options set on the passes that take them."""
-    options: dict[str, dict] = {"attach-loss": {"loss": loss, "lam": lam, "method": ce_method},
+    options: dict[str, dict] = {"attach-loss": {"loss": loss, "lam": lam, "method": ce_method, "delta": delta},
                                 "canonicalize": {"train_batchnorm": train_batchnorm},
                                 "bipartite": {"repair": repair}}
     return [PASSES[name](**options.get(name, {})) for name in TRAINING_PASSES]

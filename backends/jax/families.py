@@ -254,6 +254,12 @@ def _project_squared_error(fam: Family, full: dict, y0, opts: ProjOptions):
     return (_last(P.REGISTRY["squared_error"](full[0], full[1], lam=fam.op.params.get("lam"))),), None
 
 
+def _project_elementwise_loss(fam: Family, full: dict, y0, opts: ProjOptions):
+    """binary_cross_entropy, huber, l1: a prox per output element (the op's params: lam, delta)."""
+    kw = {k: v for k, v in fam.op.params.items() if k in ("lam", "delta")}
+    return (_last(P.REGISTRY[fam.kind](full[0], full[1], **kw)),), None
+
+
 # -- storage choosers: layout name -> (family, factor_linear) -> storage ---------------------------
 
 def _materialized(fam: Family, factor_linear: bool):
@@ -299,6 +305,9 @@ RULES: dict[str, FamilyRule] = {r.kind: r for r in (
     _loss("cross_entropy", _project_cross_entropy),
     _loss("margin", _project_margin),
     _loss("squared_error", _project_squared_error),
+    _loss("binary_cross_entropy", _project_elementwise_loss),
+    _loss("huber", _project_elementwise_loss),
+    _loss("l1", _project_elementwise_loss),
 )}
 
 MOVES: dict[str, MoveRule] = {r.kind: r for r in (

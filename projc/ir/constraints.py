@@ -26,6 +26,8 @@ PWL_FNS = ("relu", "leaky_relu", "clip", "abs", "sign", "identity",
            "hardsigmoid", "relu6", "round", "floor", "ceil", "fake_quant")
 SMOOTH_FNS = ("tanh", "sigmoid", "one_minus_sigmoid", "softplus", "silu", "gelu", "gelu_tanh", "elu", "hardswish")
 MEAN_METRICS = ("sum", "euclidean")
+# losses whose targets have the outputs' shape (float), one term per output element
+ELEMENTWISE_LOSSES = ("squared_error", "binary_cross_entropy", "huber", "l1")
 REQUIRED = object()  # a param without a default
 
 
@@ -225,7 +227,7 @@ def _loss_check(op) -> str | None:
         return "a loss has no outputs"
     if not out.dtype.startswith("f"):
         return f"loss input must be float, got {out.dtype}"
-    if op.kind == "squared_error":
+    if op.kind in ELEMENTWISE_LOSSES:
         return None if lab.shape == out.shape else f"targets {lab.type_str()} do not match outputs {out.type_str()}"
     if op.kind == "cross_entropy" and out.rank == 3:  # per-step logits [B,T,C], labels [B,T]
         if lab.dtype != "i64" or tuple(lab.shape) != tuple(out.shape[:-1]):
@@ -286,6 +288,10 @@ OPS: dict[str, ConstraintOp] = {op.kind: op for op in (
           lam=5.0, method="newton", steps=None),
     _loss("margin", "true-class logit >= 1, others <= 0 (a projection)"),
     _loss("squared_error", "outputs = targets (the prox of the squared distance, or exact)", lam=None),
+    _loss("binary_cross_entropy", "sigmoid cross-entropy of each logit with a 0/1 (or multi-hot) target "
+          "of the outputs' shape (its prox: a 1-D Newton per logit)", lam=5.0),
+    _loss("huber", "Huber loss of outputs - targets, any shape (its closed-form prox)", lam=5.0, delta=1.0),
+    _loss("l1", "absolute error of outputs - targets, any shape (its prox: soft thresholding)", lam=5.0),
 )}
 
 FAMILIES = tuple(k for k, op in OPS.items() if op.role == "family")
