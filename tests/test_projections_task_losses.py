@@ -74,7 +74,7 @@ def check_optimal(kind, x0, t, lam, delta):
     scale = 1 + np.abs(x0) + np.abs(t)
     for i in np.ndindex(x0.shape):  # scipy in float64, bounded by a bracket holding the minimizer
         span = lam * (1 + delta) + abs(x0[i] - t[i]) + 1
-        r = optimize.minimize_scalar(lambda z: objective(kind, z, x0[i], t[i], lam, delta),
+        r = optimize.minimize_scalar(lambda z, i=i: objective(kind, z, x0[i], t[i], lam, delta),
                                      bounds=(min(x0[i], t[i]) - span, max(x0[i], t[i]) + span),
                                      method="bounded", options=dict(xatol=1e-13 * scale[i]))
         assert ours[i] <= r.fun + 1e-12 * (1 + abs(r.fun)), (kind, i, x[i], r.x)
