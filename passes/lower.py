@@ -12,6 +12,7 @@ PassError listing them all).
     ReduceMean(x)   -> mean[axes, keepdims](x)
     Gather(E, idx)  -> embed(E, idx)  (E a param [V, D], axis 0, idx integer data: an embedding lookup)
     Gather(x, c)    -> reshape(concat(slice(x) per constant index))
+    Resize(x)       -> take per resized axis (nearest), + wsum (linear, cubic)   (passes/_resize.py)
 
 Averages become ``mean`` families (a fixed-coefficient sum y = (1/K) sum_k a_k). Their projection
 is closed-form in a metric the pass option ``mean_metric`` chooses: ``sum`` (the default) weighs
@@ -37,6 +38,7 @@ from projc.ir.constraints import CONSTRAINT_KINDS, MEAN_METRICS
 
 from . import Pass, register_pass
 from ._common import Lowering, Rewriter, const_data, data_values, reshape_param, rewrite, rules, src_of
+from ._resize import resize
 
 
 def _window(op: Op, spatial: tuple, kernel: list[int]):
@@ -204,6 +206,9 @@ LOWERINGS = {
     "ReduceMax": L(reduce_max, "max", "constant axes"),
     "Gather": L(gather, "slice, concat | embed", "constant indices, or an embedding lookup (a [V, D] "
                 "parameter by integer data along axis 0)"),
+    "Resize": L(resize, "take | take, wsum", "nearest: moves; linear, cubic: one fixed-coefficient sum per "
+                "output; constant scales/sizes, not over the batch (passes/_resize.py)"),
+    "Upsample": L(resize, "take | take, wsum", "as Resize"),
 }
 MEAN_KINDS = ("AveragePool", "GlobalAveragePool", "ReduceMean")  # take the mean_metric option
 

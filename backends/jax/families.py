@@ -234,6 +234,12 @@ def _project_identity(fam: Family, full: dict, y0, opts: ProjOptions):
     return (a2,), y
 
 
+def _project_wsum(fam: Family, full: dict, y0, opts: ProjOptions):
+    """z = Σ_k c_k a_k with constant c: the linear projection (a fixed-coefficient sum, DESIGN §8)."""
+    a2, y = P.REGISTRY["linear"](full[1], full[0], y0)[-2:]
+    return (a2,), y
+
+
 def _last(res):
     return res[-1] if isinstance(res, (tuple, list)) else res
 
@@ -302,6 +308,8 @@ RULES: dict[str, FamilyRule] = {r.kind: r for r in (
     FamilyRule("embed", "table [V, D] (free), indices (integer data)", _same_slot_map, _forward_output,
                _project_embed, ("embed",), PLAIN, fixed_operands=(1,)),
     _elementwise("identity", "a", _same_slot_map, _project_identity, ("identity",)),
+    FamilyRule("wsum", "a [..., K] (free), c [..., K] (constant coefficients)", _same_slot_map, _forward_output,
+               _project_wsum, ("linear",), PLAIN, fixed_operands=(1,)),
     _loss("cross_entropy", _project_cross_entropy),
     _loss("margin", _project_margin),
     _loss("squared_error", _project_squared_error),
@@ -312,7 +320,7 @@ RULES: dict[str, FamilyRule] = {r.kind: r for r in (
 
 MOVES: dict[str, MoveRule] = {r.kind: r for r in (
     MoveRule("reshape"), MoveRule("transpose"), MoveRule("concat"), MoveRule("slice"),
-    MoveRule("pad", {"value": 0.0}), MoveRule("patches"),
+    MoveRule("pad", {"value": 0.0}), MoveRule("patches"), MoveRule("take"),
 )}
 
 LOSSES = C.LOSSES

@@ -91,6 +91,19 @@ def _embed_shape(p, shapes):
     return tuple(idx) + (table[1],)
 
 
+def _wsum_shape(p, shapes):
+    out = broadcast(*shapes)
+    if not out:
+        raise ShapeError("wsum needs operands with a last (summed) axis")
+    return out[:-1]
+
+
+def _take_shape(p, shapes):
+    (a,) = shapes
+    axis = p.get("axis", 0) % len(a)
+    return tuple(a[:axis]) + (len(p["indices"]),) + tuple(a[axis + 1:])
+
+
 def _reduce_shape(p, shapes):
     (a,) = shapes
     axes = range(len(a)) if p.get("axes") is None else [ax % len(a) for ax in p["axes"]]
@@ -276,12 +289,16 @@ OPS: dict[str, ConstraintOp] = {op.kind: op for op in (
     _family("embed", (2, 2), _embed_shape, "z[n, :] = table[indices[n], :] (integer data indices)",
             check=_embed_check),
     _family("identity", (1, 1), _first_shape, "z = a (inserted by bipartite repair)"),
+    _family("wsum", (2, 2), _wsum_shape, "z = sum over the last axis of a * c, c constant coefficients "
+            "(linear interpolation: Resize)", lambda op, fixed: "linear"),
     _move("reshape", (1, 1), _reshape_shape, "numpy reshape (one -1 allowed)", params={"shape": REQUIRED}),
     _move("transpose", (1, 1), _transpose_shape, "numpy transpose", params={"perm": None}),
     _move("concat", _ANY, _concat_shape, "concatenate along axis", params={"axis": 0}),
     _move("slice", (1, 1), _slice_shape, "static slice (ONNX Slice semantics)",
           params={"starts": REQUIRED, "ends": REQUIRED, "axes": None, "steps": None}),
     _move("pad", (1, 1), _pad_shape, "constant pad; pads in ONNX order", params={"pads": REQUIRED, "value": 0.0}),
+    _move("take", (1, 1), _take_shape, "a[..., indices, ...] along axis (constant 1-D indices, repeats "
+          "allowed: nearest Resize, interpolation taps)", params={"indices": REQUIRED, "axis": 0}),
     _move("patches", (1, 1), _patches_shape, "im2col: [N, C, *S] -> [N, *O, C*prod(kernel)]",
           params={"kernel": REQUIRED, "strides": None, "pads": None, "dilations": None}),
     _loss("cross_entropy", "softmax cross-entropy on logits [B(,T),C] and integer labels (its prox)",

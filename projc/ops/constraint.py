@@ -148,6 +148,18 @@ def embed(table, indices):
     return jnp.take(table, idx, axis=0, mode="clip")
 
 
+@constraint_op("wsum")
+def wsum(a, c):
+    """z = sum over the last axis of a * c (c: constant coefficients, broadcast)."""
+    return jnp.sum(a * c, axis=-1)
+
+
+@constraint_op("take")
+def take(a, indices=None, axis=0):
+    """a[..., indices, ...] along ``axis`` (constant indices; a repeated index copies)."""
+    return jnp.take(a, jnp.asarray(indices, jnp.int32), axis=axis)
+
+
 @constraint_op("identity")
 def identity(a):
     """z = a (inserted by bipartite repair)."""
