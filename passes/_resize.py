@@ -116,7 +116,7 @@ def resize(rw: Rewriter, op: Op):
     merged = v.shape[:len(keep)] + (k,)
     v = rw.emit("reshape", [v], {"shape": reshape_param(merged)}, shape=merged)
     full = np.ones([1] * (x.rank + len(taps)))
-    for j, (axis, idx, weights, _) in enumerate(taps):  # the outer product of the axes' weights
+    for j, (axis, _idx, weights, _) in enumerate(taps):  # the outer product of the axes' weights
         shape_j = [1] * (x.rank + len(taps))
         shape_j[axis], shape_j[x.rank + j] = np.shape(weights)
         full = full * np.asarray(weights, np.float64).reshape(shape_j)

@@ -99,8 +99,9 @@ def prelu_model(path, slope_shape=(3,), hidden=3):
     nodes = [helper.make_node("Gemm", ["x", "W1", "b1"], ["h"]),
              helper.make_node("PRelu", ["h", "a"], ["p"]),
              helper.make_node("Gemm", ["p", "W2", "b2"], ["y"])]
+    slope = np.linspace(0.1, 0.3, int(np.prod(slope_shape))).reshape(slope_shape)
     inits = {"W1": rng.normal(size=(4, hidden)).astype(np.float32), "b1": np.zeros(hidden, np.float32),
-             "a": np.linspace(0.1, 0.3, int(np.prod(slope_shape))).reshape(slope_shape).astype(np.float32), "W2": rng.normal(size=(hidden, 2)).astype(np.float32),
+             "a": slope.astype(np.float32), "W2": rng.normal(size=(hidden, 2)).astype(np.float32),
              "b2": np.zeros(2, np.float32)}
     return _save(path, nodes, [4], [2], inits)
 

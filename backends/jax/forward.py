@@ -118,6 +118,25 @@ def make_forward(graph: Graph) -> Forward:
     return forward
 
 
+class GraphForward:
+    """A graph with its loss attached and nothing lowered, as a gradient method sees it (the
+    Trainer's ``layout`` for ``adam``): ``forward_logits(params, inputs)`` is the loss's input,
+    computed by the ONNX ops' own forwards."""
+
+    name = "forward"
+
+    def __init__(self, graph: Graph):
+        self.graph = graph
+        self.param_names = [v.hint for v in graph.params]
+        self._forward = make_forward(graph)
+
+    def logits_value(self) -> Value:
+        return self.graph.outputs[0]
+
+    def forward_logits(self, params: dict[str, Any], inputs: dict[str, Any]):
+        return self._forward(params, inputs)[0]
+
+
 def run_forward(graph: Graph, params: dict[str, Any] | None, inputs: dict[str, Any], *,
                 jit: bool = True) -> list[np.ndarray]:
     """Evaluate the graph once (jitted unless ``jit=False``); outputs as numpy arrays of their
