@@ -282,7 +282,7 @@ def resolve_task(loss: str, target: str, outputs: Outputs, y: Any = None) -> Tas
     if target not in TARGETS:
         raise ProjcError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
     if target == "input":
-        return _reconstruction(loss, outputs, "target input")
+        return _reconstruction(loss, outputs, "y = x, --target input")
     if y is None:
         return _from_output(loss, outputs)
     y = np.asarray(y)
