@@ -192,14 +192,13 @@ def average_pool(x, *, auto_pad, ceil_mode, count_include_pad, kernel_shape, pad
     kernel, strides, dilations, explicit, extra = _pool_geometry(
         x, auto_pad, ceil_mode, dilations, kernel_shape, pads, strides)
     widths = [(lo, hi + e) for (lo, hi), e in zip(explicit, extra)]
-    total = _reduce_window(_pad_spatial(x, widths, 0), jnp.array(0, x.dtype), lax.add,
-                           kernel, strides, dilations)
+    zero = np.array(0, x.dtype)  # a concrete init: lax picks its differentiable sum reduction
+    total = _reduce_window(_pad_spatial(x, widths, 0), zero, lax.add, kernel, strides, dilations)
     ones = jnp.ones((1, 1, *x.shape[2:]), x.dtype)
     if count_include_pad:
         ones = _pad_spatial(ones, explicit, 1)
         widths = [(0, e) for e in extra]
-    count = _reduce_window(_pad_spatial(ones, widths, 0), jnp.array(0, x.dtype), lax.add,
-                           kernel, strides, dilations)
+    count = _reduce_window(_pad_spatial(ones, widths, 0), zero, lax.add, kernel, strides, dilations)
     return total / count
 
 
