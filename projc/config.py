@@ -249,7 +249,7 @@ class UpdateConfig(Group):
 
     update_scale: float | str = option("auto", auto_or(positive()),
                                        "α: p <- p + α (projected p - p) after each update (auto: 2 "
-                                       "for a model with a Conv, else 1)")
+                                       "for a model with a Conv and a [B, C] output, else 1)")
     weight_decay: float = option(0.0, interval(0, 1, lo_closed=True, hi_closed=False),
                                  "δ: decoupled weight decay, shrink every parameter by this fraction "
                                  "after each update (adam: optax.adamw's, times --lr)")
