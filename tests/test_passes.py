@@ -58,7 +58,7 @@ def test_print_after_and_timing():
     assert "Pass execution timing report" in text and "Total" in text
     out = io.StringIO()
     PassManager("attach-loss,canonicalize", print_after_all=True, out=out).run(parse_graph(MLP))
-    assert "IR Dump After attach-loss{loss=cross_entropy lam=5.0 method=newton}" in out.getvalue()
+    assert "IR Dump After attach-loss{loss=cross_entropy lam=5.0 method=newton delta=1.0}" in out.getvalue()
 
 
 def test_full_pipeline_golden_mlp():
