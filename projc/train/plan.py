@@ -343,10 +343,12 @@ def _what_fits(trainer, batch: int, devices: int, scale: int, room: int) -> str:
         if plan.total * scale <= room:
             options.append(f"--batch {b} (about {format_bytes(plan.total * scale)})")
             break
-    solver = trainer.config.method.solver
-    if solver not in ("cp", "ap", "adam"):
+    from projc.backends.jax.layout_consensus import ConsensusLayout
+    from projc.train.methods import METHODS
+
+    projection = METHODS[trainer.config.method.solver].projection
+    if projection and not isinstance(trainer.layout, ConsensusLayout):  # consensus may fit where copies do not
         try:
-            from projc.backends.jax.layout_consensus import ConsensusLayout
             consensus = ConsensusLayout(trainer.graph, solver="cp")
             plan = plan_update(trainer, max(batch // devices, 1), layout=consensus, solver="cp")
             if plan.total * scale <= room:
