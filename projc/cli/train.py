@@ -308,12 +308,14 @@ def model_io(model: str, config: Config) -> dict:
     from the data): its input shape, and whether ``text`` should label every step."""
     from projc.frontend.importer import from_onnx, read_model
     from projc.train.tasks import ELEMENTWISE, probe_outputs
+    from projc.train.trainer import check_batch_axis
 
     source = read_model(model)
     graph = from_onnx(source.proto, path=source.path or source.label)
     inputs = graph.data_inputs
     if len(inputs) != 1:  # the Trainer says so
         return {}
+    check_batch_axis(inputs[0], model)  # before the data is shaped to it
     per_step = len(probe_outputs(graph).classes) == 2 and config.task.loss not in ELEMENTWISE
     return {"input_shape": tuple(d if isinstance(d, int) else None for d in inputs[0].shape),
             "per_step": per_step}
