@@ -26,6 +26,7 @@ import numpy as np
 from projc.ir import Op, Value
 from projc.ir import constraints as C
 
+from . import conv as conv_family
 from . import projections as P
 from .forward import op_forward
 from .slot_storage import EDGE_MEANS, FACTORED, MATERIALIZED
@@ -269,6 +270,10 @@ def _dot_consensus(fam: Family, factor_linear: bool):
     return EDGE_MEANS
 
 
+def _conv_consensus(fam: Family, factor_linear: bool):
+    return conv_family.CONV_MEANS
+
+
 PLAIN = {"copies": _materialized, "consensus": _materialized}
 
 
@@ -285,6 +290,9 @@ RULES: dict[str, FamilyRule] = {r.kind: r for r in (
     FamilyRule("dot", "a [..., K], b [K, M]", _dot_slot_map, _pairwise_output, _project_pairwise,
                ("linear", "bilinear"), {"copies": _dot_copies, "consensus": _dot_consensus},
                mode=_dot_mode),
+    FamilyRule("conv", "x [N, C, *S], w (Conv [OC, C/g, *k] or ConvTranspose [C, OC/g, *k])",
+               conv_family.slot_map, _pairwise_output, _project_pairwise, ("linear", "bilinear"),
+               {"copies": _materialized, "consensus": _conv_consensus}, mode=_dot_mode),
     FamilyRule("mul", "a, b (broadcast)", _mul_slot_map, _pairwise_output, _project_pairwise,
                ("linear", "bilinear"), PLAIN, mode=_dot_mode),
     _elementwise("sum", "x_1 ... x_n (broadcast)", _broadcast_slot_map, _project_sum, ("sum",)),

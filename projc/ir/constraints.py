@@ -186,6 +186,21 @@ def _patches_shape(p, shapes):
     return (a[0],) + out + (a[1] * math.prod(k),)
 
 
+def _conv_shape(p, shapes):
+    from .conv_geometry import out_shape
+
+    x, w = shapes
+    n = len(w) - 2
+    if len(x) != n + 2 or n < 1 or not all(isinstance(d, int) for d in w):
+        raise ShapeError(f"conv needs x [N,C,*S] and a static weight of the same rank, got {_fmt(x)} "
+                         f"and {_fmt(w)}")
+    g = int(p.get("group") or 1)
+    c_in = w[0] if p.get("transpose") else w[1] * g
+    if isinstance(x[1], int) and x[1] != c_in:
+        raise ShapeError(f"conv: input {_fmt(x)} has {x[1]} channels, the weight {_fmt(w)} expects {c_in}")
+    return out_shape(tuple(x), tuple(w), p)
+
+
 def _no_shape(p, shapes):
     return None
 
@@ -259,6 +274,10 @@ def _loss(kind, doc, **params) -> ConstraintOp:
 
 OPS: dict[str, ConstraintOp] = {op.kind: op for op in (
     _family("dot", (2, 2), _dot_shape, "z[..., m] = a[..., :] . b[:, m]", _pairwise),
+    _family("conv", (2, 2), _conv_shape, "z = conv(x, w): Conv (ONNX pads, strides, dilations, group), or "
+            "ConvTranspose's with transpose=1; a dot per output position on the patch view",
+            _pairwise, params={"strides": None, "pads": None, "dilations": None, "group": 1,
+                               "transpose": 0, "output_padding": None}),
     _family("mul", (2, 2), _broadcast_shape, "z = a * b (broadcast)", _pairwise),
     _family("sum", _ANY, _broadcast_shape, "z = the sum of the operands (broadcast)"),
     _family("sum_pwl", _ANY, _broadcast_shape, "z = f(sum of the operands), f piecewise linear or a staircase",

@@ -25,6 +25,9 @@ from projc.ir.constraints import (  # noqa: F401
     patches_out_spatial,
 )
 
+from .convolution import conv as conv_forward
+from .convolution import geometry as conv_geometry
+from .nn import PRECISION
 from .registry import register
 
 
@@ -39,6 +42,14 @@ def constraint_op(kind: str):
 def dot(a, b):
     """z[..., m] = a[..., :] . b[:, m]."""
     return jnp.matmul(a, b)
+
+
+@constraint_op("conv")
+def conv(x, w, strides=None, pads=None, dilations=None, group=1, transpose=0, output_padding=None):
+    """Conv (or ConvTranspose, transpose=1) without bias, NCHW (``projc.ops.convolution``)."""
+    params = {"strides": strides, "pads": pads, "dilations": dilations, "group": group,
+              "transpose": transpose, "output_padding": output_padding}
+    return conv_forward(x, w, conv_geometry(params, w.shape[2:]), precision=PRECISION)
 
 
 @constraint_op("mul")
