@@ -28,15 +28,32 @@ pixels of a ConvTranspose) are free slot entries whose copies are discarded, exa
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from projc.errors import ProjcError
-from projc.ops.convolution import canonical_kernel, conv, conv_canonical, geometry, patch_view
+from projc.ops.convolution import (
+    block_diagonal,
+    canonical_kernel,
+    channels_first,
+    channels_last,
+    conv,
+    conv_last,
+    dense_conv,
+    depthwise_conv,
+    geometry,
+    hwio,
+    is_depthwise,
+    nhwc_numbers,
+    patch_view,
+    shifted,
+)
 
 from .proj_dot_means import _coeff_parts, _coeffs_all, _coeffs_nonfloor
 from .slot_storage import EdgeMeans, static_eval
@@ -75,66 +92,144 @@ def slot_map(fam: Family, i: int, out_shape):
 
 # -- consensus: edge means, projected through convolutions -------------------------------------------
 
+def _dilate(sizes, dilation) -> tuple:
+    return tuple(0 if s == 0 else 1 + d * (s - 1) for s, d in zip(sizes, dilation))
+
+
 class ConvOps:
-    """The linear maps of one conv family at one batch shape (everything static but the operands)."""
+    """The linear maps of one conv family at one batch shape, channels-last: x ``[N, *S, C]``,
+    outputs ``[N, *O, OC]``. Every convolution is in a form XLA's CPU backend runs as a library call
+    inside loops (``projc.ops.convolution``): the transposes in x and in w (the input and weight
+    gradients) are written as such convolutions here, not left to ``jax.linear_transpose``, whose
+    convolutions have other dimension orders and fall back to naive loops inside ``lax.scan``. The
+    per-element root solve also runs channels-last, where its per-channel operand broadcasts along
+    the last axis (several times faster than on NCHW)."""
 
     def __init__(self, fam: Family, x_shape, w_shape, dtype):
         self.geo = geo = geometry_of(fam)
         self.x_shape, self.w_shape, self.dtype = tuple(x_shape), tuple(w_shape), dtype
+        self.xh_shape = (self.x_shape[0],) + self.x_shape[2:] + (self.x_shape[1],)
         wc_shape = jax.eval_shape(lambda w: canonical_kernel(w, geo), jax.ShapeDtypeStruct(w_shape, dtype)).shape
         self.oc, self.cg = wc_shape[0], wc_shape[1]
+        self.c = self.x_shape[1]
         self.g = geo.group
         self.mg = self.oc // self.g
+        self.depthwise = is_depthwise(geo, wc_shape)
         self.k = int(self.cg * math.prod(geo.kernel))            # patch vector length
         self.out_spatial = geo.out_spatial(self.x_shape[2:])
         self.rows = int(self.x_shape[0] * math.prod(self.out_spatial))  # R: output positions
-        ones = np.ones((self.g, self.cg) + geo.kernel, dtype)     # one output channel per group
-        self._ones = ones
+        # Σ of each (position, group) patch: a conv with a ones kernel, one output channel per group
+        member = np.kron(np.eye(self.g, dtype=dtype), np.ones((1, self.cg), dtype))  # [G, C]
+        self._ones = np.broadcast_to(member.reshape(member.shape + (1,) * geo.n), member.shape + geo.kernel)
+        one_shape = (1,) + self.xh_shape[1:]
+        self.count = static_eval(lambda: self._spread(one_shape, jnp.ones(
+            (1,) + self.out_spatial + (self.g,), dtype)))          # [1, *S, C] patch entries per pixel
 
-        def norms(x):  # Σ over each (position, group) patch of x: conv(x, ones) [N, G, *O]
-            return conv_canonical(x, jnp.asarray(ones), geo)
-        self.norms = norms
-        self.count = static_eval(lambda: self._spread((1,) + self.x_shape[1:], jnp.ones(
-            (1, self.g) + self.out_spatial, dtype)))              # [1, C, *S] patch entries per pixel
-        self.covered = (self.count > 0).astype(dtype)
+    # -- the convolution and its transposes --------------------------------------------------------
+    def f(self, xh, w):
+        """The convolution, channels-last."""
+        return conv_last(xh, canonical_kernel(w, self.geo), self.geo)
 
-    def _spread(self, x_shape, s):
-        """Lᵀ(s): the transpose of x ↦ conv(x, ones) (``x_shape``) at s ``[N, G, *O]``."""
-        return jax.linear_transpose(self.norms, jax.ShapeDtypeStruct(tuple(x_shape), self.dtype))(s)[0]
+    def _xgrad_dense(self, g, wd, x_spatial):
+        """Transpose in x of ``dense_conv(·, wd)`` at g ``[N, *O, OC]`` -> ``[N, *S, C]``."""
+        geo, n = self.geo, self.geo.n
+        k = tuple(wd.shape[2:])
+        kd, sd = _dilate(k, geo.rhs_dilation), _dilate(x_spatial, geo.lhs_dilation)
+        od = _dilate(g.shape[1:n + 1], geo.window_strides)
+        before = [kd[i] - geo.padding[i][0] - 1 for i in range(n)]
+        pads = [(b, sd[i] + kd[i] - 1 - od[i] - b) for i, b in enumerate(before)]
+        kern = jnp.flip(jnp.swapaxes(hwio(wd), -1, -2), tuple(range(n)))   # [*k, OC, C], flipped
+        return lax.conv_general_dilated(g, kern, window_strides=geo.lhs_dilation, padding=pads,
+                                        lhs_dilation=geo.window_strides, rhs_dilation=geo.rhs_dilation,
+                                        dimension_numbers=nhwc_numbers(n))
+
+    def _wgrad_dense(self, xh, g):
+        """Transpose in the dense kernel of ``dense_conv(xh, ·)`` at g: ``[OC, C, *k]``."""
+        geo, n = self.geo, self.geo.n
+        kd, sd = _dilate(geo.kernel, geo.rhs_dilation), _dilate(xh.shape[1:n + 1], geo.lhs_dilation)
+        od = _dilate(g.shape[1:n + 1], geo.window_strides)
+        pads = [(lo, od[i] - sd[i] + kd[i] - lo - 1) for i, (lo, _) in enumerate(geo.padding)]
+        # the barrier keeps XLA from fusing these transposes into the (large) fusions that produce
+        # xh and g, which then run several times slower on the CPU
+        xh, g = lax.optimization_barrier((xh, g))
+        lhs = jnp.transpose(xh, (n + 1,) + tuple(range(1, n + 1)) + (0,))   # [C, *S, N]: C the batch
+        rhs = jnp.transpose(g, tuple(range(1, n + 1)) + (0, n + 1))          # [*O, N, OC]
+        out = lax.conv_general_dilated(lhs, rhs, window_strides=geo.rhs_dilation, padding=pads,
+                                       lhs_dilation=geo.lhs_dilation, rhs_dilation=geo.window_strides,
+                                       dimension_numbers=nhwc_numbers(n))    # [C, *k, OC]
+        return jnp.transpose(out, (n + 1, 0) + tuple(range(1, n + 1)))
+
+    def _to_w(self, wc_like, w):
+        """A canonical-kernel-shaped array laid out like w (canonical_kernel is a permutation: its
+        transpose is its inverse)."""
+        if not self.geo.transpose:
+            return wc_like
+        back = jax.linear_transpose(lambda v: canonical_kernel(v, self.geo), jax.ShapeDtypeStruct(w.shape, w.dtype))
+        return back(wc_like)[0]
+
+    def xgrad(self, g, w):
+        """Σ_m g[r, m] · (the kernel row of m), back on x's pixels: ``[N, *S, C]``."""
+        wc = canonical_kernel(w, self.geo)
+        if self.depthwise:
+            xs = jax.ShapeDtypeStruct(self.xh_shape, g.dtype)
+            return jax.linear_transpose(lambda v: depthwise_conv(v, wc, self.geo), xs)(g)[0]
+        return self._xgrad_dense(g, block_diagonal(wc, self.g), self.xh_shape[1:-1])
+
+    def wgrad(self, xh, g, w):
+        """Σ_r g[r, m] · (the patch of r), laid out like w."""
+        geo = self.geo
+        if self.depthwise:
+            wcs = jax.ShapeDtypeStruct((self.oc, 1) + geo.kernel, g.dtype)
+            wc = jax.linear_transpose(lambda v: depthwise_conv(xh, v, geo), wcs)(g)[0]
+        else:
+            dense = self._wgrad_dense(xh, g)                                  # [OC, C, *k]
+            if self.g == 1:
+                wc = dense
+            else:  # the diagonal blocks
+                blocks = jnp.reshape(dense, (self.g, self.mg, self.g, self.cg) + geo.kernel)
+                wc = jnp.reshape(jnp.einsum("gmgc...->gmc...", blocks), (self.oc, self.cg) + geo.kernel)
+        return self._to_w(wc, w)
+
+    def norms(self, xh):
+        """Σ over each (position, group) patch of xh: ``[N, *O, G]``."""
+        if self.depthwise:
+            views = shifted(xh, self.geo)
+            return functools.reduce(jnp.add, views)
+        return dense_conv(xh, jnp.asarray(self._ones), self.geo)
+
+    def _spread(self, xh_shape, s):
+        """Lᵀ(s): the transpose of ``norms`` at s ``[N, *O, G]`` -> ``[N, *S, C]``."""
+        if self.depthwise:
+            return jax.linear_transpose(self.norms, jax.ShapeDtypeStruct(tuple(xh_shape), self.dtype))(s)[0]
+        return self._xgrad_dense(s, jnp.asarray(self._ones, s.dtype), tuple(xh_shape[1:-1]))
 
     def spread(self, s):
-        return self._spread(self.x_shape, s)
+        return self._spread(self.xh_shape, s)
 
     def per_group(self, t):
-        """[N, OC, *O] -> [N, G, *O]: the mean over each group's output channels."""
-        n = t.shape[0]
-        return jnp.mean(jnp.reshape(t, (n, self.g, self.mg) + t.shape[2:]), 2)
+        """[N, *O, OC] -> [N, *O, G]: the mean over each group's output channels."""
+        if self.g == 1:
+            return jnp.mean(t, -1, keepdims=True)
+        return jnp.mean(jnp.reshape(t, t.shape[:-1] + (self.g, self.mg)), -1)
 
     def to_channels(self, t):
-        """[N, G, *O] -> [N, OC, *O]: each group's value for its output channels."""
+        """[N, *O, G] -> [N, *O, OC]: each group's value for its output channels (G = 1: as is,
+        it broadcasts)."""
         if self.g == 1:
             return t
-        n = t.shape[0]
-        t = jnp.broadcast_to(t[:, :, None], (n, self.g, self.mg) + t.shape[2:])
-        return jnp.reshape(t, (n, self.oc) + t.shape[3:])
+        t = jnp.broadcast_to(t[..., None], t.shape + (self.mg,))
+        return jnp.reshape(t, t.shape[:-2] + (self.oc,))
 
     def per_channel_w(self, s, w):
         """A per-output-channel vector ``[OC]`` laid out like w (each entry its channel's value)."""
         geo = self.geo
         full = jnp.broadcast_to(jnp.reshape(s, (self.oc,) + (1,) * (geo.n + 1)),
                                 (self.oc, self.cg) + geo.kernel)
-        if not geo.transpose:
-            return full
-        back = jax.linear_transpose(lambda v: canonical_kernel(v, geo), jax.ShapeDtypeStruct(w.shape, w.dtype))
-        return back(full)[0]  # canonical_kernel is a permutation: its transpose is its inverse
+        return self._to_w(full, w)
 
     def w_sq_norms(self, w):
         wc = canonical_kernel(w, self.geo)
         return jnp.sum(jnp.reshape(wc * wc, (self.oc, -1)), -1)   # [OC]
-
-    def out_channel(self, v):
-        """[OC] -> [1, OC, 1, ...]."""
-        return jnp.reshape(v, (1, self.oc) + (1,) * self.geo.n)
 
 
 def _ops(fam: Family, ctx) -> ConvOps:
@@ -149,50 +244,44 @@ def conv_project_means(ops: ConvOps, x, w, y0, free: tuple[bool, bool], mode: st
     ``y0`` ``[N, OC, *O]``, and average the projected slots over each edge: returns (mean of x's
     copies, input-shaped, where a pixel has copies; mean of w's copies; the projected output).
     ``mode``: "linear" (the fixed operand is data) or "bilinear" (both treated as free, a fixed
-    operand's new slots discarded: the reference's reset). The same numbers as ``dot_project_means``
-    on the patch view followed by the ``patches`` move's col2im averaging."""
-    geo = ops.geo
-
-    def f(xx, ww):
-        return conv(xx, ww, geo)
-
-    p = f(x, w) if P is None else P
-    x_t = jax.linear_transpose(lambda xx: f(xx, w), jax.ShapeDtypeStruct(x.shape, x.dtype))
-    w_t = jax.linear_transpose(lambda ww: f(x, ww), jax.ShapeDtypeStruct(w.shape, w.dtype))
+    operand's new slots discarded: the reference's reset). ``P``: the channels-last conv(x, w) when
+    known. The same numbers as ``dot_project_means`` on the patch view followed by the ``patches``
+    move's col2im averaging."""
+    xh, y0 = channels_last(x), channels_last(y0)
+    p = ops.f(xh, w) if P is None else P
     count = np.maximum(ops.count, 1)
     R, M = ops.rows, ops.mg
-    nx = ops.to_channels(ops.norms(x * x)) if (free[1] or mode == "bilinear") else None
+    nx = ops.to_channels(ops.norms(xh * xh)) if (free[1] or mode == "bilinear") else None
     if mode == "linear":
         if free[1] and not free[0]:   # x data, w free: w_m -= Σ_r r_rm a_r / R
             r = (p - y0) / (1 + nx)
-            return x, w - w_t(r)[0] / R, y0 + r
+            return x, w - ops.wgrad(xh, r, w) / R, channels_first(y0 + r)
         if free[0] and not free[1]:   # w fixed: a_r -= Σ_m r_rm wc_m / M, then col2im / count
-            r = (p - y0) / (1 + ops.out_channel(ops.w_sq_norms(w)))
-            return x - x_t(r)[0] / (M * count), w, y0 + r
+            r = (p - y0) / (1 + ops.w_sq_norms(w))
+            return channels_first(xh - ops.xgrad(r, w) / (M * count)), w, channels_first(y0 + r)
         raise ProjcError("linear conv projection needs exactly one free operand")
-    nw = ops.out_channel(ops.w_sq_norms(w))
-    parts = _coeff_parts(nx, nw, p, y0, iters)
+    parts = _coeff_parts(nx, ops.w_sq_norms(w), p, y0, iters)
     sg, ts, al, amin = parts[:4]
-    reduce_rows = (0,) + tuple(range(2, 2 + geo.n))
+    rows = tuple(range(ops.geo.n + 1))
 
     def means(ca, cb, cea, ceb):
         mx = mw = None
         if free[0]:
-            mx = x * ops.spread(ops.per_group(ca)) + x_t(cb)[0] / M
+            mx = xh * ops.spread(ops.per_group(ca)) + ops.xgrad(cb, w) / M
             if cea is not None:
                 mx = mx + ops.spread(ops.per_group(cea))
-            mx = mx / count
+            mx = channels_first(mx / count)
         if free[1]:
-            mw = w * ops.per_channel_w(jnp.mean(ca, reduce_rows), w) + w_t(cb)[0] / R
+            mw = w * ops.per_channel_w(jnp.mean(ca, rows), w) + ops.wgrad(xh, cb, w) / R
             if ceb is not None:
-                mw = mw + ops.per_channel_w(jnp.mean(ceb, reduce_rows), w)
+                mw = mw + ops.per_channel_w(jnp.mean(ceb, rows), w)
         return mx, mw
 
     # the floor branch (rare) only runs when some element needs it (as in dot_project_means)
     mx, mw = jax.lax.cond(jnp.any(al <= 2 * amin),
                           lambda: means(*_coeffs_all(*parts, ops.k)),
                           lambda: means(*_coeffs_nonfloor(sg, ts, al), None, None))
-    return mx, mw, y0 - sg * ts
+    return mx, mw, channels_first(y0 - sg * ts)
 
 
 class ConvMeans(EdgeMeans):
@@ -209,13 +298,14 @@ class ConvMeans(EdgeMeans):
         v_shape, dtype = ctx.shapes[fam.op.inputs[i]]
         if i == 1:
             return slots[j], np.ones(v_shape, dtype)
-        return slots[j], np.broadcast_to(_ops(fam, ctx).covered, v_shape)
+        covered = np.moveaxis(_ops(fam, ctx).count > 0, -1, 1).astype(dtype)
+        return slots[j], np.broadcast_to(covered, v_shape)
 
     def project(self, fam: Family, slots, ctx, target, opts: ProjOptions):
         x, w = self.operands(fam, slots, ctx)
         ops = _ops(fam, ctx)
-        p = conv(x, w, ops.geo)
-        y0 = target(lambda: p)
+        p = ops.f(channels_last(x), w)
+        y0 = target(lambda: channels_first(p))
         mode = "bilinear" if fam.mode in ("bilinear", "bilinear_reset") else "linear"
         mx, mw, y = conv_project_means(ops, x, w, y0, tuple(fam.free), mode, opts.bilinear_iters, P=p)
         means = {0: mx, 1: mw}
@@ -228,7 +318,7 @@ class ConvMeans(EdgeMeans):
         for j, i in enumerate(fam.free_idx):
             d = a[j] - b[j]
             if i == 0:
-                weight = ops.count * ops.mg
+                weight = np.moveaxis(ops.count, -1, 1) * ops.mg
                 num = num + jnp.sum(weight * d * d)
                 den += int(np.sum(weight)) * d.shape[0]
             else:
