@@ -2,10 +2,10 @@
 -> patches, dot, max and layout ops; then report every op left that the solver cannot train (one
 PassError listing them all).
 
-    Conv(x, W, b)   -> sum(conv(x, W), reshape(b, [OC,1..]))          (any group: grouped, depthwise)
+    Conv(x, W, b)   -> sum(transpose(conv(transpose(x), W)), reshape(b, [OC,1..]))   (any group)
     Conv(x, W, b), lower{conv=patches}
                     -> sum(transpose(dot(patches(x), transpose(reshape(W, [OC, C*K])))), reshape(b, [OC,1..]))
-    ConvTranspose(x, W, b) -> sum(conv[transpose=1](x, W), reshape(b, [OC,1..]))
+    ConvTranspose(x, W, b) -> sum(transpose(conv[transpose=1](transpose(x), W)), reshape(b, [OC,1..]))
     MaxPool(x)      -> transpose(max(reshape(patches(pad(x, -inf)), [N,*O,C,K]), axis=-1))
     MaxPool(x), one window covering x (no pads) -> max[axes=spatial, keepdims=1](x)   (a global max)
     GlobalMaxPool(x)-> max[axes=spatial, keepdims=1](x)
@@ -26,7 +26,8 @@ current mean (measured: a global average pool over 8x8 then barely trains the co
 
 A ``conv`` family is a dot per output position on the patch view (``projc.ops.convolution``):
 the state layouts project it through ``lax.conv_general_dilated`` and its transposes
-(``backends/jax/conv.py``) instead of materializing patches. The option ``conv=patches`` keeps
+(``backends/jax/conv.py``) instead of materializing patches. It is channels-last (NHWC): the
+transposes around it cancel between convolutions in the ``channels-last`` pass. The option ``conv=patches`` keeps
 the earlier lowering (patches move + dot family; group=1 only): the same parameters, the reference
 the conv family is tested against.
 """
@@ -69,6 +70,14 @@ def _window(op: Op, spatial: tuple, kernel: list[int]):
     return strides, pads, dilations
 
 
+def _conv_family(rw: Rewriter, x, w, params: dict, n: int):
+    """The channels-last ``conv`` family between transposes from and back to NCHW (the
+    ``channels-last`` pass cancels them between convolutions)."""
+    xh = rw.emit("transpose", [x], {"perm": [0, *range(2, n + 2), 1]})
+    y = rw.emit("conv", [xh, w], params)
+    return rw.emit("transpose", [y], {"perm": [0, n + 1, *range(1, n + 1)]})
+
+
 def _bias(rw: Rewriter, y, b, oc: int, n: int):
     if b is None:
         return y
@@ -84,7 +93,7 @@ def conv(rw: Rewriter, op: Op, mode: str = "family"):
     n = len(kernel)
     strides, pads, dilations = _window(op, x.shape[2:], kernel)
     if mode == "family":
-        y = rw.emit("conv", [x, w], {"strides": strides, "pads": pads, "dilations": dilations, "group": group})
+        y = _conv_family(rw, x, w, {"strides": strides, "pads": pads, "dilations": dilations, "group": group}, n)
         return _bias(rw, y, b, oc, n)
     if group != 1:
         raise PassError(f"Conv {src_of(op)}: group={group} (grouped/depthwise convolution) needs the "
@@ -118,8 +127,8 @@ def conv_transpose(rw: Rewriter, op: Op):
     crop = _transpose_pads(spatial, kernel, strides, dilations, extra, op.params.get("pads"), auto,
                            op.params.get("output_shape"))
     pads = [lo for lo, _ in crop] + [hi for _, hi in crop]
-    y = rw.emit("conv", [x, w], {"strides": strides, "pads": pads, "dilations": dilations, "group": group,
-                                 "transpose": 1, "output_padding": extra})
+    y = _conv_family(rw, x, w, {"strides": strides, "pads": pads, "dilations": dilations, "group": group,
+                                "transpose": 1, "output_padding": extra}, n)
     return _bias(rw, y, b, w.shape[1] * group, n)
 
 

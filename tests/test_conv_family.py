@@ -88,11 +88,11 @@ def test_patch_view_is_the_conv(x64):
     for kind, attrs, cin, wshape, spatial in CASES.values():
         params = dict(attrs, transpose=int(kind == "ConvTranspose"))
         geo = geometry(params, wshape[2:])
-        x, w = rng.normal(size=(2, cin, *spatial)), rng.normal(size=wshape)
+        x, w = rng.normal(size=(2, *spatial, cin)), rng.normal(size=wshape)
         pv = jax.jit(lambda v, geo=geo: patch_view(v, geo))(x)        # [N, *O, G, K]
         wc = canonical_kernel(w, geo)
         wm = jnp.reshape(wc, (geo.group, wc.shape[0] // geo.group, -1))
-        y = jnp.moveaxis(jnp.einsum("nhwgk,gmk->nhwgm", pv, wm).reshape(pv.shape[:3] + (-1,)), 3, 1)
+        y = jnp.einsum("nhwgk,gmk->nhwgm", pv, wm).reshape(pv.shape[:3] + (-1,))
         np.testing.assert_allclose(y, jax.jit(lambda a, b, geo=geo: conv(a, b, geo))(x, w), rtol=1e-12, atol=1e-12)
 
 
@@ -113,7 +113,7 @@ def test_conv_means_equal_patch_dot_means(x64, case, free, mode, target):
     kind, attrs, cin, wshape, spatial = CASES[case]
     geo = geometry(dict(attrs, transpose=int(kind == "ConvTranspose")), wshape[2:])
     rng = np.random.default_rng(5)
-    x, w = rng.normal(size=(2, cin, *spatial)), rng.normal(size=wshape)
+    x, w = rng.normal(size=(2, *spatial, cin)), rng.normal(size=wshape)
     from projc.ops.convolution import conv
     p = conv(x, w, geo)
     y0 = p + rng.normal(size=p.shape) * (0.3 if target == "near" else 20.0)
@@ -129,12 +129,12 @@ def test_conv_means_equal_patch_dot_means(x64, case, free, mode, target):
     for g in range(G):
         a = pv[..., g, :]
         b = jnp.reshape(wc[g * mg:(g + 1) * mg], (mg, -1)).T
-        yg = jnp.moveaxis(y0[:, g * mg:(g + 1) * mg], 1, -1)
+        yg = y0[..., g * mg:(g + 1) * mg]
         ma, mb, yy = jax.jit(lambda *v: dot_project_means(*v, free, mode))(a, b, yg)
         ref_pm.append(ma)
         ref_wc.append(mb.T.reshape((mg,) + wc.shape[1:]))
-        ref_y.append(jnp.moveaxis(yy, -1, 1))
-    np.testing.assert_allclose(y, jnp.concatenate(ref_y, 1), rtol=1e-9, atol=1e-9)
+        ref_y.append(yy)
+    np.testing.assert_allclose(y, jnp.concatenate(ref_y, -1), rtol=1e-9, atol=1e-9)
     if free[0]:
         ref_x, cnt = _col2im_mean(jnp.stack(ref_pm, -2), x.shape, geo)
         covered = np.asarray(cnt) > 0
@@ -194,3 +194,27 @@ def test_conv_family_consensus_equals_copies(x64, tmp_path, case, solver):
     for k in p_con:
         assert _rel(p_con[k], p_cop[k]) < 1e-8, (k, _rel(p_con[k], p_cop[k]))
     assert max(_rel(p_con[k], init[k]) for k in init) > 1e-2
+
+
+# -- the hybrid layout: DR with the conv families as edge means -------------------------------------
+def _memory(tr, x, y) -> int:
+    m = tr.lower_update(x, y).compile().memory_analysis()
+    return int(m.argument_size_in_bytes + m.temp_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes)
+
+
+def test_hybrid_layout_runs_dr_with_conv_means(tmp_path):
+    import projc
+    from projc.backends.jax.conv import ConvMeans
+    from projc.backends.jax.slot_storage import Materialized
+
+    rng = np.random.default_rng(9)
+    path = conv_model(tmp_path / "m.onnx", "plain", rng)
+    x, y = rng.normal(size=(8, 2, 6, 5)).astype(np.float32), rng.integers(0, 3, 8)
+    hyb = projc.compile(path, solver="dr", layout="hybrid", steps_per_update=4)
+    cop = projc.compile(path, solver="dr", layout="copies", steps_per_update=4)
+    kinds = {f.kind: type(f.storage) for f in hyb.layout.families}
+    assert kinds["conv"] is ConvMeans and issubclass(kinds["sum_pwl"], Materialized)
+    p0 = hyb.init_params()
+    p1, _, stats = hyb.update(p0, hyb.init_state(p0), x, y)
+    assert np.isfinite(stats["residual"]) and max(float(np.max(np.abs(p1[k] - p0[k]))) for k in p0) > 1e-3
+    assert _memory(hyb, x, y) < _memory(cop, x, y)

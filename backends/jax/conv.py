@@ -5,7 +5,9 @@ A ``conv`` family y[n, m, o] = a[n, o, g(m), :] · wc[m, :] (``projc.ops.convolu
 patch view of x, ``wc`` the canonical kernel, g(m) the group of output channel m) owns, like a
 ``dot``, one private copy of the patch vector and one of the kernel row per output element.
 
-Copies layout (``slot_map``): the slots are materialized ``[N, OC, *O, C/g·K]`` (every solver).
+The family is channels-last: x ``[N, *S, C]``, y ``[N, *O, OC]``.
+
+Copies layout (``slot_map``): the slots are materialized ``[N, *O, OC, C/g·K]`` (every solver).
 
 Consensus layout (``ConvMeans``): the slots are never materialized. Projected from value form
 (every copy holds its operand's value) they are affine in the patch and kernel rows, per output
@@ -41,8 +43,6 @@ from projc.errors import ProjcError
 from projc.ops.convolution import (
     block_diagonal,
     canonical_kernel,
-    channels_first,
-    channels_last,
     conv,
     conv_last,
     dense_conv,
@@ -55,7 +55,8 @@ from projc.ops.convolution import (
     shifted,
 )
 
-from .proj_dot_means import _coeff_parts, _coeffs_all, _coeffs_nonfloor
+from .proj_dot_means import _coeffs_all, _coeffs_nonfloor
+from .proj_root_near import root_parts_near
 from .slot_storage import EdgeMeans, static_eval
 
 if TYPE_CHECKING:
@@ -66,27 +67,25 @@ def geometry_of(fam: Family):
     return geometry(fam.op.params, fam.op.inputs[1].shape[2:])
 
 
-# -- copies: materialized slots [N, OC, *O, C/g·K] --------------------------------------------------
+# -- copies: materialized slots [N, *O, OC, C/g·K] --------------------------------------------------
 
 def slot_map(fam: Family, i: int, out_shape):
-    """operand value -> its slots ``[N, OC, *O, C/g·K]`` (the copies layout)."""
+    """operand value -> its slots ``[N, *O, OC, C/g·K]`` (the copies layout)."""
     geo = geometry_of(fam)
     out_shape = tuple(out_shape)
-    oc, n = out_shape[1], geo.n
+    oc = out_shape[-1]
 
     if i == 0:
         def expand(x):
             pv = patch_view(x, geo)                               # [N, *O, G, K]
             g, k = pv.shape[-2], pv.shape[-1]
             pv = jnp.broadcast_to(pv[..., None, :], pv.shape[:-1] + (oc // g, k))
-            pv = jnp.reshape(pv, pv.shape[:-3] + (oc, k))         # [N, *O, OC, K]
-            return jnp.moveaxis(pv, n + 1, 1)
+            return jnp.reshape(pv, pv.shape[:-3] + (oc, k))       # [N, *O, OC, K]
         return expand
 
     def expand_w(w):
-        wc = canonical_kernel(w, geo)
-        wm = jnp.reshape(wc, (oc,) + (1,) * n + (-1,))
-        return jnp.broadcast_to(wm, out_shape + (wm.shape[-1],))
+        wc = jnp.reshape(canonical_kernel(w, geo), (oc, -1))
+        return jnp.broadcast_to(wc, out_shape + (wc.shape[-1],))
     return expand_w
 
 
@@ -97,27 +96,25 @@ def _dilate(sizes, dilation) -> tuple:
 
 
 class ConvOps:
-    """The linear maps of one conv family at one batch shape, channels-last: x ``[N, *S, C]``,
-    outputs ``[N, *O, OC]``. Every convolution is in a form XLA's CPU backend runs as a library call
+    """The linear maps of one conv family at one batch shape: x ``[N, *S, C]``, outputs
+    ``[N, *O, OC]``. Every convolution is in a form XLA's CPU backend runs as a library call
     inside loops (``projc.ops.convolution``): the transposes in x and in w (the input and weight
     gradients) are written as such convolutions here, not left to ``jax.linear_transpose``, whose
-    convolutions have other dimension orders and fall back to naive loops inside ``lax.scan``. The
-    per-element root solve also runs channels-last, where its per-channel operand broadcasts along
-    the last axis (several times faster than on NCHW)."""
+    convolutions have other dimension orders and fall back to naive loops inside ``lax.scan``."""
 
     def __init__(self, fam: Family, x_shape, w_shape, dtype):
         self.geo = geo = geometry_of(fam)
-        self.x_shape, self.w_shape, self.dtype = tuple(x_shape), tuple(w_shape), dtype
-        self.xh_shape = (self.x_shape[0],) + self.x_shape[2:] + (self.x_shape[1],)
+        self.w_shape, self.dtype = tuple(w_shape), dtype
+        self.xh_shape = tuple(x_shape)                            # [N, *S, C]
         wc_shape = jax.eval_shape(lambda w: canonical_kernel(w, geo), jax.ShapeDtypeStruct(w_shape, dtype)).shape
         self.oc, self.cg = wc_shape[0], wc_shape[1]
-        self.c = self.x_shape[1]
+        self.c = self.xh_shape[-1]
         self.g = geo.group
         self.mg = self.oc // self.g
         self.depthwise = is_depthwise(geo, wc_shape)
         self.k = int(self.cg * math.prod(geo.kernel))            # patch vector length
-        self.out_spatial = geo.out_spatial(self.x_shape[2:])
-        self.rows = int(self.x_shape[0] * math.prod(self.out_spatial))  # R: output positions
+        self.out_spatial = geo.out_spatial(self.xh_shape[1:-1])
+        self.rows = int(self.xh_shape[0] * math.prod(self.out_spatial))  # R: output positions
         # Σ of each (position, group) patch: a conv with a ones kernel, one output channel per group
         member = np.kron(np.eye(self.g, dtype=dtype), np.ones((1, self.cg), dtype))  # [G, C]
         self._ones = np.broadcast_to(member.reshape(member.shape + (1,) * geo.n), member.shape + geo.kernel)
@@ -149,9 +146,6 @@ class ConvOps:
         kd, sd = _dilate(geo.kernel, geo.rhs_dilation), _dilate(xh.shape[1:n + 1], geo.lhs_dilation)
         od = _dilate(g.shape[1:n + 1], geo.window_strides)
         pads = [(lo, od[i] - sd[i] + kd[i] - lo - 1) for i, (lo, _) in enumerate(geo.padding)]
-        # the barrier keeps XLA from fusing these transposes into the (large) fusions that produce
-        # xh and g, which then run several times slower on the CPU
-        xh, g = lax.optimization_barrier((xh, g))
         lhs = jnp.transpose(xh, (n + 1,) + tuple(range(1, n + 1)) + (0,))   # [C, *S, N]: C the batch
         rhs = jnp.transpose(g, tuple(range(1, n + 1)) + (0, n + 1))          # [*O, N, OC]
         out = lax.conv_general_dilated(lhs, rhs, window_strides=geo.rhs_dilation, padding=pads,
@@ -232,6 +226,17 @@ class ConvOps:
         return jnp.sum(jnp.reshape(wc * wc, (self.oc, -1)), -1)   # [OC]
 
 
+def _coeff_parts(nx, nw, p, y0, iters):
+    """``proj_dot_means._coeff_parts`` with the root by ``root_parts_near`` (the same numbers)."""
+    nx, nw, p, y0 = jnp.broadcast_arrays(nx, nw, p, y0)
+    half = 0.5 * (nx + nw)
+    U = jnp.maximum(half + p, 0)  # = ½|a0 + b0|²
+    V = jnp.maximum(half - p, 0)  # = ½|a0 - b0|²
+    mirrored, ts, al, amin, Us, Vs, ys = root_parts_near(U, V, y0, iters)
+    sg = jnp.where(mirrored, -1.0, 1.0).astype(nx.dtype)
+    return sg, ts, al, amin, Us, Vs, ys
+
+
 def _ops(fam: Family, ctx) -> ConvOps:
     x_shape, dtype = ctx.shapes[fam.op.inputs[0]]
     w_shape, _ = ctx.shapes[fam.op.inputs[1]]
@@ -241,13 +246,13 @@ def _ops(fam: Family, ctx) -> ConvOps:
 def conv_project_means(ops: ConvOps, x, w, y0, free: tuple[bool, bool], mode: str,
                        iters: int | None = None, P=None):
     """Project a conv family whose slots hold the operand values (x, w) onto its graph with target
-    ``y0`` ``[N, OC, *O]``, and average the projected slots over each edge: returns (mean of x's
+    ``y0`` ``[N, *O, OC]``, and average the projected slots over each edge: returns (mean of x's
     copies, input-shaped, where a pixel has copies; mean of w's copies; the projected output).
     ``mode``: "linear" (the fixed operand is data) or "bilinear" (both treated as free, a fixed
-    operand's new slots discarded: the reference's reset). ``P``: the channels-last conv(x, w) when
-    known. The same numbers as ``dot_project_means`` on the patch view followed by the ``patches``
-    move's col2im averaging."""
-    xh, y0 = channels_last(x), channels_last(y0)
+    operand's new slots discarded: the reference's reset). ``P``: conv(x, w) when known. The same
+    numbers as ``dot_project_means`` on the patch view followed by the ``patches`` move's col2im
+    averaging."""
+    xh = x
     p = ops.f(xh, w) if P is None else P
     count = np.maximum(ops.count, 1)
     R, M = ops.rows, ops.mg
@@ -255,10 +260,10 @@ def conv_project_means(ops: ConvOps, x, w, y0, free: tuple[bool, bool], mode: st
     if mode == "linear":
         if free[1] and not free[0]:   # x data, w free: w_m -= Σ_r r_rm a_r / R
             r = (p - y0) / (1 + nx)
-            return x, w - ops.wgrad(xh, r, w) / R, channels_first(y0 + r)
+            return x, w - ops.wgrad(xh, r, w) / R, y0 + r
         if free[0] and not free[1]:   # w fixed: a_r -= Σ_m r_rm wc_m / M, then col2im / count
             r = (p - y0) / (1 + ops.w_sq_norms(w))
-            return channels_first(xh - ops.xgrad(r, w) / (M * count)), w, channels_first(y0 + r)
+            return xh - ops.xgrad(r, w) / (M * count), w, y0 + r
         raise ProjcError("linear conv projection needs exactly one free operand")
     parts = _coeff_parts(nx, ops.w_sq_norms(w), p, y0, iters)
     sg, ts, al, amin = parts[:4]
@@ -270,7 +275,7 @@ def conv_project_means(ops: ConvOps, x, w, y0, free: tuple[bool, bool], mode: st
             mx = xh * ops.spread(ops.per_group(ca)) + ops.xgrad(cb, w) / M
             if cea is not None:
                 mx = mx + ops.spread(ops.per_group(cea))
-            mx = channels_first(mx / count)
+            mx = mx / count
         if free[1]:
             mw = w * ops.per_channel_w(jnp.mean(ca, rows), w) + ops.wgrad(xh, cb, w) / R
             if ceb is not None:
@@ -281,7 +286,7 @@ def conv_project_means(ops: ConvOps, x, w, y0, free: tuple[bool, bool], mode: st
     mx, mw = jax.lax.cond(jnp.any(al <= 2 * amin),
                           lambda: means(*_coeffs_all(*parts, ops.k)),
                           lambda: means(*_coeffs_nonfloor(sg, ts, al), None, None))
-    return mx, mw, channels_first(y0 - sg * ts)
+    return mx, mw, y0 - sg * ts
 
 
 class ConvMeans(EdgeMeans):
@@ -298,32 +303,29 @@ class ConvMeans(EdgeMeans):
         v_shape, dtype = ctx.shapes[fam.op.inputs[i]]
         if i == 1:
             return slots[j], np.ones(v_shape, dtype)
-        covered = np.moveaxis(_ops(fam, ctx).count > 0, -1, 1).astype(dtype)
-        return slots[j], np.broadcast_to(covered, v_shape)
+        return slots[j], np.broadcast_to((_ops(fam, ctx).count > 0).astype(dtype), v_shape)
 
     def project(self, fam: Family, slots, ctx, target, opts: ProjOptions):
         x, w = self.operands(fam, slots, ctx)
         ops = _ops(fam, ctx)
-        p = ops.f(channels_last(x), w)
-        y0 = target(lambda: channels_first(p))
+        p = ops.f(x, w)
+        y0 = target(lambda: p)
         mode = "bilinear" if fam.mode in ("bilinear", "bilinear_reset") else "linear"
         mx, mw, y = conv_project_means(ops, x, w, y0, tuple(fam.free), mode, opts.bilinear_iters, P=p)
         means = {0: mx, 1: mw}
         return tuple(means[i] for i in fam.free_idx) + (y,), y
 
     def sq_dist(self, fam: Family, a, b, ctx, num):
-        """Over the edge means, each entry weighted by its copies (see ``EdgeMeans.sq_dist``)."""
+        """Over the edge means, each entry weighted by its copies (see ``EdgeMeans.sq_dist``); the
+        count of slot entries includes the patch view's dummy entries, as the copies layout's does
+        (in value form they hold zeros in both states, so the sum is exact there)."""
         ops = _ops(fam, ctx)
         den = 0
         for j, i in enumerate(fam.free_idx):
             d = a[j] - b[j]
-            if i == 0:
-                weight = np.moveaxis(ops.count, -1, 1) * ops.mg
-                num = num + jnp.sum(weight * d * d)
-                den += int(np.sum(weight)) * d.shape[0]
-            else:
-                num = num + ops.rows * jnp.sum(d * d)
-                den += ops.rows * d.size
+            weight = ops.count * ops.mg if i == 0 else ops.rows
+            num = num + jnp.sum(weight * d * d)
+            den += ops.rows * ops.oc * ops.k
         return num, den
 
 

@@ -29,6 +29,7 @@ from projc.ir import constraints as C
 from . import conv as conv_family
 from . import projections as P
 from .forward import op_forward
+from .proj_pool import max_over_axes
 from .slot_storage import EDGE_MEANS, FACTORED, MATERIALIZED
 
 
@@ -214,7 +215,13 @@ def _project_over_axes(fam: Family, a, y0, project):
 
 
 def _project_max(fam: Family, full: dict, y0, opts: ProjOptions):
-    return _project_over_axes(fam, full[0], y0, lambda a, t: P.REGISTRY["max"](a, t, axis=-1))
+    a = full[0]
+    axes = fam.op.params.get("axes")
+    axes = tuple(range(a.ndim)) if axes is None else tuple(ax % a.ndim for ax in axes)
+    if axes == tuple(range(a.ndim - len(axes), a.ndim)):  # the reduced axes last: as they are
+        return _project_over_axes(fam, a, y0, lambda a, t: P.REGISTRY["max"](a, t, axis=-1))
+    a2, y = max_over_axes(a, y0.reshape(tuple(d for i, d in enumerate(a.shape) if i not in axes)), axes)
+    return (a2,), y.reshape(y0.shape)
 
 
 def _project_mean(fam: Family, full: dict, y0, opts: ProjOptions):

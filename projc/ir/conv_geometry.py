@@ -54,10 +54,10 @@ def geometry(params: dict, kernel) -> ConvGeometry:
 
 
 def out_shape(x_shape, w_shape, params: dict) -> tuple:
-    """``[N, OC, *O]`` of a ``conv`` op (shape rule; dims may be symbolic)."""
+    """``[N, *O, OC]`` of a ``conv`` op on a channels-last ``[N, *S, C]`` (dims may be symbolic)."""
     geo = geometry(params, w_shape[2:])
     oc = w_shape[1] * geo.group if geo.transpose else w_shape[0]
-    return (x_shape[0], oc) + geo.out_spatial(tuple(x_shape[2:]))
+    return (x_shape[0],) + geo.out_spatial(tuple(x_shape[1:-1])) + (oc,)
 
 
 def patch_length(w_shape, params: dict) -> int:

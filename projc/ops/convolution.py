@@ -14,6 +14,9 @@ become the lhs dilation of a stride-1 convolution padded by ``(k-1)·d - pad`` (
 patch_view(x)[n, o, g(m), :] · canonical_kernel(w)[m].ravel(), the patch entries that fall on
 padding or between dilated input pixels being zeros (the patch view's dummy entries).
 
+The family is channels-last (x ``[N, *S, C]``, y ``[N, *O, OC]``): the lowering puts transposes
+around it and the ``channels-last`` pass cancels them between convolutions.
+
 **How it is computed** (``conv_last``): channels-last, in the forms XLA's CPU backend runs as fast
 library convolutions also inside loops (a projection update's steps run in ``lax.scan``, where
 other forms fall back to a naive loop nest, 50-500x slower, measured): one channel group as a
@@ -128,15 +131,15 @@ def conv_last(xh, wc, geo: ConvGeometry, precision=None):
     return dense_conv(xh, block_diagonal(wc, geo.group), geo, precision)
 
 
-def conv(x, w, geo: ConvGeometry, precision=None):
-    """y = the ``conv`` op's forward ``[N, OC, *O]``."""
-    return channels_first(conv_last(channels_last(x), canonical_kernel(w, geo), geo, precision))
+def conv(xh, w, geo: ConvGeometry, precision=None):
+    """y = the ``conv`` op's forward: channels-last ``[N, *S, C]`` -> ``[N, *O, OC]``."""
+    return conv_last(xh, canonical_kernel(w, geo), geo, precision)
 
 
-def patch_view(x, geo: ConvGeometry):
-    """im2col of the lhs-dilated, padded input ``[N, C, *S]``: ``[N, *O, group, C/group · prod(k)]``,
-    channel-major within a patch (the order of ``canonical_kernel(w)[m].ravel()``)."""
-    views = shifted(channels_last(jnp.asarray(x)), geo)               # K x [N, *O, C]
+def patch_view(xh, geo: ConvGeometry):
+    """im2col of the lhs-dilated, padded channels-last input ``[N, *S, C]``: ``[N, *O, group,
+    C/group · prod(k)]``, channel-major within a patch (the order of ``canonical_kernel(w)[m].ravel()``)."""
+    views = shifted(jnp.asarray(xh), geo)                              # K x [N, *O, C]
     col = jnp.stack(views, axis=-1)                                    # [N, *O, C, K]
     c, kk = col.shape[-2], col.shape[-1]
     return jnp.reshape(col, col.shape[:-2] + (geo.group, c // geo.group * kk))
