@@ -18,7 +18,11 @@ One projection step = the update of ``--steps`` steps / steps (the forward that 
 the readout are in it). Timing: the first call of each config (jit compile) is reported apart;
 then ``--rounds`` rounds call every config once, in turn, and each config's median is taken, so a
 change in the machine's load hits every config alike. The ratios are one step over one Adam step
-from the same rounds. Memory: XLA's compiled memory analysis of the jitted update (argument + temp +
+from the same rounds. CPU time (``time.process_time`` of the process, all its threads) is reported beside
+wall time: on a shared machine a wait for a core inflates wall time but not CPU time; with
+``--threads 1`` (one XLA thread, no parallel kernels) the CPU time is the work of the step.
+
+Memory: XLA's compiled memory analysis of the jitted update (argument + temp +
 output - alias bytes).
 """
 from __future__ import annotations
@@ -33,9 +37,6 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import jax  # noqa: E402
-
-import projc  # noqa: E402
 from common import format_table, write_json  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -74,6 +75,10 @@ def build(model: str, config: str, steps: int, batch: int):
     opts = dict(CONFIGS[name])
     if name != "adam":
         opts["steps_per_update"] = steps
+    import jax
+
+    import projc
+
     path = os.path.join(ROOT, "models", f"{model}.onnx")
     with patches_lowering() if name == "cp-patches" else contextlib.nullcontext():
         tr = projc.compile(path, **opts)
@@ -103,23 +108,28 @@ def bench_model(model: str, configs: list[str], steps: int, batch: int, rounds: 
         r["mem_bytes"] = r.pop("memory")()
         print(f"{model:14s} {r['config']:12s} first call (compile) {r['first_s']:.2f} s", flush=True)
     times: dict[str, list[float]] = {r["config"]: [] for r in rows}
+    cpu: dict[str, list[float]] = {r["config"]: [] for r in rows}
     for _ in range(rounds):
         for r in rows:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             r["call"]()
             times[r["config"]].append(time.perf_counter() - t0)
-    adam = None
+            cpu[r["config"]].append(time.process_time() - c0)
+    adam = adam_cpu = None
     for r in rows:
         r["s_per_update"] = statistics.median(times[r["config"]])
         r["s_per_step"] = r["s_per_update"] / r["steps"]
+        r["cpu_s_per_step"] = statistics.median(cpu[r["config"]]) / r["steps"]
         if r["config"] == "adam":
-            adam = r["s_per_step"]
+            adam, adam_cpu = r["s_per_step"], r["cpu_s_per_step"]
         del r["call"]
     for r in rows:
         r["model"] = model
         r["step_over_adam_step"] = r["s_per_step"] / adam if adam else None
+        r["cpu_step_over_adam_step"] = r["cpu_s_per_step"] / adam_cpu if adam_cpu else None
         print(f"{model:14s} {r['config']:12s} {r['s_per_update']:.4f} s/update  {r['s_per_step']:.5f} s/step  "
-              f"{r['mem_bytes'] / 2**20:.1f} MiB" + (f"  {r['step_over_adam_step']:.2f}x Adam" if adam else ""),
+              f"{r['mem_bytes'] / 2**20:.1f} MiB" + (f"  {r['step_over_adam_step']:.2f}x Adam (wall), "
+                                                     f"{r['cpu_step_over_adam_step']:.2f}x (CPU time)" if adam else ""),
               flush=True)
     return rows
 
@@ -131,22 +141,32 @@ def main(argv=None) -> None:
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--threads", type=int, default=0,
+                    help="1: XLA runs every op on one thread (--xla_cpu_multi_thread_eigen=false, one "
+                         "intra-op thread), so CPU time measures work also on a loaded machine")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
+    if args.threads == 1:
+        if "jax" in sys.modules:
+            raise SystemExit("--threads 1 must be set before JAX is imported")
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false "
+                                   "intra_op_parallelism_threads=1").strip()
     load = os.getloadavg()
     rows = []
     for model in args.models.split(","):
         rows += bench_model(model, args.configs.split(","), args.steps, args.batch, args.rounds)
     table = format_table(
-        ["model", "config", "layout", "steps", "s/update (median)", "s/step", "one step / one Adam step",
-         "memory MiB", "first call s"],
+        ["model", "config", "layout", "steps", "s/update (median)", "s/step", "step / Adam step (wall)",
+         "step / Adam step (CPU time)", "memory MiB", "first call s"],
         [[r["model"], r["config"], r["layout"], r["steps"], r["s_per_update"], r["s_per_step"],
-          r["step_over_adam_step"], r["mem_bytes"] / 2**20, r["first_s"]] for r in rows])
+          r["step_over_adam_step"], r["cpu_step_over_adam_step"], r["mem_bytes"] / 2**20, r["first_s"]]
+         for r in rows])
     end_load = os.getloadavg()
     print(table)
     print(f"load average (1 min) at start {load[0]:.2f}, at end {end_load[0]:.2f}; {os.cpu_count()} CPUs")
     print("wrote", write_json("conv", {"batch": args.batch, "steps": args.steps, "rounds": args.rounds,
-                                       "load_start": load, "load_end": end_load, "rows": rows}, args.json))
+                                       "threads": args.threads or "default", "load_start": load,
+                                       "load_end": end_load, "rows": rows}, args.json))
 
 
 if __name__ == "__main__":

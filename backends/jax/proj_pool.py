@@ -33,7 +33,11 @@ def max_over_axes(a, y0, axes: tuple[int, ...]):
     first = jnp.min(jnp.where(a == amax, flat, n), axes, keepdims=True)
     top = flat == first
     cap = 2 * int(n).bit_length() + 8
-    m = jnp.minimum((jnp.sum(a, axes, keepdims=True) + yk) / (n + 1), jnp.min(a, axes, keepdims=True))
+    # start from m1 = (max a + y0)/2, a lower bound of the root (F(m1) = Σ over the other entries
+    # above m1 of (m1 - a_j) ≤ 0) much nearer it than projections.max's start, so Newton, which
+    # rises monotonically from any point left of the root, needs fewer passes (same fixed point)
+    m = jnp.maximum(jnp.minimum((jnp.sum(a, axes, keepdims=True) + yk) / (n + 1), jnp.min(a, axes, keepdims=True)),
+                    0.5 * (amax + yk))
 
     def cond(st):
         return st[2] & (st[3] < cap)

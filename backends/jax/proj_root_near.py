@@ -7,8 +7,8 @@ projection, cnn2_digits: none above ½ in the first 200 CP steps, measured), whe
 converges in a few passes of two reciprocals each. ``root_parts_near`` runs that when every root
 lies in [0, ½] (g(½) ≥ 0 after mirroring, checked first) and falls back to ``root_parts`` otherwise
 (one ``lax.cond`` over the whole array); it returns the same tuple, with the same precision (the
-final steps are the same Newton steps in t; the bracket [lo, hi] keeps every iterate inside and
-takes the midpoint when a Newton step leaves it).
+Newton steps in t run until g is within its rounding noise, as root_parts' final steps leave it; the
+bracket [lo, hi] keeps every iterate inside and takes the midpoint when a Newton step leaves it).
 """
 from __future__ import annotations
 
@@ -24,25 +24,27 @@ def _newton_t(Us, Vs, ys, cap: int):
     eps = jnp.finfo(dt).eps
     tiny = jnp.finfo(dt).tiny
 
-    def g_gp(t):
+    def parts(t):
+        """g, g' and the size of g's largest terms (its rounding scale), from two reciprocals."""
         iom = 1 / (1 - t)
         iop = 1 / (1 + t)
         a, b = Us * iom * iom, Vs * iop * iop
-        return t + 0.5 * (a - b) - ys, 1 + a * iom + b * iop
+        return t + 0.5 * (a - b) - ys, 1 + a * iom + b * iop, t + 0.5 * (a + b) + jnp.abs(ys)
 
     def body(st):
         # t, lo, hi travel stacked in one [3, ...] array: XLA then emits the iteration as one fused
         # pass instead of one kernel per output (as proj_bilinear's solve does)
         S, _, it = st
         t, lo, hi = S[0], S[1], S[2]
-        g, gp = g_gp(t)
+        g, gp, scale = parts(t)
         lo = jnp.where(g <= 0, t, lo)
         hi = jnp.where(g >= 0, t, hi)
         tn = t - g / gp
         tn = jnp.where((tn >= lo) & (tn <= hi), tn, 0.5 * (lo + hi))
-        # converged: g at its rounding level, or the bracket collapsed
-        scale = t + 0.5 * (Us / ((1 - t) * (1 - t)) + Vs / ((1 + t) * (1 + t))) + jnp.abs(ys)
-        done = (jnp.abs(g) <= 4 * eps * scale) | (hi - lo <= 4 * eps * jnp.maximum(hi, tiny))
+        # converged: g within its rounding noise (a few ulps of its largest term), a Newton step
+        # below rounding, or the bracket collapsed; a converged element keeps its t
+        done = ((jnp.abs(g) <= 8 * eps * scale) | (jnp.abs(tn - t) <= 4 * eps * jnp.maximum(t, tiny))
+                | (hi - lo <= 4 * eps * jnp.maximum(hi, tiny)))
         S = jnp.stack([jnp.where(done, t, tn), lo, hi])
         return S, jnp.any(~done), it + 1
 
@@ -50,16 +52,11 @@ def _newton_t(Us, Vs, ys, cap: int):
         return st[1] & (st[2] < cap)
 
     zero = jnp.zeros_like(Us)
-    g0, gp0 = g_gp(zero)
+    g0, gp0, _ = parts(zero)
     t0 = jnp.clip(-g0 / gp0, 0.0, 0.5)  # the first Newton step from 0 (g(0) ≤ 0)
     st = (jnp.stack([t0, zero, jnp.full_like(Us, 0.5)]), jnp.asarray(True), jnp.asarray(0))
     S, _, _ = jax.lax.while_loop(cond, body, st)
-    t = S[0]
-    # two more Newton steps, as root_parts ends with: full relative precision in t
-    for _ in range(2):
-        g, gp = g_gp(t)
-        t = jnp.clip(t - g / gp, 0.0, 0.5)
-    return t
+    return S[0]
 
 
 def root_parts_near(U, V, y0, iters: int | None = None, early: bool = True):
