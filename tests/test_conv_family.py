@@ -218,3 +218,29 @@ def test_hybrid_layout_runs_dr_with_conv_means(tmp_path):
     p1, _, stats = hyb.update(p0, hyb.init_state(p0), x, y)
     assert np.isfinite(stats["residual"]) and max(float(np.max(np.abs(p1[k] - p0[k]))) for k in p0) > 1e-3
     assert _memory(hyb, x, y) < _memory(cop, x, y)
+
+
+# -- a ConvTranspose decoder trained on reconstruction (squared error, explicit targets) -------------
+@pytest.mark.slow
+@pytest.mark.parametrize("layout,solver", [("consensus", "cp"), ("hybrid", "dr")])
+def test_convtranspose_autoencoder_reconstruction_improves(layout, solver):
+    from pathlib import Path
+
+    from projc.backends.jax.forward import make_forward
+    from projc.backends.jax.layout_hybrid import HybridLayout
+    from projc.train.data import load_data
+
+    path = Path(__file__).resolve().parents[1] / "models" / "ae_convt_digits.onnx"
+    g = compile_for_training(load_model(str(path)), loss="squared_error")
+    assert op_counts(g)["conv"] == 4 and sum(op.params.get("transpose", 0) for op in g.ops if op.kind == "conv") == 2
+    lay = ConsensusLayout(g, solver=solver) if layout == "consensus" else HybridLayout(g)
+    data = load_data("digits", seed=0, input_shape=(None, 1, 8, 8))
+    x = data.x_train[:32]
+    upd = jit_update(lay, Solver(lay, solver), 10)
+    fwd = jax.jit(make_forward(g))
+    p = {v.hint: np.asarray(v.data) for v in g.params}
+    err0 = float(np.mean((np.asarray(fwd(p, {"x": x})[0]) - x) ** 2))
+    for _ in range(4):
+        p, _ = upd(p, {"x": x, "y": x})  # the target is the input: reconstruction
+    err = float(np.mean((np.asarray(fwd(p, {"x": x})[0]) - x) ** 2))
+    assert err < 0.8 * err0, (err0, err)
