@@ -136,7 +136,7 @@ def _targets() -> Sequence[str]:
 
 
 def _layouts() -> Sequence[str]:
-    return ("auto", "copies", "consensus")
+    return ("auto", "copies", "consensus", "hybrid")
 
 
 def _inits() -> Sequence[str]:
@@ -220,7 +220,8 @@ class MethodConfig(Group):
     beta: float = option(1.0, nonzero(), "difference-map β")
     layout: str = option("auto", one_of(_layouts),
                          "solver state layout (auto: consensus where it is exact, for ap and cp; "
-                         "copies otherwise)", fingerprint=ALWAYS)
+                         "copies otherwise; hybrid: copies with the convolutions kept as consensus "
+                         "means, for dr on CNNs)", fingerprint=ALWAYS)
     lr: float = option(1e-3, positive(), "learning rate of adam", fingerprint=ALWAYS)
     tol: float | None = option(None, optional(positive()),
                                "stop an update's steps once the fixed-point residual is <= TOL "
@@ -271,6 +272,10 @@ class CompilationConfig(Group):
                           "identity constraints to repair it", fingerprint=ALWAYS)
     train_batchnorm: bool = option(False, boolean(),
                                    "train BatchNormalization scale/bias (default: a frozen affine)")
+    cache: bool = option(True, boolean(), "compile afresh instead of loading compiled updates from the "
+                         "persistent compilation cache ($PROJC_CACHE_DIR, default ~/.cache/projc/jax; "
+                         "PROJC_CACHE_DIR=off disables it), which lets a repeated run skip compiling",
+                         fingerprint=NEVER)
 
 
 @dataclass(frozen=True)

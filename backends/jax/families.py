@@ -26,8 +26,10 @@ import numpy as np
 from projc.ir import Op, Value
 from projc.ir import constraints as C
 
+from . import conv as conv_family
 from . import projections as P
 from .forward import op_forward
+from .proj_pool import max_over_axes
 from .slot_storage import EDGE_MEANS, FACTORED, MATERIALIZED
 
 
@@ -213,7 +215,13 @@ def _project_over_axes(fam: Family, a, y0, project):
 
 
 def _project_max(fam: Family, full: dict, y0, opts: ProjOptions):
-    return _project_over_axes(fam, full[0], y0, lambda a, t: P.REGISTRY["max"](a, t, axis=-1))
+    a = full[0]
+    axes = fam.op.params.get("axes")
+    axes = tuple(range(a.ndim)) if axes is None else tuple(ax % a.ndim for ax in axes)
+    if axes == tuple(range(a.ndim - len(axes), a.ndim)):  # the reduced axes last: as they are
+        return _project_over_axes(fam, a, y0, lambda a, t: P.REGISTRY["max"](a, t, axis=-1))
+    a2, y = max_over_axes(a, y0.reshape(tuple(d for i, d in enumerate(a.shape) if i not in axes)), axes)
+    return (a2,), y.reshape(y0.shape)
 
 
 def _project_mean(fam: Family, full: dict, y0, opts: ProjOptions):
@@ -281,6 +289,10 @@ def _dot_consensus(fam: Family, factor_linear: bool):
     return EDGE_MEANS
 
 
+def _conv_consensus(fam: Family, factor_linear: bool):
+    return conv_family.CONV_MEANS
+
+
 PLAIN = {"copies": _materialized, "consensus": _materialized}
 
 
@@ -297,6 +309,9 @@ RULES: dict[str, FamilyRule] = {r.kind: r for r in (
     FamilyRule("dot", "a [..., K], b [K, M]", _dot_slot_map, _pairwise_output, _project_pairwise,
                ("linear", "bilinear"), {"copies": _dot_copies, "consensus": _dot_consensus},
                mode=_dot_mode),
+    FamilyRule("conv", "x [N, C, *S], w (Conv [OC, C/g, *k] or ConvTranspose [C, OC/g, *k])",
+               conv_family.slot_map, _pairwise_output, _project_pairwise, ("linear", "bilinear"),
+               {"copies": _materialized, "consensus": _conv_consensus}, mode=_dot_mode),
     FamilyRule("mul", "a, b (broadcast)", _mul_slot_map, _pairwise_output, _project_pairwise,
                ("linear", "bilinear"), PLAIN, mode=_dot_mode),
     _elementwise("sum", "x_1 ... x_n (broadcast)", _broadcast_slot_map, _project_sum, ("sum",)),

@@ -195,11 +195,28 @@ def _patches_shape(p, shapes):
     n = len(k)
     if len(a) != n + 2:
         raise ShapeError(f"patches: input {_fmt(a)} is not N,C + {n} spatial dims")
-    if not isinstance(a[1], int):
+    last = bool(p.get("channels_last"))
+    c, spatial = (a[-1], a[1:-1]) if last else (a[1], a[2:])
+    if not isinstance(c, int):
         raise ShapeError("patches: symbolic channel dim")
-    out = patches_out_spatial(a[2:], k, p.get("strides") or [1] * n, p.get("pads") or [0] * (2 * n),
+    out = patches_out_spatial(spatial, k, p.get("strides") or [1] * n, p.get("pads") or [0] * (2 * n),
                               p.get("dilations") or [1] * n)
-    return (a[0],) + out + (a[1] * math.prod(k),)
+    return (a[0],) + out + (c * math.prod(k),)
+
+
+def _conv_shape(p, shapes):
+    from .conv_geometry import out_shape
+
+    x, w = shapes
+    n = len(w) - 2
+    if len(x) != n + 2 or n < 1 or not all(isinstance(d, int) for d in w):
+        raise ShapeError(f"conv needs x [N,*S,C] and a static weight of the same rank, got {_fmt(x)} "
+                         f"and {_fmt(w)}")
+    g = int(p.get("group") or 1)
+    c_in = w[0] if p.get("transpose") else w[1] * g
+    if isinstance(x[-1], int) and x[-1] != c_in:
+        raise ShapeError(f"conv: input {_fmt(x)} has {x[-1]} channels, the weight {_fmt(w)} expects {c_in}")
+    return out_shape(tuple(x), tuple(w), p)
 
 
 def _no_shape(p, shapes):
@@ -284,6 +301,11 @@ def _loss(kind, doc, **params) -> ConstraintOp:
 
 OPS: dict[str, ConstraintOp] = {op.kind: op for op in (
     _family("dot", (2, 2), _dot_shape, "z[..., m] = a[..., :] . b[:, m]", _pairwise),
+    _family("conv", (2, 2), _conv_shape, "z = conv(x, w), channels-last x [N,*S,C] -> z [N,*O,OC]: Conv (ONNX "
+            "weights, pads, strides, dilations, group), or ConvTranspose's with transpose=1; a dot per "
+            "output position on the patch view",
+            _pairwise, params={"strides": None, "pads": None, "dilations": None, "group": 1,
+                               "transpose": 0, "output_padding": None}),
     _family("mul", (2, 2), _broadcast_shape, "z = a * b (broadcast)", _pairwise),
     _family("sum", _ANY, _broadcast_shape, "z = the sum of the operands (broadcast)"),
     _family("sum_pwl", _ANY, _broadcast_shape, "z = f(sum of the operands), f piecewise linear or a staircase",
@@ -309,8 +331,9 @@ OPS: dict[str, ConstraintOp] = {op.kind: op for op in (
     _move("pad", (1, 1), _pad_shape, "constant pad; pads in ONNX order", params={"pads": REQUIRED, "value": 0.0}),
     _move("take", (1, 1), _take_shape, "a[..., indices, ...] along axis (constant 1-D indices, repeats "
           "allowed: nearest Resize, interpolation taps)", params={"indices": REQUIRED, "axis": 0}),
-    _move("patches", (1, 1), _patches_shape, "im2col: [N, C, *S] -> [N, *O, C*prod(kernel)]",
-          params={"kernel": REQUIRED, "strides": None, "pads": None, "dilations": None}),
+    _move("patches", (1, 1), _patches_shape, "im2col: [N, C, *S] (channels_last=1: [N, *S, C]) -> "
+          "[N, *O, C*prod(kernel)]",
+          params={"kernel": REQUIRED, "strides": None, "pads": None, "dilations": None, "channels_last": 0}),
     _loss("cross_entropy", "softmax cross-entropy on logits [B(,T),C] and integer labels (its prox)",
           lam=5.0, method="newton", steps=None),
     _loss("margin", "true-class logit >= 1, others <= 0 (a projection)"),

@@ -103,10 +103,13 @@ def freeze_params(graph, names) -> list[str]:
 
 def make_state_layout(name: str, solver: str, graph, *, factor_linear: bool = True):
     """The state layout ``name`` for ``solver``: ``auto`` takes consensus where it is exact (AP, CP
-    on this graph), copies otherwise."""
+    on this graph), copies otherwise; ``hybrid``: copies with the conv families as edge means."""
     from projc.backends.jax.layout_consensus import EXACT_SOLVERS, ConsensusLayout
     from projc.backends.jax.layout_copies import CopiesLayout
 
+    if name == "hybrid":
+        from projc.backends.jax.layout_hybrid import HybridLayout
+        return HybridLayout(graph, factor_linear=factor_linear)
     if name == "copies" or (name == "auto" and solver not in EXACT_SOLVERS):
         return CopiesLayout(graph, factor_linear=factor_linear)
     if name == "auto":
@@ -162,6 +165,11 @@ class Trainer:
 
         self.config = config = Config.build(config, **options)
         task, method, comp = config.task, config.method, config.compilation
+        if comp.cache:
+            from projc.train.cache import enable
+            self.cache_dir = enable()  # before anything compiles (projc.train.cache)
+        else:
+            self.cache_dir = None
         self.source = read_model(model)  # read once: the export writes this graph
         self.model_path = self.source.label
         self.source_graph = from_onnx(self.source.proto, path=self.source.path or self.source.label)
