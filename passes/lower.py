@@ -22,8 +22,8 @@ is closed-form in a metric the pass option ``mean_metric`` chooses: ``sum`` (the
 the output by K², i.e. projects the sum onto K times the target, so every input moves by the
 residual's K/(K+1) and the correction reaches the layer below; ``euclidean`` is the plain nearest
 point, in which each input moves by only 1/(K+1) of the residual and the output stays near the
-current mean (measured: a global average pool over 8x8 then barely trains the convolution under it). docs/design-notes.md
-"Average pooling" has the measurements.
+current mean (measured: a global average pool over 8x8 then barely trains the convolution under
+it). docs/design-notes.md "Average pooling" has the measurements.
 
 A ``conv`` family is a dot per output position on the patch view (``projc.ops.convolution``):
 the state layouts project it through ``lax.conv_general_dilated`` and its transposes
@@ -142,7 +142,8 @@ def _covers_input(spatial: tuple, kernel: list[int], pads: list[int], dilations:
 
 def maxpool(rw: Rewriter, op: Op):
     (x,) = op.inputs[:1]
-    if len(op.outputs) > 1 and (op.outputs[1] in rw.graph.outputs or any(op.outputs[1] in o.inputs for o in rw.graph.ops)):
+    indices = op.outputs[1] if len(op.outputs) > 1 else None
+    if indices is not None and (indices in rw.graph.outputs or any(indices in o.inputs for o in rw.graph.ops)):
         raise PassError(f"MaxPool {src_of(op)}: its Indices output is not supported for training")
     kernel = [int(k) for k in op.params["kernel_shape"]]
     n = len(kernel)

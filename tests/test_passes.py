@@ -253,7 +253,7 @@ CNN = """graph @cnn {
   %o: f32[B,4] = Gemm[alpha=1.0, beta=1.0, transA=0, transB=1] %f, %fw
   return %o
 }
-"""
+"""  # noqa: E501 (IR text: one op per line)
 
 
 def test_lower_conv_pool_golden():

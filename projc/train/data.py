@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Iterator, NamedTuple, Sequence
+from collections.abc import Iterator, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
