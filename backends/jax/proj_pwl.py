@@ -1,11 +1,24 @@
 """Piecewise-linear functions and the exact projection onto the graph of y = φ(Σ_i a_i).
 
 A function φ is a table of closed pieces (lo_k ≤ x ≤ hi_k, value slope_k·x + intercept_k).  The graph
-used by the projection is the union of the closed pieces; for a discontinuous φ (step, quantize)
+used by the projection is the union of the closed pieces; for a discontinuous table (step, quantize)
 this is the closure of the graph of φ, so at a jump the nearest point may be the other side's limit.
-The "sign" preset instead keeps a margin around its jump (a closed subset of the graph itself, see
-sign()).  `pwl_eval` resolves overlaps by table order: the first piece whose closed interval contains
-x wins; presets are ordered to give the ONNX value at jumps.
+The ops' discontinuous fns never use a closure; every projected point is on the graph as the forward
+(projc.ops.constraint.pwl) computes it:
+
+- "sign" keeps a margin around its jump (a closed subset of the graph itself, see sign()), and a unit
+  projected onto sign's 0 gets operands summing to exactly 0 in any order (_onto_point);
+- staircases (round, floor, ceil, fake_quant: sum_staircase) keep a margin off every jump: a sum
+  that moves onto level k lands at least STAIR_MARGIN of a step, plus the rounding of the spread
+  (see stair_margin), inside level k's interval, never on the jump where the tie rule (round half to
+  even, floor's and ceil's closed sides) and the rounding of the operands' sum would decide the
+  level.  A sum that does not move keeps its own level, ties included (S0 is a candidate at the
+  level the forward gives it, unless it lies within rounding of a jump without being on it).  So
+  y == φ(Σ a_i') exactly as the forward evaluates it, in any order of addition, and the cost
+  is within scale²·(2δ|ΔS|/scale + δ²)/n of the projection onto the closure (δ the margin in steps).
+
+`pwl_eval` resolves overlaps by table order: the first piece whose closed interval contains x wins;
+presets are ordered to give the ONNX value at jumps.
 """
 from __future__ import annotations
 
@@ -137,10 +150,12 @@ def relu6() -> Pieces:
 
 class Staircase(NamedTuple):
     """An integer staircase, possibly unbounded: φ(x) = scale·(k - zero_point) with
-    k = clip(q(x/scale + zero_point), kmin, kmax) and q one of round (half to even), floor, ceil.
+    k = clip(q(x/scale) + zero_point, kmin, kmax) and q one of round (half to even), floor, ceil
+    (QuantizeLinear rounds x/scale, then adds the integer zero point).
 
-    Level k's closed piece is x/scale + zero_point ∈ [k + a_lo, k + a_hi] with (a_lo, a_hi) =
-    (-½, ½), (0, 1), (-1, 0) for round, floor, ceil; the end levels kmin, kmax extend to ∓∞.
+    Level j = k - zero_point's piece is x/scale ∈ [j + a_lo, j + a_hi] with (a_lo, a_hi) = (-½, ½),
+    (0, 1), (-1, 0) for round, floor, ceil, closed where the tie rule puts the jump on this level
+    (round: the even j); the end levels kmin, kmax extend to ∓∞.
     Round, Floor and Ceil are scale 1, zero point 0, unbounded; a QuantizeLinear ->
     DequantizeLinear pair (fake quantization) is round with its scale, zero point and the
     integer type's range.
@@ -171,55 +186,85 @@ def fake_quant(scale: float, zero_point: float = 0.0, qmin: float = 0.0, qmax: f
     return staircase("round", scale, zero_point, qmin, qmax)
 
 
+STAIR_MARGIN = 1e-6  # the least distance, in steps, from a jump at which a moved sum lands (see stair_margin)
+
+
 def stair_eval(st: Staircase, x):
-    """φ(x) for a Staircase (the ONNX value: round half to even, floor, ceil)."""
+    """φ(x) for a Staircase as the forward computes it: scale·(clip(q(x/scale) + zero_point, kmin, kmax)
+    - zero_point) with q round (half to even), floor or ceil (projc.ops.constraint._fake_quant)."""
     q = {"round": jnp.round, "floor": jnp.floor, "ceil": jnp.ceil}[st.mode]
-    k = jnp.clip(q(x / st.scale + st.zero_point), st.kmin, st.kmax)
+    k = jnp.clip(q(x / st.scale) + st.zero_point, st.kmin, st.kmax)
     return st.scale * (k - st.zero_point)
 
 
-def _stair_candidates(st: Staircase, t0, kappa, n):
-    """Integer levels among which the best one lies (see sum_staircase)."""
-    a_lo, a_hi = _STAIR_SIDES[st.mode]
-    cont = [jnp.clip(kappa, t0 - a_hi, t0 - a_lo),   # the sum stays on its piece: k = κ
-            (t0 - a_lo + n * kappa) / (1 + n),        # the sum rises to the piece's lower end
-            (t0 - a_hi + n * kappa) / (1 + n)]        # the sum falls to the piece's upper end
+def stair_margin(st: Staircase, n, mag, t0, kappa, dt):
+    """δ, in steps: STAIR_MARGIN plus a bound on the rounding of the projected sum in step units
+    (the spread a_i + (S - S0)/n and the sum of n terms of magnitude mag = |offset| + Σ|a_i|, then
+    x/scale), capped at a quarter step (beyond, float32 cannot resolve the steps anyway)."""
+    eps = float(jnp.finfo(dt).eps)
+    rnd = 8 * (n + 2) * eps * (2 * mag / st.scale + jnp.abs(t0) + jnp.abs(kappa) + 1)
+    return jnp.minimum(STAIR_MARGIN + rnd, 0.25)
+
+
+def _stair_candidates(st: Staircase, t0, kappa, n, c_lo, c_hi):
+    """Integer levels among which the best one lies (see sum_staircase); level k's interval is
+    [k + c_lo, k + c_hi] in units of steps (the end levels extend to ∓∞)."""
+    cont = [jnp.clip(kappa, t0 - c_hi, t0 - c_lo),   # the sum stays on its piece: k = κ
+            (t0 - c_lo + n * kappa) / (1 + n),        # the sum rises to the piece's lower end
+            (t0 - c_hi + n * kappa) / (1 + n)]        # the sum falls to the piece's upper end
     ks = [q(k) for k in cont for q in (jnp.floor, jnp.ceil)]
-    ends = [jnp.full_like(t0, e) for e in (st.kmin, st.kmax) if math.isfinite(e)]
-    return jnp.stack([jnp.clip(k, st.kmin, st.kmax) for k in ks] + ends, axis=-1)
+    ends = [jnp.full_like(t0, e) for e in (st.kmin - st.zero_point, st.kmax - st.zero_point) if math.isfinite(e)]
+    return jnp.stack([jnp.clip(k, st.kmin - st.zero_point, st.kmax - st.zero_point) for k in ks] + ends, axis=-1)
 
 
 def sum_staircase(*args, fn: Staircase, offset=0.0):
     """Project onto {y = φ(offset + Σ a_i)} for a Staircase φ; returns (a_1', ..., a_n', y').
 
-    In units t = S/scale + zero_point and κ = y0/scale + zero_point the cost is scale² times
-    c(k) = d(t0, piece_k)²/n + (k - κ)² over integer levels k.  With the ends' extension ignored, d
-    is convex in k, so c is convex and the best interior level is the floor or ceil of the
-    continuous minimizer, which lies in one of three regions (t0 on, above or below the piece);
-    those six levels, clipped to [kmin, kmax], and the two end levels are scored exactly.
+    In units t = S/scale and κ = y0/scale, the levels are the integers j (y = scale·j, j clipped to
+    [kmin - zero_point, kmax - zero_point]) and the cost is scale² times c(j) = d(t0, piece_j)²/n +
+    (j - κ)².  Level j's piece is shrunk by the margin δ (stair_margin) at each jump: [j + a_lo + δ,
+    j + a_hi - δ], (a_lo, a_hi) = (-½, ½), (0, 1), (-1, 0) for round, floor, ceil.  With the ends'
+    extension ignored, d is convex in j, so c is convex and the best interior level is the floor or
+    ceil of the continuous minimizer, which lies in one of three regions (t0 on, above or below the
+    piece); those six levels, clipped, the two end levels, and S0 itself at its own level (no move:
+    exact, even on a jump) are scored exactly.
     """
     if len(args) < 2:
         raise TypeError("sum_pwl(*operands, target, fn=staircase) needs at least one operand and a target")
     *ops, y0, off = as_floats(*args, offset)
+    dt = ops[0].dtype
     shape = jnp.broadcast_shapes(*(x.shape for x in ops), y0.shape, off.shape)
     ops = [jnp.broadcast_to(x, shape) for x in ops]
     y0 = jnp.broadcast_to(y0, shape)
     n = len(ops)
     S0 = off + sum(ops[1:], ops[0])
-    t0 = S0 / fn.scale + fn.zero_point
-    kappa = y0 / fn.scale + fn.zero_point
-    k = _stair_candidates(fn, t0, kappa, n)
+    mag = jnp.abs(off) + sum((jnp.abs(x) for x in ops[1:]), jnp.abs(ops[0]))
+    t0 = S0 / fn.scale
+    kappa = y0 / fn.scale
+    delta = stair_margin(fn, n, mag, t0, kappa, dt)
     a_lo, a_hi = _STAIR_SIDES[fn.mode]
-    lo = jnp.where(k <= fn.kmin, -jnp.inf, k + a_lo)
-    hi = jnp.where(k >= fn.kmax, jnp.inf, k + a_hi)
+    c_lo, c_hi = a_lo + delta, a_hi - delta
+    k = _stair_candidates(fn, t0, kappa, n, c_lo, c_hi)
+    jmin, jmax = fn.kmin - fn.zero_point, fn.kmax - fn.zero_point
+    lo = jnp.where(k <= jmin, -jnp.inf, k + c_lo[..., None])
+    hi = jnp.where(k >= jmax, jnp.inf, k + c_hi[..., None])
     t = jnp.clip(t0[..., None], lo, hi)
+    # S0 where it is, at its own level (the forward's, ties included), no move: unless it lies within
+    # rounding of a jump without being on it, where another order of addition could cross it
+    k0 = stair_eval(fn, S0) / fn.scale
+    dist = jnp.minimum(jnp.where(k0 <= jmin, jnp.inf, t0 - k0 - a_lo), jnp.where(k0 >= jmax, jnp.inf, k0 + a_hi - t0))
+    stay = (dist == 0) | (dist >= delta - STAIR_MARGIN)
+    k = jnp.concatenate([k0[..., None], k], -1)
+    t = jnp.concatenate([t0[..., None], t], -1)
     cost = (t - t0[..., None]) ** 2 / n + (k - kappa[..., None]) ** 2
+    cost = cost.at[..., 0].set(jnp.where(stay, cost[..., 0], jnp.inf))
     best = jnp.argmin(cost, axis=-1)[..., None]
-    kb = jnp.take_along_axis(k, best, -1)[..., 0]
+    moved = best[..., 0] > 0
     tb = jnp.take_along_axis(t, best, -1)[..., 0]
-    shift = ((tb - fn.zero_point) * fn.scale - S0) / n
+    shift = jnp.where(moved, (tb * fn.scale - S0) / n, 0)
     new = [x + shift for x in ops]
-    return (*new, fn.scale * (kb - fn.zero_point))
+    # y from the new sum, the forward's way: the margin puts it on the chosen level
+    return (*new, stair_eval(fn, off + sum(new[1:], new[0])))
 
 
 PRESETS: dict[str, Callable[..., Pieces]] = {
@@ -283,6 +328,28 @@ def pwl_eval(fn: Any, x):
     return jnp.where(jnp.any(inside, axis=-1), val, jnp.nan)
 
 
+def _onto_point(new, point, where):
+    """Operands whose sum is exactly `point` (sign's 0) in any order of addition: each rounded to a
+    multiple of a power of two q such that every partial sum (|.| ≤ M) is a multiple of q below
+    2^p·q, hence exact, and the last takes point - Σ others.  Moves each operand by at most q ~
+    2(n+2)·eps·max|.|: a rounding of the even spread.  Where a constant c shifted the table (point
+    -c, families._project_sum_pwl) this holds for one free operand (c + (-c) = 0) but not in
+    general: c need not be a multiple of q, and the sum with c can round to a few ulps off 0."""
+    n = len(new)
+    dt = new[0].dtype
+    bits = jnp.finfo(dt).nmant  # p - 1
+    M = jnp.abs(point)
+    for x in new:
+        M = jnp.maximum(M, jnp.abs(x))
+    M = jnp.maximum(2 * (n + 2) * M, float(jnp.finfo(dt).tiny) * 2.0 ** (bits + 2))  # q normal: no flush to 0
+    q = jnp.exp2(jnp.ceil(jnp.log2(M)) - bits)
+    snapped = [jnp.round(x / q) * q for x in new[:-1]]
+    rest = jnp.zeros_like(point)
+    for x in snapped:
+        rest = rest + x
+    return [jnp.where(where, x, y) for x, y in zip(snapped + [point - rest], new)]
+
+
 def sum_pwl(*args, fn: Any = "relu"):
     """Project onto {(a_1..a_n, y): y = φ(Σ a_i)}: only the sum S moves, spread evenly.
 
@@ -321,6 +388,7 @@ def sum_pwl(*args, fn: Any = "relu"):
                                 ((lk, lo_k), (hk, hi_k), (sk, s_k), (ck, c_k)))
     shift = (S - S0) / n
     new = [x + shift for x in ops]
+    new = _onto_point(new, lo_k, lo_k == hi_k)
     Snew = new[0]
     for x in new[1:]:
         Snew = Snew + x

@@ -6,12 +6,14 @@ operands and the output together) on the graph {(a, y): y = f(a)} comes out, out
 broadcast against each other over leading dims and the results have the broadcast shape; vector ops
 (linear, bilinear, max) work along the last axis (max: `axis`).  All functions are pure, jit- and
 vmap-able, and compute in the inputs' floating dtype (float32 or float64; integer inputs promote to
-the default float).  The graph of a discontinuous φ in sum_pwl is taken closed, except sign, which
-keeps a margin around its jump (see proj_pwl).
+the default float).  The graph of a discontinuous φ given as a piece table is taken closed; the ops'
+discontinuous fns (sign, the staircases round, floor, ceil, fake_quant) keep a margin around their
+jumps, so that the projected point is on the graph as the forward evaluates it (see proj_pwl).
 
 Helpers live in sibling modules and are re-exported here: proj_pwl (piecewise-linear tables,
 presets, sum_pwl, staircases), proj_smooth (sum_smooth: tanh, sigmoid, ... after a sum; the
-backend's sum_activation), proj_bilinear (bilinear, bilinear_root), proj_losses (output constraints).
+backend's sum_activation) with proj_smooth_domain (exp, log, sqrt, rsqrt, reciprocal, square, pow:
+their domains and poles), proj_bilinear (bilinear, bilinear_root), proj_losses (output constraints).
 """
 from __future__ import annotations
 

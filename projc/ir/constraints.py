@@ -24,7 +24,8 @@ Shape = tuple  # of int | str
 
 PWL_FNS = ("relu", "leaky_relu", "clip", "abs", "sign", "identity",
            "hardsigmoid", "relu6", "round", "floor", "ceil", "fake_quant")
-SMOOTH_FNS = ("tanh", "sigmoid", "one_minus_sigmoid", "softplus", "silu", "gelu", "gelu_tanh", "elu", "hardswish")
+SMOOTH_FNS = ("tanh", "sigmoid", "one_minus_sigmoid", "softplus", "silu", "gelu", "gelu_tanh", "elu", "hardswish",
+              "exp", "log", "sqrt", "rsqrt", "reciprocal", "square", "pow")
 MEAN_METRICS = ("sum", "euclidean")
 REQUIRED = object()  # a param without a default
 
@@ -214,6 +215,15 @@ def _fn_in(names: tuple[str, ...], needs: dict[str, tuple[str, str]]):
     return check
 
 
+def _smooth_check(op) -> str | None:
+    problem = _fn_in(SMOOTH_FNS, {})(op)
+    if problem is None and op.params["fn"] == "pow":
+        e = op.params.get("exponent")
+        if not (isinstance(e, (int, float)) and not isinstance(e, bool) and math.isfinite(e)):
+            return "fn pow needs a finite number as param 'exponent'"
+    return problem
+
+
 def _mean_check(op) -> str | None:
     metric = op.params.get("metric", "sum")
     return None if metric in MEAN_METRICS else f"unknown metric {metric!r} (one of {', '.join(MEAN_METRICS)})"
@@ -266,7 +276,7 @@ OPS: dict[str, ConstraintOp] = {op.kind: op for op in (
             check=_fn_in(PWL_FNS, {"fake_quant": ("scale", ""),
                                    "hardsigmoid": ("alpha", " (ONNX default 0.2)")})),
     _family("sum_smooth", _ANY, _broadcast_shape, "z = f(sum of the operands), f smooth",
-            params={"fn": REQUIRED, "alpha": 1.0}, check=_fn_in(SMOOTH_FNS, {})),
+            params={"fn": REQUIRED, "alpha": 1.0, "exponent": 1.0}, check=_smooth_check),
     _family("max", (1, 1), _reduce_shape, "z = max of a over axes",
             params={"axes": REQUIRED, "keepdims": 1}),
     _family("mean", (1, 1), _reduce_shape, "z = mean of a over axes (metric: how it projects)",

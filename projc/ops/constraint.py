@@ -99,8 +99,32 @@ def sum_pwl(*xs, fn="identity", alpha=0.01, lo=-math.inf, hi=math.inf, **stair):
     return pwl(sum_(*xs), fn, alpha, lo, hi, **stair)
 
 
-def smooth(s, fn: str, alpha: float = 1.0):
-    """f(s) for the smooth activations of sum_smooth (elu: alpha)."""
+def _power(s, exponent: float):
+    """s ** exponent (a constant) with the primitives the projection's f uses for the common exponents
+    (backends/jax/proj_smooth_domain.pow_value)."""
+    e = float(exponent)
+    if e == 0:
+        return jnp.ones_like(s)
+    if e == 1:
+        return s
+    if e == 2:
+        return s * s
+    if e == 0.5:
+        return jnp.sqrt(s)
+    if e == -0.5:
+        return jax.lax.rsqrt(s)
+    if e == -1:
+        return 1 / s
+    if e.is_integer():
+        return jax.lax.integer_pow(s, int(e))
+    return jnp.power(s, jnp.asarray(e, jnp.result_type(s)))  # NaN for s < 0, as ONNX Pow
+
+
+_POWERS = {"sqrt": 0.5, "rsqrt": -0.5, "reciprocal": -1.0, "square": 2.0}
+
+
+def smooth(s, fn: str, alpha: float = 1.0, exponent: float = 1.0):
+    """f(s) for the smooth activations of sum_smooth (elu: alpha; pow: exponent)."""
     dt = jnp.result_type(s)
     if fn == "tanh":
         return jnp.tanh(s)
@@ -118,13 +142,22 @@ def smooth(s, fn: str, alpha: float = 1.0):
         return jnp.where(s > 0, s, jnp.asarray(alpha, dt) * jnp.expm1(jnp.minimum(s, 0)))
     if fn == "hardswish":
         return s * jnp.clip(s / 6 + 0.5, 0, 1)
+    if fn == "exp":
+        return jnp.exp(s)
+    if fn == "log":
+        return jnp.log(s)
+    if fn in _POWERS:
+        return _power(s, _POWERS[fn])
+    if fn == "pow":
+        return _power(s, exponent)
     raise ValueError(f"sum_smooth: unknown fn {fn!r}")
 
 
 @constraint_op("sum_smooth")
-def sum_smooth(*xs, fn="tanh", alpha=1.0):
-    """z = f(sum of the operands) for a smooth f (tanh, sigmoid, softplus, silu, gelu, elu, hardswish)."""
-    return smooth(sum_(*xs), fn, alpha)
+def sum_smooth(*xs, fn="tanh", alpha=1.0, exponent=1.0):
+    """z = f(sum of the operands) for a smooth f (tanh, sigmoid, softplus, silu, gelu, elu, hardswish,
+    exp, log, sqrt, rsqrt, reciprocal, square, pow with a constant exponent)."""
+    return smooth(sum_(*xs), fn, alpha, exponent)
 
 
 @constraint_op("max")
