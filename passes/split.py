@@ -13,10 +13,9 @@ No op is approximated; docs/transformers.md has the forms and why each is exact.
                                   segment_sum per row, p = scatter(mul(e, take(r))) (zeros elsewhere)
     LogSoftmax(x)              -> the same e, z; y = sum(x, s, mul(sum_smooth[log](z), -1))
     LayerNormalization(x, g, b)-> m = mean(x); nm = mul(m, -1); d = sum(x, nm)
-                                  v = mean(sum_smooth[square](x, nm)); r = sum_smooth[rsqrt](v, eps)
+                                  v = mean_square(d); r = sum_smooth[rsqrt](v, eps)
                                   y = sum(mul(mul(d, r), g), b)
-    RMSNormalization(x, g)     -> v = mean(sum_smooth[square](x)); r = sum_smooth[rsqrt](v, eps)
-                                  y = mul(mul(x, identity(r)), g)
+    RMSNormalization(x, g)     -> v = mean_square(x); r = sum_smooth[rsqrt](v, eps); y = mul(mul(x, r), g)
     GroupNormalization, InstanceNormalization -> reshape to groups, the LayerNorm chain, reshape back,
                                   the per-channel (or per-group) affine
     Div(a, b), b trained       -> mul(a, sum_smooth[reciprocal](b))
@@ -31,9 +30,10 @@ each update starts (a ``shift`` op: a constant of the update, so e = exp(x - c) 
 chain is exact for any c, softmax being shift-invariant); ``max`` makes the shift a variable
 (``max`` family, negated: exact too, two more families); ``none`` uses exp(x) as it is.
 
-The emitted chains are bipartite where the op allows (a producer's value reaches each consumer by
-paths of one parity): LayerNorm's square reads x and -m, not d; RMSNorm's scale passes an
-``identity``. Run after the first ``fuse-activations`` (so torch's decomposed GELU, whose Pow it
+The emitted chains are bipartite (a producer's value reaches each consumer by paths of one parity):
+the variance is one ``mean_square`` family (mean of squares, projected exactly along a's direction:
+one cubic per row), so d reaches the product d·r directly and through mean_square, rsqrt: paths of
+lengths 1 and 3. Run after the first ``fuse-activations`` (so torch's decomposed GELU, whose Pow it
 matches, is already fused) and before ``lower``; the second ``fuse-activations`` fuses the new sums.
 """
 from __future__ import annotations
@@ -185,9 +185,8 @@ def _masked_softmax(rw: Rewriter, op: Op, opts: _Options, x: Value, m: np.ndarra
 def _normalized(rw: Rewriter, x: Value, axes: list[int], eps: float, metric: str) -> Value:
     """(x - mean) / sqrt(var + eps) over axes (keepdims), as the LayerNorm chain of the docstring."""
     m = rw.emit("mean", [x], {"axes": axes, "keepdims": 1, "metric": metric})
-    nm = _neg(rw, m)
-    d = rw.emit("sum", [x, nm])
-    v = rw.emit("mean", [_smooth(rw, "square", x, nm)], {"axes": axes, "keepdims": 1, "metric": metric})
+    d = rw.emit("sum", [x, _neg(rw, m)])
+    v = rw.emit("mean_square", [d], {"axes": axes, "keepdims": 1, "metric": metric})
     r = _smooth(rw, "rsqrt", v, _scalar(rw, eps, v, "epsilon"))
     return rw.emit("mul", [d, r])
 
@@ -219,11 +218,9 @@ def rms_norm(rw: Rewriter, op: Op, opts: _Options):
     x, scale = op.inputs[:2]
     axes = list(range(int(op.params.get("axis", -1)) % x.rank, x.rank))
     _static(op, x, axes)
-    v = rw.emit("mean", [_smooth(rw, "square", x)], {"axes": axes, "keepdims": 1, "metric": opts.mean_metric})
+    v = rw.emit("mean_square", [x], {"axes": axes, "keepdims": 1, "metric": opts.mean_metric})
     r = _smooth(rw, "rsqrt", v, _scalar(rw, float(op.params.get("epsilon", 1e-5)), v, "epsilon"))
-    # x reaches the product directly and through square, mean, rsqrt: an identity on the scale's
-    # path makes both paths even (the graph stays bipartite as emitted)
-    return _affine(rw, rw.emit("mul", [x, rw.emit("identity", [r])]), scale, None)
+    return _affine(rw, rw.emit("mul", [x, r]), scale, None)
 
 
 def _grouped_norm(rw: Rewriter, op: Op, opts: _Options, groups: int, per_group: bool):
@@ -435,9 +432,9 @@ LOWERINGS = {
                  "dropped (take, segment_sum, scatter)"),
     "LogSoftmax": L(log_softmax, "shift, sum_smooth[exp], reduce_sum, sum_smooth[log], mul, sum",
                     "any axis but the batch; no mask"),
-    "LayerNormalization": L(layer_norm, "mean, mul, sum, sum_smooth[square | rsqrt], mul, sum",
+    "LayerNormalization": L(layer_norm, "mean, mul, sum, mean_square, sum_smooth[rsqrt], mul, sum",
                             "axes after the batch; Mean/InvStdDev outputs unused"),
-    "RMSNormalization": L(rms_norm, "sum_smooth[square | rsqrt], mean, identity, mul", "axes after the batch"),
+    "RMSNormalization": L(rms_norm, "mean_square, sum_smooth[rsqrt], mul", "axes after the batch"),
     "GroupNormalization": L(group_norm, "reshape, the LayerNorm chain, mul, sum", "static channels and spatial dims"),
     "InstanceNormalization": L(instance_norm, "reshape, the LayerNorm chain, mul, sum",
                                "static channels and spatial dims"),

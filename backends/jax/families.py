@@ -233,6 +233,13 @@ def _project_mean(fam: Family, full: dict, y0, opts: ProjOptions):
                               lambda a, t: P.REGISTRY["mean"](a, t, axis=-1, weight=weight))
 
 
+def _project_mean_square(fam: Family, full: dict, y0, opts: ProjOptions):
+    """mean of squares over ``axes``, in the metric the op's ``metric`` chooses (proj_reduce)."""
+    weight = 1.0 if fam.op.params.get("metric", "sum") == "euclidean" else None
+    return _project_over_axes(fam, full[0], y0,
+                              lambda a, t: P.REGISTRY["mean_square"](a, t, axis=-1, weight=weight))
+
+
 def _project_reduce_sum(fam: Family, full: dict, y0, opts: ProjOptions):
     """sum over ``axes``: every entry moves by the same share of the residual (projections.sum_reduce)."""
     return _project_over_axes(fam, full[0], y0, lambda a, t: P.REGISTRY["sum_reduce"](a, t, axis=-1))
@@ -316,6 +323,7 @@ RULES: dict[str, FamilyRule] = {r.kind: r for r in (
                  ("sum_smooth",)),
     _elementwise("max", "a", _same_slot_map, _project_max, ("max",)),
     _elementwise("mean", "a", _same_slot_map, _project_mean, ("mean",)),
+    _elementwise("mean_square", "a", _same_slot_map, _project_mean_square, ("mean_square",)),
     _elementwise("reduce_sum", "a", _same_slot_map, _project_reduce_sum, ("sum_reduce",)),
     _elementwise("segment_sum", "a [..., N]", _same_slot_map, _project_segment_sum, ("segment_sum",)),
     FamilyRule("embed", "table [V, D] (free), indices (integer data)", _same_slot_map, _forward_output,

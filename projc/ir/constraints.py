@@ -327,6 +327,8 @@ OPS: dict[str, ConstraintOp] = {op.kind: op for op in (
             params={"axes": REQUIRED, "keepdims": 1}),
     _family("mean", (1, 1), _reduce_shape, "z = mean of a over axes (metric: how it projects)",
             params={"axes": REQUIRED, "keepdims": 1, "metric": "sum"}, check=_mean_check),
+    _family("mean_square", (1, 1), _reduce_shape, "z = mean of a² over axes (metric: how it projects)",
+            params={"axes": REQUIRED, "keepdims": 1, "metric": "sum"}, check=_mean_check),
     _family("reduce_sum", (1, 1), _reduce_shape, "z = sum of a over axes",
             params={"axes": REQUIRED, "keepdims": 1}),
     _family("segment_sum", (1, 1), _segment_shape,

@@ -173,6 +173,12 @@ def mean(a, axes=None, keepdims=1, metric="sum"):
     return jnp.mean(a, axis=None if axes is None else tuple(axes), keepdims=bool(keepdims))
 
 
+@constraint_op("mean_square")
+def mean_square(a, axes=None, keepdims=1, metric="sum"):
+    """z = mean of a² over axes (``metric`` only chooses how the solver projects it)."""
+    return jnp.mean(a * a, axis=None if axes is None else tuple(axes), keepdims=bool(keepdims))
+
+
 @constraint_op("reduce_sum")
 def reduce_sum(a, axes=None, keepdims=1):
     """z = sum of a over axes."""
