@@ -24,9 +24,9 @@ lint: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest
 
-# docs/ops.md is generated from the op registry; tests/test_cli_train.py fails when it is stale.
+# docs/ops.md and the README's trainable-ops list are generated (projc/cli/docs.py); tests fail when stale.
 docs: $(STAMP)
-	$(VENV)/bin/projc ops --markdown > docs/ops.md
+	$(PY) -m projc.cli.docs
 
 bench: $(STAMP)
 	$(PY) benchmarks/projections.py

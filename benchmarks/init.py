@@ -17,8 +17,9 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import projc  # noqa: E402
 from common import format_table, write_json  # noqa: E402
-from projc.train.batches import UpdateSchedule  # noqa: E402
+from projc.config import Config  # noqa: E402
 from projc.train.data import load_data  # noqa: E402
+from projc.train.loop import TrainingRun  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 UNTRAINED = ["mlp_digits", "resmlp", "binary_mlp", "cnn_digits", "mlp_mnist", "cnn2_digits",
@@ -28,16 +29,15 @@ DATA = {"mlp_mnist": "mnist5k"}
 
 def run(name: str, init: str, solver: str, updates: int, every: int, seed: int, batch: int = 256,
         update_scale: float | str = "auto"):
-    tr = projc.compile(os.path.join(ROOT, "models", f"{name}.onnx"), solver=solver, steps_per_update=50,
-                       init=init, seed=seed, update_scale=update_scale)
+    """[(update, test accuracy)] every ``every`` updates, and seconds per update (evaluation included)."""
+    config = Config.build(solver=solver, steps_per_update=50, init=init, seed=seed, update_scale=update_scale,
+                          batch=batch, updates=updates, eval_every=every)
+    tr = projc.compile(os.path.join(ROOT, "models", f"{name}.onnx"), config)
     data = load_data(DATA.get(name, "digits"), seed=seed, input_shape=tr.input_shape)
-    params = tr.init_params()
-    curve, t0 = [], time.perf_counter()
-    state = tr.init_state(params)
-    for i, (_, idx) in enumerate(UpdateSchedule(len(data.y_train), batch, updates, seed), 1):
-        params, state, _ = tr.update(params, state, data.x_train[idx], data.y_train[idx])
-        if i % every == 0 or i == updates:
-            curve.append((i, tr.evaluate(params, data.x_test, data.y_test)["accuracy"]))
+    run = TrainingRun(config, tr, data, verbose=False, warn=lambda message: None)
+    t0 = time.perf_counter()
+    run.train()
+    curve = [(r["update"], r["test_accuracy"]) for r in run.history if r["update"] > 0]
     return curve, (time.perf_counter() - t0) / updates
 
 

@@ -19,8 +19,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import projc  # noqa: E402
 from common import format_table, write_json  # noqa: E402
 from projc.backends.jax import proj_pwl  # noqa: E402
-from projc.train.batches import UpdateSchedule  # noqa: E402
+from projc.config import Config  # noqa: E402
 from projc.train.data import load_data  # noqa: E402
+from projc.train.loop import TrainingRun  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -30,13 +31,10 @@ def run(model: str, margin: float, seed: int, epochs: int, batch: int = 256) -> 
     saved = proj_pwl.SIGN_MARGIN
     proj_pwl.SIGN_MARGIN = margin  # read when the "sign" preset is built, i.e. when the update is traced
     try:
-        tr = projc.compile(model)
-        data = load_data("digits", seed=seed)
-        n = len(data.y_train)
-        params = tr.init_params()
-        state = tr.init_state(params)
-        for _, idx in UpdateSchedule(n, batch, epochs * -(-n // batch), seed):
-            params, state, _ = tr.update(params, state, data.x_train[idx], data.y_train[idx])
+        config = Config.build(seed=seed, epochs=epochs, batch=batch)
+        tr = projc.compile(model, config)
+        data = load_data("digits", seed=seed, input_shape=tr.input_shape)
+        params = TrainingRun(config, tr, data, verbose=False, warn=lambda message: None).train()
     finally:
         proj_pwl.SIGN_MARGIN = saved
     return (tr.evaluate(params, data.x_train, data.y_train)["accuracy"],

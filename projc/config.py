@@ -287,6 +287,8 @@ class RunConfig(Group):
                        fingerprint=ALWAYS)
     log: str | None = option(None, text(), "write one JSON record per evaluation (`projc plot` "
                              "draws it)", metavar="FILE.jsonl", fingerprint=NEVER)
+    eval_every: int | None = option(None, optional(integer(1)), "also evaluate (and log) every N updates "
+                                    "(default: at the end of each epoch)", metavar="N", fingerprint=NEVER)
     checkpoint: str | None = option(None, text(), "save a resumable checkpoint to DIR (each epoch, "
                                     "or see --checkpoint-every)", metavar="DIR", fingerprint=NEVER)
     checkpoint_every: int | None = option(None, optional(integer(1)), "checkpoint every N updates "

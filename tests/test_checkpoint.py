@@ -118,29 +118,89 @@ def test_resume_refuses_another_command(capsys, tmp_path):
     assert not (tmp_path / "t.onnx").exists()
 
 
-def test_resume_without_a_checkpoint_says_so(capsys, tmp_path):
-    code, _, err = run(capsys, "train", MLP, "--updates", "2", "--checkpoint", tmp_path / "ck",
-                       "--resume", "-o", tmp_path / "t.onnx")
-    assert code == 2 and "no checkpoint to resume" in err
+def test_resume_without_a_checkpoint_starts_fresh_and_says_so(capsys, tmp_path):
+    # issue 27 item 6: a job script that always passes --resume works on its first run too
+    code, out, err = run(capsys, "train", MLP, "--updates", "2", "--batch", "32", "--steps", "2",
+                         "--checkpoint", tmp_path / "ck", "--resume", "-o", tmp_path / "t.onnx")
+    notes = [line for line in err.splitlines() if "note" in line]
+    assert code == 0 and len(notes) == 1 and "no checkpoint yet" in notes[0] and "fresh" in notes[0], err
+    assert "resuming" not in out and (tmp_path / "t.onnx").exists()
+    assert load_checkpoint(str(tmp_path / "ck")).schedule["done"] == 2
+
+
+# SIGKILL from inside the run at a seeded point: right after checkpoint K is saved, after checkpoint
+# K's temporary is written but before its rename, or before the export's rename (both leave a stale
+# .projc-PID...tmp that the resumed run must remove); "timed" kills from outside, a seeded delay after
+# the first checkpoint, wherever the run then is.
+KILLER = """
+import os, signal, sys
+mode, at = sys.argv[1], int(sys.argv[2])
+import projc.train.checkpoint as ck
+real_save, real_replace = ck.save_checkpoint, os.replace
+armed = []
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
+def replace(src, dst):
+    if armed or (mode == "export" and dst.endswith(".onnx")):
+        die()
+    return real_replace(src, dst)
+def save(folder, c):
+    if mode == "mid-write" and c.schedule["done"] == at:
+        armed.append(1)
+    path = real_save(folder, c)
+    if mode == "after" and c.schedule["done"] == at:
+        die()
+    return path
+os.replace = replace
+ck.save_checkpoint = save
+from projc.cli import main
+sys.exit(main(sys.argv[3:]))
+"""
+KILL_SEED = 27
+UPDATES = 60
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The uninterrupted run every killed-and-resumed run must reproduce bit for bit."""
+    folder = tmp_path_factory.mktemp("ref")
+    cmd = [sys.executable, "-m", "projc.cli", "train", MLP, "--updates", str(UPDATES), "--batch", "64",
+           "--steps", "2", "-o", str(folder / "ref.onnx")]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=600)
+    return folder / "ref.onnx", cmd[3:-2]
 
 
 @pytest.mark.slow
-def test_sigkilled_run_resumes_to_the_same_weights(tmp_path):
-    cmd = [sys.executable, "-m", "projc.cli", "train", MLP, "--updates", "150", "--batch", "64",
-           "--steps", "2"]
+@pytest.mark.parametrize("mode", ["after", "mid-write", "export", "timed"])
+def test_sigkilled_run_resumes_to_the_same_weights(tmp_path, reference, mode):
+    at = int(np.random.default_rng([KILL_SEED, ["after", "mid-write", "export", "timed"].index(mode)])
+             .integers(2, UPDATES - 1))
+    ref, args = reference
     ck = tmp_path / "ck"
-    killed = cmd + ["--checkpoint", str(ck), "--checkpoint-every", "1", "-o", str(tmp_path / "r.onnx")]
-    proc = subprocess.Popen(killed, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not (ck / "checkpoint.npz").exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    time.sleep(0.2)  # a few more updates, then a hard kill mid-run
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    argv = args + ["--checkpoint", str(ck), "--checkpoint-every", "1", "-o", str(tmp_path / "r.onnx")]
+    if mode == "timed":
+        proc = subprocess.Popen([sys.executable, "-m", "projc.cli", *argv], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        deadline = time.time() + 300
+        while not (ck / "checkpoint.npz").exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.002 * at)  # a few more updates, then a hard kill wherever the run is
+        proc.send_signal(signal.SIGKILL)
+        code = proc.wait()
+    else:
+        code = subprocess.run([sys.executable, "-c", KILLER, mode, str(at), *argv], capture_output=True,
+                              timeout=600).returncode
+    assert code == -signal.SIGKILL
     done = load_checkpoint(str(ck)).schedule["done"]
-    print("killed after checkpoint of update", done)
-    assert 0 < done < 150, f"the run was not killed mid-way (checkpoint at update {done})"
+    stale = [f for f in os.listdir(ck) + os.listdir(tmp_path) if f.startswith(".projc-")]
+    print(f"{mode}: killed with the checkpoint at update {done}, stale temporaries {stale}")
+    expected = {"after": at, "mid-write": at - 1, "export": UPDATES}.get(mode)
+    # a fast machine may finish every update before the kill lands: resuming then only exports
+    assert done == expected if expected is not None else 0 < done <= UPDATES, "not killed mid-way"
+    assert bool(stale) == (mode in ("mid-write", "export")) or mode == "timed"
     assert not (tmp_path / "r.onnx").exists()
-    subprocess.run(killed + ["--resume"], check=True, capture_output=True, timeout=600)
-    subprocess.run(cmd + ["-o", str(tmp_path / "ref.onnx")], check=True, capture_output=True, timeout=600)
-    assert_same_initializers(tmp_path / "ref.onnx", tmp_path / "r.onnx")
+    proc = subprocess.run([sys.executable, "-m", "projc.cli", *argv, "--resume"], capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert_same_initializers(ref, tmp_path / "r.onnx")
+    assert [f for f in os.listdir(ck) + os.listdir(tmp_path) if f.startswith(".projc-")] == []

@@ -100,6 +100,24 @@ def test_docs_ops_md_is_generated_from_the_registry():
         assert f.read() == ops_markdown(), "docs/ops.md is stale: run `make docs`"
 
 
+def test_readme_trainable_ops_list_is_generated_from_the_passes():
+    """`make docs` writes the README's list of ops that train from projc.passes.lowering_table()."""
+    from projc.cli.docs import with_trainable_ops
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        readme = f.read()
+    assert with_trainable_ops(readme) == readme, "README.md's trainable-ops list is stale: run `make docs`"
+
+
+def test_readme_links_point_to_existing_pages_and_it_stays_short():
+    import re
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        readme = f.read()
+    assert len(readme.splitlines()) <= 200
+    links = re.findall(r"\]\(([^)#]+)\)", readme)
+    assert links and all(os.path.exists(os.path.join(ROOT, link)) for link in links), links
+    assert "make demo" in readme and "make test" in readme
+
+
 def test_unsupported_op_message_points_to_existing_docs():
     from projc.frontend.importer import SUPPORTED_LIST_HINT
     assert "docs/ops.md" in SUPPORTED_LIST_HINT and os.path.isfile(os.path.join(ROOT, "docs", "ops.md"))
@@ -294,3 +312,24 @@ def test_ops_into_a_closed_pipe_has_no_traceback():
     proc.stdout.close()  # as `projc ops | head -1` does
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 0 and "Traceback" not in err
+
+
+@pytest.mark.parametrize("shape, needle", [([4, 64], "static shape [4,64]"), ([2, "B", 64], "batch axis is 1")])
+def test_exports_without_a_leading_dynamic_batch_are_refused_before_training(capsys, tmp_path, shape, needle):
+    """A static-batch export trained, wrote its file, then failed in onnxruntime; a sequence-first one
+    crashed in the data loader. Both are one line before anything runs."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.zeros((64, 10), np.float32), "w")
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["y"])]
+    if len(shape) == 3:
+        nodes = [helper.make_node("ReduceMean", ["x"], ["m"], axes=[0], keepdims=0),
+                 helper.make_node("MatMul", ["m", "w"], ["y"])]
+    out_shape = ["B" if len(shape) == 3 else shape[0], 10]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)], [w])
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    code, out, err = run(capsys, "train", path, *TINY, "-o", tmp_path / "t.onnx")
+    assert_one_line_error(code, err, needle, "re-export")
+    assert not (tmp_path / "t.onnx").exists()

@@ -91,7 +91,7 @@ def test_integers_compare_exactly_and_nan_matches_nan():
 def test_shape_and_dtype_mismatches_fail():
     a = np.zeros((2, 3), np.float32)
     result = compare_arrays("y", a, np.zeros((3, 2), np.float32), atol=1, rtol=1)
-    assert not result.passed and "shape [2, 3] vs onnxruntime [3, 2]" in result.note
+    assert not result.passed and "shape [2, 3] vs reference [3, 2]" in result.note
     result = compare_arrays("y", a, np.zeros((2, 3), np.float64), atol=1, rtol=1)
     assert not result.passed and "dtype" in result.note
 

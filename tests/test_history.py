@@ -41,6 +41,11 @@ def test_train_log_has_one_record_per_evaluation(capsys, tmp_path):
                                "seconds"}
     assert records[2]["loss"] < records[0]["loss"] and records[2]["residual"] > 0
     assert records[0]["seconds"] <= records[1]["seconds"] <= records[2]["seconds"]
+    # --eval-every N adds evaluations inside the epochs
+    code, _, err = run(capsys, "train", MLP, "--updates", "7", "--batch", "400", "--steps", "2",
+                       "--eval-every", "3", "--log", log, "-o", tmp_path / "t.onnx")
+    assert code == 0, err
+    assert [json.loads(line)["update"] for line in log.read_text().splitlines()] == [0, 3, 4, 6, 7]
 
 
 def test_resumed_log_drops_records_after_the_checkpoint(tmp_path):

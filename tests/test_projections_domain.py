@@ -17,10 +17,9 @@ from oracle_1d import check_feasible, oracle_costs, random_points, smooth_forwar
 from projc.backends.jax import proj_smooth as PS
 from projc.backends.jax import projections as P
 from projc.backends.jax.proj_smooth_domain import DOMAIN_FNS, cubic_minima
-from projc.errors import VerificationError
 from projc.ir.constraints import type_rules as constraint_type_rules
 from projc.ir.parser import parse_graph
-from projc.ir.verify import verify
+from projc.ir.verify import VerificationError, verify
 from projc.ops import constraint as C
 
 GAPS: dict[str, float] = {}

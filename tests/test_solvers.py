@@ -346,8 +346,8 @@ def test_cli_refuses_bad_acceleration_options(argv, match, tmp_path, capsys):
 
 
 def test_auto_update_scale_is_2_for_convolutions_and_1_otherwise():
-    """update_scale="auto" (the default) stretches the updates of conv models only (README "CNNs
-    on digits"): the default run equals an explicit update_scale=2 run and not a plain one."""
+    """update_scale="auto" (the default) stretches the updates of conv models only
+    (docs/results-cnn.md): the default run equals an explicit update_scale=2 run and not a plain one."""
     import projc
     from projc.config import UpdateConfig
     from projc.train.trainer import CONV_UPDATE_SCALE

@@ -43,19 +43,16 @@ MODULES = {
 
 
 # An explicit output size exports Resize's sizes as Concat(Shape(x)[:2], [5, 7]): with a dynamic
-# batch its first entry is the batch symbol, which projc's symbolic shape evaluation
-# (projc.frontend.symbolic.resolve_static) resolves for Reshape and Expand only.
-_SIZES = "Resize sizes holding the dynamic batch are not resolved at compile time (onnx_symbolic)"
+# batch its first entry is the batch symbol, which projc.frontend.symbolic.resolve_resize_sizes
+# drops (that axis keeps its size; the Resize gets axes=[1, 2, 3]).
 
 
 def _params():
     for name in MODULES:
         for exporter in ("torchscript", "dynamo"):
             for dynamic in (True, False) if name.endswith("align_corners") else (True,):
-                marks = pytest.mark.xfail(reason=_SIZES, strict=True) if \
-                    name.endswith("align_corners") and dynamic else ()
-                yield pytest.param(name, exporter, dynamic, marks=marks, id=f"{name}-{exporter}-"
-                                   f"{'dynamic' if dynamic else 'static'}")
+                yield pytest.param(name, exporter, dynamic,
+                                   id=f"{name}-{exporter}-{'dynamic' if dynamic else 'static'}")
 
 
 @pytest.mark.parametrize("name,exporter,dynamic", list(_params()))

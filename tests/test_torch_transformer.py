@@ -7,11 +7,10 @@ exporter stops at opset 20) at opset 23, where torch emits the ONNX ops RMSNorma
 GroupNormalization-21 and Attention. The batch axis is exported dynamic, and for the TorchScript
 exporter also static. A combination torch itself cannot export is skipped with torch's reason.
 
-Known limit (strict xfail): with a dynamic batch the TorchScript exporter computes
-MultiheadAttention's head split as ``Reshape(x, Concat(..., Mul(Gather(Shape(x)), heads), ...))``;
-projc's symbolic shape evaluation (``projc.frontend.symbolic``) folds Shape/Gather/Concat/... but not
-Mul, so the Reshape's shape is not known at compile time. The dynamo exporter reshapes with
-``-1`` and imports fine.
+With a dynamic batch the TorchScript exporter computes MultiheadAttention's head split as
+``Reshape(x, Concat(..., Mul(Gather(Shape(x)), heads), ...))``; projc's symbolic shape evaluation
+(``projc.frontend.symbolic``) folds that Mul into the symbol "Bx2", which the Reshape infers (-1).
+The dynamo exporter reshapes with ``-1`` directly.
 """
 from __future__ import annotations
 
@@ -86,11 +85,7 @@ MODULES = {
 COMBOS = [("torchscript", 17, False), ("torchscript", DEFAULT, False),
           ("torchscript", 17, True), ("torchscript", DEFAULT, True),
           ("dynamo", 17, True), ("dynamo", DEFAULT, True), ("dynamo", 23, True)]
-_MUL_SHAPE = ("TorchScript's dynamic-batch MultiheadAttention reshapes to Mul(batch, heads), "
-              "which projc's symbolic shape evaluation (projc.frontend.symbolic) does not fold")
-KNOWN_FAILURES = {(name, "torchscript", opset, True): _MUL_SHAPE
-                  for name in MODULES if name == "multihead_attention" or name.startswith("encoder")
-                  for opset in (17, DEFAULT)}
+KNOWN_FAILURES: dict[tuple, str] = {}  # (name, exporter, opset, dynamic) -> reason: strict xfail
 
 
 def _params():

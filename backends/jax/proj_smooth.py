@@ -15,7 +15,8 @@ monotone), so the search is global on that interval:
    each refined root retiring every other segment's bracket that holds it (the same minimum is
    bracketed once per segment that covers it, and must not use up the refinements);
 3. closed-form stationary points where φ' is a cubic: hardswish's quadratic piece and its linear
-   pieces, square (s²), sqrt (s = u²) (proj_smooth_domain.cubic_minima);
+   pieces, square (s²), sqrt (s = u²) (proj_smooth_domain.cubic_minima); these are `complete` (with
+   the domain's ends and the kinks they hold every local minimum), so they skip steps 1-2;
 4. the candidate of least cost wins (grid points and kinks included, so a minimum at a kink of a
    piecewise f is found exactly; S0 itself whenever f(S0) is defined, so a point on the graph never
    moves).
@@ -48,7 +49,7 @@ _GELU_C = math.sqrt(2.0 / math.pi)
 _GELU_K = 0.044715
 
 UNIFORM_POINTS = 17        # uniform grid over the search interval
-GEOMETRIC_POINTS = 12      # per side: S0 ± R·2^-k, k = 1..12 (resolves structure near S0); also from each end
+GEOMETRIC_POINTS = 12      # per side: S0 ± R·2^-k, k = 1..12 (near S0), or from each end (monotone f)
 ACTIVE_POINTS = 25         # f's active region [-6, 6] (where tanh/sigmoid/gelu bend), and its tails:
 TAIL_POINTS = (7.0, 8.0, 9.0, 10.0, 12.0, 14.0, 17.0, 20.0, 25.0, 30.0, 40.0, 50.0, 70.0, 100.0)
 # (a far target y0 puts a minimum where |y0|·f'(S) ~ |S - S0|/n: at S ~ ±ln|y0| on an exponential tail)
@@ -152,7 +153,7 @@ SMOOTH_FNS: dict[str, Fn] = {
     "silu": single(Smooth(_silu)),
     "gelu": single(Smooth(_gelu)),
     "gelu_tanh": single(Smooth(_gelu_tanh)),
-    "hardswish": single(Smooth(_hardswish, kinks=(-3.0, 3.0), exact=_hardswish_exact)),
+    "hardswish": single(Smooth(_hardswish, kinks=(-3.0, 3.0), exact=_hardswish_exact, complete=True)),
     **DOMAIN_FNS,
 }
 
@@ -202,7 +203,7 @@ def _interval(sm: Smooth, S0, y0, Sc, fSc, lo, hi, n, alpha):
     steps = jnp.asarray(PROBES, S0.dtype)
     probes = [e(Sc), e(Sc) + steps, e(Sc) - steps]
     T = None
-    if sm.mono:
+    if sm.mono and sm.inverse is not None and sm.range_lo is not None and sm.range_hi is not None:
         # monotone f: the minimizer lies between Sc and f⁻¹(y0) (past it both terms grow)
         up = (y0 >= fSc) if sm.mono > 0 else (y0 <= fSc)  # a larger S brings f toward y0
         inside = (y0 > sm.range_lo(alpha)) & (y0 < sm.range_hi(alpha))
@@ -230,8 +231,8 @@ _ACTIVE = np.concatenate([-np.asarray(TAIL_POINTS[::-1]), np.linspace(-6.0, 6.0,
 
 
 def _grid(sm: Smooth, Sc, L, U, dt):
-    """Candidate grid over [L, U]: uniform, geometric toward Sc and from both ends, f's active
-    region, kinks.
+    """Candidate grid over [L, U]: uniform, geometric (from both ends for monotone f, toward Sc = S0
+    otherwise), f's active region and tails, kinks.
 
     Concatenated segments, each sorted by construction (a sort costs more than all the rest);
     returns (grid, cell) with cell[j] false where points j and j+1 belong to different segments.
@@ -240,12 +241,13 @@ def _grid(sm: Smooth, Sc, L, U, dt):
     u = jnp.linspace(0.0, 1.0, UNIFORM_POINTS, dtype=dt)
     g = jnp.asarray([2.0 ** -k for k in range(1, GEOMETRIC_POINTS + 1)], dt)
     W = e(U) - e(L)
-    segments = [e(L) + W * u,                                                 # increasing
-                jnp.concatenate([e(Sc) - (e(Sc) - e(L)) * g, e(Sc)], -1),     # increasing toward Sc
-                jnp.concatenate([e(Sc), e(Sc) + (e(U) - e(Sc)) * g[::-1]], -1),
-                jnp.concatenate([e(L), e(L) + W * g[::-1]], -1),               # from L
-                jnp.concatenate([e(U) - W * g, e(U)], -1),                     # toward U
-                jnp.clip(jnp.asarray(_ACTIVE, dt), e(L), e(U))]
+    if sm.mono:  # Sc is an end of [L, U], f⁻¹(y0) often the other: geometric from both ends
+        near = [jnp.concatenate([e(L), e(L) + W * g[::-1]], -1),               # from L
+                jnp.concatenate([e(U) - W * g, e(U)], -1)]                     # toward U
+    else:  # Sc = S0 in the middle: geometric toward it from both sides
+        near = [jnp.concatenate([e(Sc) - (e(Sc) - e(L)) * g, e(Sc)], -1),     # increasing toward Sc
+                jnp.concatenate([e(Sc), e(Sc) + (e(U) - e(Sc)) * g[::-1]], -1)]
+    segments = [e(L) + W * u, *near, jnp.clip(jnp.asarray(_ACTIVE, dt), e(L), e(U))]
     # a kink, both its sides, and geometric points away from it on each side: φ' jumps there (a
     # local maximum when it falls), so each side's sign change must be bracketed on its own
     eps = 64 * float(jnp.finfo(dt).eps)
@@ -294,8 +296,20 @@ def _solve_branch(sm: Smooth, S0, y0, n, alpha, mag):
     """(S, φ(S)): the least-cost candidate over the Smooth's search domain (and S0 where defined)."""
     dt = S0.dtype
     e = lambda x: x[..., None]  # noqa: E731
+    cost_at = lambda x: (x - S0) ** 2 / n + (sm.f(x, alpha)[0] - y0) ** 2  # noqa: E731
     lo, hi = _search_domain(sm, dt, n, mag)
     Sc = jnp.clip(S0, lo, hi)
+    # S0 first: it wins ties, so a point on the graph (or one where every cost overflows) stays put
+    fS0 = sm.f(S0, alpha)[0]
+    stay = (S0 >= sm.dom_lo) & jnp.isfinite(fS0)
+    cands, ccost = [e(S0)], [e(jnp.where(stay, (fS0 - y0) ** 2, jnp.inf))]
+    if sm.complete and sm.exact is not None:  # closed forms: every local minimum but the ends and kinks
+        ends = [lo, hi] if sm.bounds is not None else []
+        for x in ends + [jnp.full_like(S0, k) for k in sm.kinks] + list(sm.exact(S0, y0, n, alpha)):
+            x = jnp.clip(jnp.broadcast_to(x, S0.shape), lo, hi)
+            cands.append(e(x))
+            ccost.append(e(cost_at(x)))
+        return _least(cands, ccost, stay, dt)
     fSc = sm.f(Sc, alpha)[0]
     L, U = _interval(sm, S0, y0, Sc, fSc, lo, hi, n, alpha)
     grid, cell = _grid(sm, Sc, L, U, dt)
@@ -304,36 +318,34 @@ def _solve_branch(sm: Smooth, S0, y0, n, alpha, mag):
     g = (grid - e(S0)) / n + (f - e(y0)) * d1
     brackets = cell & (g[..., :-1] <= 0) & (g[..., 1:] > 0) & (grid[..., 1:] > grid[..., :-1])
     score = jnp.where(brackets, jnp.minimum(cost[..., :-1], cost[..., 1:]), jnp.inf)
-    # S0 first: it wins ties, so a point on the graph (or one where every cost overflows) stays put
-    fS0 = sm.f(S0, alpha)[0]
-    stay = (S0 >= sm.dom_lo) & jnp.isfinite(fS0)
-    cands, ccost = [e(S0)], [e(jnp.where(stay, (fS0 - y0) ** 2, jnp.inf))]
     cands.append(grid)
     ccost.append(cost)
-    width = grid[..., 1:] - grid[..., :-1]
+    lo_end, hi_end = grid[..., :-1], grid[..., 1:]
     for _ in range(REFINED_BRACKETS):
         # the least score; of equal ones (brackets sharing their best end) the narrowest
-        top = score == jnp.min(score, axis=-1, keepdims=True)
-        j = jnp.argmin(jnp.where(top, width, jnp.inf), axis=-1)[..., None]
-        a = jnp.take_along_axis(grid[..., :-1], j, -1)[..., 0]
-        b = jnp.take_along_axis(grid[..., 1:], j, -1)[..., 0]
-        valid = jnp.take_along_axis(score, j, -1)[..., 0] < jnp.inf
-        x = jnp.where(valid, _refine(sm, a, b, S0, y0, n, alpha), Sc)
+        best = jnp.min(score, axis=-1, keepdims=True)
+        j = jnp.argmin(jnp.where(score == best, hi_end - lo_end, jnp.inf), axis=-1)[..., None]
+        a = jnp.take_along_axis(grid, j, -1)[..., 0]
+        b = jnp.take_along_axis(grid, j + 1, -1)[..., 0]
+        x = jnp.where(best[..., 0] < jnp.inf, _refine(sm, a, b, S0, y0, n, alpha), Sc)
         cands.append(e(x))
-        ccost.append(e((x - S0) ** 2 / n + (sm.f(x, alpha)[0] - y0) ** 2))
-        # retire this bracket and every other segment's bracket around the same root
-        held = (grid[..., :-1] <= e(x)) & (e(x) <= grid[..., 1:])
-        score = jnp.where(held | (jnp.arange(score.shape[-1]) == j), jnp.inf, score)
-    if sm.exact is not None:
-        for x in sm.exact(S0, y0, n, alpha):
-            x = jnp.clip(jnp.broadcast_to(x, S0.shape), lo, hi)
-            cands.append(e(x))
-            ccost.append(e((x - S0) ** 2 / n + (sm.f(x, alpha)[0] - y0) ** 2))
-    # an overflowed cost (float32, |S - S0| ~ 1e30) still beats S0 where f(S0) is undefined
+        ccost.append(e(cost_at(x)))
+        # retire every bracket around this root (the same minimum, bracketed by other segments)
+        score = jnp.where((lo_end <= e(x)) & (e(x) <= hi_end), jnp.inf, score)
+    for x in sm.exact(S0, y0, n, alpha) if sm.exact is not None else ():
+        x = jnp.clip(jnp.broadcast_to(x, S0.shape), lo, hi)
+        cands.append(e(x))
+        ccost.append(e(cost_at(x)))
+    return _least(cands, ccost, stay, dt)
+
+
+def _least(cands, ccost, stay, dt):
+    """The candidate of least cost (the first of equal ones); an overflowed cost (float32,
+    |S - S0| ~ 1e30) still beats S0 where f(S0) is undefined."""
     big = jnp.finfo(dt).max
-    ccost[0] = jnp.where(e(stay), jnp.minimum(_finite_or_inf(ccost[0]), big), jnp.inf)
+    ccost[0] = jnp.where(stay[..., None], jnp.minimum(_finite_or_inf(ccost[0]), big), jnp.inf)
     ccost[1:] = [jnp.minimum(_finite_or_inf(c), big) for c in ccost[1:]]
-    cands, ccost = jnp.concatenate(cands, -1), _finite_or_inf(jnp.concatenate(ccost, -1))
+    cands, ccost = jnp.concatenate(cands, -1), jnp.concatenate(ccost, -1)
     k = jnp.argmin(ccost, axis=-1)[..., None]
     return jnp.take_along_axis(cands, k, -1)[..., 0], jnp.take_along_axis(ccost, k, -1)[..., 0]
 
@@ -358,16 +370,14 @@ def solve_sum(fn: str, S0, y0, n: int, alpha=1.0, exponent: float = 1.0, mag=Non
     dt = S0.dtype
     alpha = jnp.asarray(alpha, dt)
     mag = jnp.abs(S0) if mag is None else mag
-    best = None
-    for sm, sig, tau in spec.branches:
-        S, c = _solve_branch(sm, sig * S0, tau * y0, n, alpha, mag)
-        S = sig * S
-        if best is None:
-            best = (S, c)
-        else:
-            take = c < best[1]
-            best = (jnp.where(take, S, best[0]), jnp.where(take, c, best[1]))
-    return best[0]
+    (sm, sig, tau), *others = spec.branches
+    S, c = _solve_branch(sm, sig * S0, tau * y0, n, alpha, mag)
+    S = sig * S
+    for sm, sig, tau in others:  # the first of equal costs wins
+        Sb, cb = _solve_branch(sm, sig * S0, tau * y0, n, alpha, mag)
+        take = cb < c
+        S, c = jnp.where(take, sig * Sb, S), jnp.where(take, cb, c)
+    return S
 
 
 # compiled once per (fn, n, exponent, shape, dtype): eager calls (tests, scripts) would otherwise
@@ -386,7 +396,6 @@ def sum_smooth(*args, fn: str = "tanh", alpha: float = 1.0, offset=0.0, exponent
     if len(args) < 2:
         raise TypeError("sum_smooth(*operands, target, fn=...) needs at least one operand and a target")
     *ops, y0, off = as_floats(*args, offset)
-    dt = ops[0].dtype
     shape = jnp.broadcast_shapes(*(x.shape for x in ops), y0.shape, off.shape)
     ops = [jnp.broadcast_to(x, shape) for x in ops]
     y0 = jnp.broadcast_to(y0, shape)
@@ -396,7 +405,7 @@ def sum_smooth(*args, fn: str = "tanh", alpha: float = 1.0, offset=0.0, exponent
     S = _solve_jit(fn, S0, y0, n, alpha, exponent, mag)
     shift = (S - S0) / n
     new = [x + shift for x in ops]
-    return (*new, forward_smooth(off + sum(new[1:], new[0]), fn, jnp.asarray(alpha, dt), exponent))
+    return (*new, forward_smooth(off + sum(new[1:], new[0]), fn, alpha, exponent))
 
 
 # ------------------------------------------------------------------ the backend's entry point

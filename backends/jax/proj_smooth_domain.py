@@ -10,16 +10,19 @@ branches' projections (proj_smooth.solve_sum); the returned y is the op's forwar
 
 Domains (DESIGN.md §9; the graph projected onto is the graph on the search domain):
 
-- exp: ℝ, but s ≤ ½·ln(max/1e4) (float32 39.7, float64 350): beyond it (f - y0)² overflows.
+- exp: ℝ, but s ≤ ½·ln(max/1e4) (float32 39.7, float64 350): beyond it (f - y0)² overflows; powers
+  e > 0 likewise |s| ≤ (max/1e4)^(1/2e) (float32 square: 1.4e8).  A point already there stays.
 - log (s > 0), rsqrt (s > 0), reciprocal (s ≠ 0), pow with exponent e < 0: the open end at the pole
-  0 is never reached: the search starts at a floor s₀ where f'² is still finite (float32 ~1e-17 for
+  0 is never reached: the search starts at a floor s₀ where f'² is still finite (float32 5e-18 for
   log, 3e-12 rsqrt, 7e-9 reciprocal; float64 ~1e-152, 1e-102, 1e-77), plus the rounding margin below.
 - sqrt and pow with a non-integer e > 0 (s ≥ 0): closed at 0 but the sum must not round below it.
 - The rounding margin (`guard`): the projected operands are a_i + (S - S0)/n, and their sum as the
   forward adds them differs from S by up to ~(n+1)·eps·(|offset| + Σ|a_i| + |S - S0|); a sum just
   below the domain would give NaN (sqrt, log of a negative) or jump across a pole.  So the search
   domain starts at lo + 8(n+2)·eps·(2·mag + |lo|), mag = |offset| + Σ|a_i|: a closed subset of the
-  graph, like sign's margin (proj_pwl.SIGN_MARGIN), optimal up to that margin.  A point already on
+  graph, like sign's margin (proj_pwl.SIGN_MARGIN), optimal up to that margin.  A finite upper bound
+  gets the same margin (exp of a sum of float32 operands ~1e30 must not overflow); where the two
+  margins leave no room, the lower end wins: y may overflow to inf, never NaN.  A point already on
   the graph never moves: S0 itself is a candidate whenever f(S0) is defined, margin or not.
 - reciprocal and the negative integer powers: both branches s > 0 and s < 0 (the exact graph of ONNX
   Reciprocal / Pow), searched as two half-lines by the symmetry f(-s) = ±f(s).  Even positive
@@ -60,6 +63,7 @@ class Smooth(NamedTuple):
     bounds: Callable | None = None     # dtype -> (lo, hi), the search domain; None: the real line
     guard: bool = False                # lo is a true end: keep the rounding margin above it
     exact: Callable | None = None      # (S0, y0, n, alpha) -> [S, ...]: closed-form stationary points
+    complete: bool = False             # exact, the domain's ends and the kinks hold every local minimum
 
 
 class Fn(NamedTuple):
@@ -109,8 +113,7 @@ def cubic_minima(p, q, iters: int = CUBIC_ITERS):
         return jnp.maximum(step, r) if side > 0 else jnp.minimum(step, -r)
 
     one = jnp.ones_like(P)
-    hi = lax.fori_loop(0, iters, lambda _, v: newton(v, 1), one)
-    lo = lax.fori_loop(0, iters, lambda _, v: newton(v, -1), -one)
+    hi, lo = lax.fori_loop(0, iters, lambda _, v: (newton(v[0], 1), newton(v[1], -1)), (one, -one))
     has_hi, has_lo = g(r) <= 0, g(-r) >= 0
     return B * jnp.where(has_lo, lo, hi), B * jnp.where(has_hi, hi, lo)
 
@@ -193,8 +196,8 @@ def power(e: float) -> Fn:
         lo = 0.0 if even or e >= 2 else None  # f'' ~ s^(e-2) has a pole at 0 for 0 < e < 2
         half = Smooth(f, inv, lambda a: 0.0, lambda a: _INF, mono=1, dom_lo=0.0,
                       bounds=lambda dt: (floor_at(dt, 2 - e) if lo is None else lo, ceil_at(dt, 2 * e)),
-                      guard=not even,
-                      exact=_square_exact if e == 2 else _sqrt_exact if e == 0.5 else None)
+                      guard=not even, exact=_square_exact if e == 2 else _sqrt_exact if e == 0.5 else None,
+                      complete=e in (2.0, 0.5))
         return Fn(((half, 1, 1), (half, -1, 1)) if even else ((half, 1, 1),))
     # e < 0: decreasing on (0, ∞), a pole at 0
     half = Smooth(f, inv, lambda a: 0.0, lambda a: _INF, mono=-1, dom_lo=0.0,

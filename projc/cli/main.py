@@ -6,23 +6,64 @@ shows the traceback instead. ``compare`` exits 1 when outputs differ.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import sys
 from collections import Counter
 
 from projc.cli.types import name_list
-from projc.errors import ProjcError
+from projc.errors import ProjcError, UnsupportedModelError
 
 EPILOG = """examples:
   projc inspect models/mlp_digits.onnx                  summary and IR dump
   projc inspect models/resmlp.onnx --print-after-all    IR after every training pass
   projc compare models/cnn_digits.onnx --batch 8        projc's forward vs onnxruntime
+  projc compare models/ --junit-xml report.xml          every model, a JUnit report for CI
   projc train models/mlp_digits.onnx -o trained.onnx    train without gradients, export
   projc train models/mlp_digits.onnx --log h.jsonl --checkpoint ckpt/   history, resumable
   projc plot h.jsonl -o curve.png                       loss and accuracy against updates
   projc ops                                             supported ONNX ops and opsets
 """
+
+
+COMPARE_DESCRIPTION = """\
+Run projc's JAX forward and a reference on the same inputs and compare every output. The
+reference is onnxruntime (on random, reproducible inputs, or --load-inputs), or stored expected
+outputs: --expected, or the goldens beside a model (MODEL_DIR/test_data_set_* next to the
+folder's only .onnx, as the ONNX backend cases ship; MODEL.expected.npz). An element fails only
+where |projc - ref| > atol + rtol*|ref|. onnxruntime runs an old opset it no longer supports
+upgraded to opset 13, as projc's importer does, and says so in a note.
+
+One model prints a table per output. Several (files, folders searched recursively for *.onnx,
+globs) print a row per model and a summary line; --json and --junit-xml write them for CI.
+
+exit status:
+  0  every output of every model matches
+  1  some output of some model differs (even if other models errored)
+  2  bad usage; or no output differs but some model could not be compared
+     (unreadable, unsupported, onnxruntime refuses it, bad goldens)"""
+
+COMPARE_EPILOG = """\
+examples:
+  projc compare models/mlp_digits.onnx --batch 8
+  projc compare models/ --junit-xml compare.xml        every model under models/
+  projc compare m.onnx --save-expected m.expected.npz  store onnxruntime's outputs as goldens
+  projc compare m.onnx --expected m.expected.npz       compare against them later
+  projc compare path/to/backend/test_AvgPool2d         an ONNX backend case with its data"""
+
+
+def dim_size(text: str) -> tuple[str, int]:
+    """``NAME=N`` with N >= 1 (``--dim``)."""
+    name, sep, size = text.rpartition("=")
+    try:
+        value = int(size)
+    except ValueError:
+        value = 0
+    if not sep or not name or value < 1:
+        raise argparse.ArgumentTypeError(f"expected NAME=N with N >= 1, got {text!r}")
+    return name, value
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -56,19 +97,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--freeze", type=name_list, default=[], metavar="NAME[,NAME...]",
                    help="show what trains when these initializers are frozen (as train --freeze)")
 
-    p = sub.add_parser("compare", help="check projc's forward against onnxruntime",
-                       description="Run projc's JAX forward and onnxruntime on the same inputs "
-                       "(random and reproducible, or loaded) and compare every output. An element "
-                       "fails only where |projc - ort| > atol + rtol*|ort|. Exit 0: all outputs "
-                       "match; 1: a mismatch; 2: bad usage or unsupported model.")
-    p.add_argument("model")
-    p.add_argument("--atol", type=float, default=1e-5)
-    p.add_argument("--rtol", type=float, default=1e-5)
+    p = sub.add_parser("compare", help="check projc's forward against onnxruntime or goldens",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description=COMPARE_DESCRIPTION, epilog=COMPARE_EPILOG)
+    p.add_argument("models", nargs="+", metavar="MODEL",
+                   help="an .onnx file, a folder (searched recursively for *.onnx) or a glob")
+    p.add_argument("--atol", type=float, default=None,
+                   help="absolute tolerance (default 1e-5; float16 outputs 1e-3)")
+    p.add_argument("--rtol", type=float, default=None,
+                   help="relative tolerance (default 1e-5; float16 outputs 1e-3)")
     p.add_argument("--seed", type=int, default=1, help="seed of the random inputs")
-    p.add_argument("--batch", type=int, default=None, help="size of symbolic batch dims (default 3)")
+    p.add_argument("--batch", type=int, default=None,
+                   help="size of the symbolic batch dim, wherever it is (default 3)")
+    p.add_argument("--dim", type=dim_size, action="append", default=[], metavar="NAME=N",
+                   help="size of the symbolic dim NAME (its ONNX name), e.g. --dim seq=10 "
+                   "(repeatable; other symbolic dims get 3)")
+    p.add_argument("--outputs", type=name_list, default=None, metavar="NAME[,NAME...]",
+                   help="compare only these outputs")
     p.add_argument("--load-inputs", metavar="F.npz", help="inputs keyed by ONNX input names")
     p.add_argument("--save-inputs", metavar="F.npz", help="write the inputs used")
     p.add_argument("--save-outputs", metavar="F.npz", help="write projc's outputs")
+    p.add_argument("--expected", metavar="DIR|F.npz",
+                   help="compare against stored outputs instead of onnxruntime: a "
+                   "test_data_set_N folder (input_*.pb, output_*.pb), a folder of them, or an "
+                   ".npz of outputs (with its inputs under inputs/NAME, or --load-inputs)")
+    p.add_argument("--save-expected", metavar="DIR|F.npz",
+                   help="write onnxruntime's outputs and the inputs as goldens: an .npz, or "
+                   "DIR/test_data_set_0 (DIR itself when named test_data_set_N)")
+    p.add_argument("--ignore-expected", action="store_true",
+                   help="compare against onnxruntime even where goldens lie beside a model")
+    p.add_argument("--json", metavar="FILE", help="write the results as JSON")
+    p.add_argument("--junit-xml", metavar="FILE", help="write a JUnit XML report (one testcase "
+                   "per model) for CI")
     p.add_argument("--max-input-mb", type=float, default=1024, metavar="MB",
                    help="refuse random inputs larger than this in all (default 1024)")
 
@@ -116,7 +176,16 @@ def format_summary(s: dict) -> str:
     lines = [f"model    {s['model']}", f"opset    {opset}"]
     lines += [f"input    {t['name']}: {shape(t)}" for t in s["inputs"]]
     lines += [f"output   {t['name']}: {shape(t)}" for t in s["outputs"]]
-    lines.append("ops      " + ", ".join(f"{k} x{n}" for k, n in s["op_counts"].items()))
+    lines += [f"output   {name}: computed after unsupported nodes"
+              for name in s.get("outputs_after_unsupported", [])]
+    lines.append("ops      " + (", ".join(f"{k} x{n}" for k, n in s["op_counts"].items()) or "none"))
+    if s.get("unsupported"):
+        lines.append(f"unsupported {len(s['unsupported'])} node(s), left out of the IR below with "
+                     "all they compute (`projc ops` lists the supported ops):")
+        lines += [f"  {u['problem']}" for u in s["unsupported"]]
+        if s.get("partial_outputs"):
+            lines.append("  the IR's outputs are the values they read: "
+                         + ", ".join(s["partial_outputs"]))
     lines.append(f"params   {len(s['trainable'])} trainable ({s['trainable_count']} values), "
                  f"{len(s['frozen'])} frozen")
     lines += [f"  trainable {t['name']}: {shape(t)}" for t in s["trainable"]]
@@ -125,21 +194,39 @@ def format_summary(s: dict) -> str:
 
 
 def cmd_inspect(args) -> int:
-    from projc.frontend.importer import load_model
+    """Summary and IR. A model with ops projc lacks is shown as far as projc imports it: the
+    summary lists the unsupported nodes, the IR stops before them (the values they read become
+    its outputs), and the command then fails with the usual error (exit 2)."""
+    from projc.frontend.importer import load_supported_part, unsupported_message
     from projc.ir.printer import format_graph
 
-    graph = load_model(args.model)
+    graph, unsupported = load_supported_part(args.model)
     if args.freeze:
         from projc.train.trainer import freeze_params
         freeze_params(graph, args.freeze)
     summary = model_summary(graph)
+    if unsupported:
+        summary["unsupported"] = [{"op": u.op_type, "domain": u.domain or "ai.onnx",
+                                   "opset": u.opset, "node": u.name, "problem": u.problem}
+                                  for u in unsupported]
+        frontier = graph.meta.get("unsupported_frontier", [])
+        summary["partial_outputs"] = frontier
+        summary["outputs"] = [t for t in summary["outputs"] if t["name"] not in frontier]
+        summary["outputs_after_unsupported"] = graph.meta.get("unsupported_outputs", [])
     if args.json:
         print(json.dumps({**summary, "ir": format_graph(graph)}, indent=2))
-        return 0
-    print(format_summary(summary))
-    print()
-    print(format_graph(graph), end="")
-    if args.print_after_all or args.print_after or args.time_passes or args.pipeline:
+    else:
+        print(format_summary(summary))
+        print()
+        if unsupported:
+            print(f"# the IR stops before the {len(unsupported)} unsupported node(s); the values "
+                  "they read are its outputs")
+        print(format_graph(graph), end="")
+    if unsupported:
+        raise UnsupportedModelError(unsupported_message(unsupported, graph.meta.get("path")
+                                                        or args.model))
+    if not args.json and (args.print_after_all or args.print_after or args.time_passes
+                          or args.pipeline):
         from projc.passes import TRAINING_PIPELINE, PassManager
         manager = PassManager(args.pipeline or TRAINING_PIPELINE, print_after_all=args.print_after_all,
                               print_after=tuple(args.print_after), time_passes=args.time_passes,
@@ -149,53 +236,130 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_compare(args) -> int:
+    import time
+
     import numpy as np
 
-    from projc.cli.compare import compare_model
+    from projc.cli import compare_many, goldens
 
-    inputs = None
+    options = _compare_options(args)  # every option checked before any model is read
+    models = compare_many.find_models(args.models)
+    single = len(models) == 1
+    if not single:
+        given = [f"--{name.replace('_', '-')}" for name in
+                 ("load_inputs", "save_inputs", "save_outputs", "expected", "save_expected")
+                 if getattr(args, name)]
+        if given:
+            raise ProjcError(f"{given[0]} applies to one model, and {len(models)} were given "
+                             "(goldens stored beside each model are found without --expected)")
     if args.load_inputs:
-        inputs = load_npz(args.load_inputs)
+        options.inputs, options.inputs_source = load_npz(args.load_inputs), args.load_inputs
+    start = time.perf_counter()
+    if single:
+        result = compare_many.run_model(models[0], options, catch=bool(args.json or args.junit_xml)
+                                        and not args.debug, capture_notes=False)
+        if result.status != compare_many.ERROR:
+            print("\n\n".join(report.format() for report in result.reports))
+        results = [result]
+    else:
+        results = _compare_each(models, options, args.debug)
+    seconds = time.perf_counter() - start
+    compare_many.write_reports(results, options, seconds, json_path=args.json,
+                               junit_path=args.junit_xml)
+    if single and result.status == compare_many.ERROR:
+        raise result.error
+    if single:
+        report = result.reports[0]
+        if args.save_inputs:
+            save_npz(args.save_inputs, report.inputs)
+        if args.save_outputs:
+            save_npz(args.save_outputs, {name: np.asarray(v) for name, v in report.outputs.items()})
+        if args.save_expected:
+            from projc.frontend.importer import read_model
+            with contextlib.redirect_stderr(io.StringIO()):
+                proto = read_model(models[0]).proto
+            written = goldens.write_expected(args.save_expected, proto, report.inputs,
+                                             report.ort_outputs)
+            print(f"wrote {written}: the inputs and the outputs of {report.reference_text}")
+    return compare_many.exit_code(results)
+
+
+def _compare_options(args):
+    """The compare options, each checked (ProjcError naming it) before anything is read."""
+    from projc.cli import goldens
+    from projc.cli.compare import check_options
+    from projc.cli.compare_many import CompareOptions
+
+    check_options(atol=args.atol, rtol=args.rtol, seed=args.seed, batch=args.batch)
     if not args.max_input_mb > 0:
         raise ProjcError(f"--max-input-mb {args.max_input_mb}: give a size > 0")
-    report = compare_model(args.model, atol=args.atol, rtol=args.rtol, seed=args.seed,
-                           batch=args.batch, inputs=inputs,
-                           max_input_bytes=int(min(args.max_input_mb, 2.0**53) * 2**20))
-    print(report.format())
-    if args.save_inputs:
-        save_npz(args.save_inputs, report.inputs)
-    if args.save_outputs:
-        save_npz(args.save_outputs, {name: np.asarray(v) for name, v in report.outputs.items()})
-    return 0 if report.ok else 1
+    if args.expected and args.save_expected:
+        raise ProjcError("--expected and --save-expected exclude each other: the goldens are "
+                         "either read or written")
+    from projc.train.files import refuse_link
+    for option, path in (("--json", args.json), ("--junit-xml", args.junit_xml),
+                         ("--save-inputs", args.save_inputs), ("--save-outputs", args.save_outputs)):
+        if path:
+            goldens.check_writable_file(path, option)
+            refuse_link(path, option)  # never written through nor replaced (docs/reliability.md)
+    if args.save_expected:
+        goldens.check_target(args.save_expected)
+    if args.expected and not os.path.exists(args.expected):
+        raise ProjcError(f"--expected {args.expected}: no such file or folder")
+    return CompareOptions(atol=args.atol, rtol=args.rtol, seed=args.seed, batch=args.batch,
+                          dims=dict(args.dim), outputs=args.outputs,
+                          max_input_bytes=int(min(args.max_input_mb, 2.0**53) * 2**20),
+                          expected=args.expected, ignore_expected=args.ignore_expected,
+                          save_expected=args.save_expected)
+
+
+def _compare_each(models: list[str], options, debug: bool) -> list:
+    """Many models: a row per model as it finishes, then the summary line."""
+    import time
+
+    from projc.cli import compare_many
+
+    printer = compare_many.RowPrinter(models)
+    atol = "1e-5 (float16 1e-3)" if options.atol is None else f"{options.atol:g}"
+    rtol = "1e-5 (float16 1e-3)" if options.rtol is None else f"{options.rtol:g}"
+    print(f"compare {len(models)} models against onnxruntime or the goldens beside them (batch "
+          f"{options.batch or 3}, seed {options.seed}, atol {atol}, rtol {rtol})")
+    print(printer.header())
+    results, start = [], time.perf_counter()
+    for path in models:
+        result = compare_many.run_model(path, options, catch=not debug)
+        results.append(result)
+        print(printer.row(result), flush=True)
+    print(compare_many.summary_line(results, time.perf_counter() - start))
+    return results
 
 
 def load_npz(path: str) -> dict:
     import numpy as np
     try:
         with np.load(path, allow_pickle=False) as f:
-            return {k: f[k] for k in f.files}
-    except (OSError, ValueError) as e:
-        raise ProjcError(f"{path}: cannot read inputs ({e}); expected an .npz keyed by ONNX input names")
+            if not hasattr(f, "files"):
+                raise ValueError("a single array, not an .npz archive")
+            arrays = {k: np.asarray(f[k]) for k in f.files}
+    except Exception as e:  # noqa: BLE001 - zip, zlib, numpy errors: the user's file is damaged
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else \
+            (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ProjcError(f"{path}: cannot read inputs ({reason}); expected an .npz keyed by ONNX input names")
+    empty = [k for k, a in arrays.items() if a.size == 0]
+    if empty:
+        raise ProjcError(f"{path}: input {empty[0]!r} has shape {list(arrays[empty[0]].shape)}, no elements; "
+                         "give every input at least one element (onnxruntime aborts on some empty inputs)")
+    return arrays
 
 
 def save_npz(path: str, arrays: dict) -> None:
-    """Atomic: a temp file beside the destination, then a rename."""
-    import os
-    import tempfile
-
+    """Atomic (``projc.train.files.atomic_write``): a temp file beside the destination, then a
+    rename; a failure is one ProjcError (exit 2) and leaves an existing file as it was."""
     import numpy as np
-    folder = os.path.dirname(os.path.abspath(path))
-    try:
-        fd, tmp = tempfile.mkstemp(suffix=".npz", dir=folder)
-    except OSError as e:
-        raise ProjcError(f"{path}: cannot write here ({e.strerror})")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+
+    from projc.train.files import atomic_write
+    atomic_write(path, lambda f: np.savez(f, **arrays), what="the arrays",
+                 keep="an existing file there is unchanged")
 
 
 def cmd_ops(args) -> int:
@@ -245,11 +409,42 @@ def cmd_plot(args) -> int:
     return 0
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised in the main thread like SIGINT's KeyboardInterrupt, so that every
+    cleanup (temporary files, locks) runs the same way; ``main`` exits 128 + the signal number."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _terminate(signum, frame):
+    import signal
+    for sig in (signal.SIGTERM, signal.SIGHUP):  # a second signal must not interrupt the cleanup
+        signal.signal(sig, signal.SIG_IGN)
+    raise Terminated(signum)
+
+
+def _install_signal_handlers() -> dict:
+    """SIGTERM and SIGHUP raise ``Terminated`` (main thread only); returns the previous handlers."""
+    import signal
+    import threading
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    previous = {}
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        previous[sig] = signal.signal(sig, _terminate)
+    return previous
+
+
 def main(argv: list[str] | None = None) -> int:
+    import signal
+
     args = build_parser().parse_args(argv)
     from projc.cli.train import cmd_train
     commands = {"inspect": cmd_inspect, "compare": cmd_compare, "train": cmd_train, "ops": cmd_ops,
                 "plot": cmd_plot}
+    previous = _install_signal_handlers()
     try:
         return commands[args.command](args)
     except ProjcError as err:
@@ -260,12 +455,16 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `projc ops | head`: the reader left early, which is no error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
+        signum = getattr(err, "signum", signal.SIGINT)
         hint = ""
         if getattr(args, "checkpoint", None):
             hint = f"; the same command with --resume continues from {args.checkpoint}"
-        print(f"projc: interrupted{hint}", file=sys.stderr)
-        return 130
+        print(f"projc: interrupted by {signal.Signals(signum).name}{hint}", file=sys.stderr)
+        return 128 + signum
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 if __name__ == "__main__":

@@ -21,42 +21,50 @@ def _pyplot():
 
 
 def plot_history(log_path: str, out_path: str, *, title: str | None = None) -> str:
-    """Draw the records of ``log_path`` into the image ``out_path`` (format from its extension)."""
-    records = read_history(log_path)
-    if not records:
-        raise ProjcError(f"{log_path}: no records to plot (the run logged no evaluation)")
+    """Draw the records of ``log_path`` into the image ``out_path`` (format from its extension, PNG
+    without one), written atomically (``files.atomic_write``): a failure leaves an existing image
+    as it was."""
+    from projc.train.files import atomic_write, refuse_link
+
     if not out_path:
         raise ProjcError("plot: the output path is empty; give an image file name, e.g. curve.png")
     if os.path.isdir(out_path):
         raise ProjcError(f"{out_path}: is a folder; give an image file name, e.g. curve.png")
+    refuse_link(out_path, "the plot")
+    records = read_history(log_path)
+    if not records:
+        raise ProjcError(f"{log_path}: no records to plot (the run logged no evaluation)")
     plt = _pyplot()
+    fmt = os.path.splitext(out_path)[1][1:].lower() or "png"
+    supported = plt.figure().canvas.get_supported_filetypes()
+    plt.close("all")
+    if fmt not in supported:
+        raise ProjcError(f"{out_path}: matplotlib cannot write .{fmt} images; use one of "
+                         f"{', '.join('.' + k for k in sorted(supported))}")
     updates = [r["update"] for r in records]
 
     def series(key):
-        return [r.get(key) if r.get(key) is not None else float("nan") for r in records]
+        return [r.get(key) if isinstance(r.get(key), (int, float)) else float("nan") for r in records]
 
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-    ax_loss.plot(updates, series("loss"), marker="o", label="train loss")
-    ax_loss.set_xlabel("update")
-    ax_loss.set_ylabel("cross-entropy loss")
-    ax_loss.set_title("loss")
-    ax_loss.grid(alpha=0.3)
-    ax_acc.plot(updates, series("train_accuracy"), marker="o", label="train")
-    ax_acc.plot(updates, series("test_accuracy"), marker="s", label="test")
-    ax_acc.set_xlabel("update")
-    ax_acc.set_ylabel("accuracy")
-    ax_acc.set_ylim(0, 1)
-    ax_acc.set_title("accuracy")
-    ax_acc.grid(alpha=0.3)
-    ax_acc.legend(loc="lower right")
-    fig.suptitle(title or os.path.basename(log_path))
-    fig.tight_layout()
-    folder = os.path.dirname(os.path.abspath(out_path))
     try:
-        os.makedirs(folder, exist_ok=True)
-        fig.savefig(out_path, dpi=100)
-    except (OSError, ValueError) as e:
-        raise ProjcError(f"{out_path}: cannot write the plot ({getattr(e, 'strerror', None) or e})") from None
+        ax_loss.plot(updates, series("loss"), marker="o", label="train loss")
+        ax_loss.set_xlabel("update")
+        ax_loss.set_ylabel("cross-entropy loss")
+        ax_loss.set_title("loss")
+        ax_loss.grid(alpha=0.3)
+        ax_acc.plot(updates, series("train_accuracy"), marker="o", label="train")
+        ax_acc.plot(updates, series("test_accuracy"), marker="s", label="test")
+        ax_acc.set_xlabel("update")
+        ax_acc.set_ylabel("accuracy")
+        ax_acc.set_ylim(0, 1)
+        ax_acc.set_title("accuracy")
+        ax_acc.grid(alpha=0.3)
+        ax_acc.legend(loc="lower right")
+        fig.suptitle(title or os.path.basename(log_path))
+        fig.tight_layout()
+        atomic_write(out_path, lambda f: fig.savefig(f, format=fmt, dpi=100), what="the plot",
+                     keep="an existing image there is unchanged")
     finally:
         plt.close(fig)
     return out_path

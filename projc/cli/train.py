@@ -127,9 +127,11 @@ def check_output_writable(path: str, what: str = "-o") -> None:
 
 def check_run_paths(model: str, config: Config, output: str) -> None:
     """Refuse, before anything runs, paths that would lose data: two of the model, ``-o``, ``--log``
-    and the checkpoint naming the same file, a checkpoint folder that is a file or already holds a
-    checkpoint (without ``--resume``), and unwritable or over-long paths."""
+    and the checkpoint naming the same file, a checkpoint folder that is a file, a destination that
+    is a symbolic link (``projc.train.files``: never written through, never replaced), and
+    unwritable or over-long paths."""
     from projc.train.checkpoint import checkpoint_path
+    from projc.train.files import refuse_link
 
     run = config.run
     named = [("the model", model), ("-o", output)]
@@ -150,8 +152,16 @@ def check_run_paths(model: str, config: Config, output: str) -> None:
         seen[key] = what
     for what, path in named[1:]:
         check_path_length(path, what)
+        refuse_link(path, what)
         check_output_writable(path, what)
-    if run.checkpoint is not None and not run.resume and os.path.exists(checkpoint_path(run.checkpoint)):
+
+
+def check_checkpoint_state(config: Config) -> None:
+    """With the run's locks held: an existing checkpoint is continued only with ``--resume``."""
+    from projc.train.checkpoint import checkpoint_path
+
+    run = config.run
+    if run.checkpoint is not None and not run.resume and os.path.lexists(checkpoint_path(run.checkpoint)):
         raise ProjcError(f"{run.checkpoint}: holds a checkpoint already; add --resume to continue it, "
                          f"or choose another folder")
 
@@ -216,15 +226,41 @@ def run_header(model: str, config: Config, trainer, data) -> str:
 
 
 def cmd_train(args) -> int:
+    from projc.train.files import Locks
+    from projc.train.loop import run_lock_items
+
+    config = config_from_args(args)
+    output = config.run.output if config.run.output is not None else default_output(args.model)
+    check_run_paths(args.model, config, output)
+    # one writer per file: process 0 writes the log, the checkpoints and the export
+    with Locks(run_lock_items(config, output) if config.parallel.process_id == 0 else []):
+        check_checkpoint_state(config)
+        if config.parallel.process_id == 0:
+            remove_stale_temps_of(config, output)
+        return _train(args, config, output)
+
+
+def remove_stale_temps_of(config: Config, output: str) -> None:
+    """Temporary files that killed runs left in this run's folders (``files.remove_stale_temps``)."""
+    from projc.train.files import remove_stale_temps
+
+    folders = {os.path.dirname(os.path.abspath(output))}
+    if config.run.checkpoint:
+        folders.add(os.path.abspath(config.run.checkpoint))
+    if config.run.log:
+        folders.add(os.path.dirname(os.path.abspath(config.run.log)))
+    for folder in sorted(folders):
+        if os.path.isdir(folder):
+            remove_stale_temps(folder)
+
+
+def _train(args, config: Config, output: str) -> int:
     import projc
     from projc.train.data import load_data
     from projc.train.distributed import process_count, process_index
     from projc.train.loop import TrainingRun
     from projc.train.watch import input_scale_warning
 
-    config = config_from_args(args)
-    output = config.run.output if config.run.output is not None else default_output(args.model)
-    check_run_paths(args.model, config, output)
     devices = start_scaling(config)
     rank, nproc = process_index(), process_count()
     if config.dataset.batch % nproc:
@@ -234,6 +270,7 @@ def cmd_train(args) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # also silences gloo's C++ log
     config = Config.build(config, devices=devices)
     trainer = projc.compile(args.model, config)
+    trainer.memory_plan(config.dataset.batch)  # the estimate against this process's memory, before XLA
     data = load_data(config.dataset.data, seed=config.run.seed, input_shape=trainer.input_shape,
                      per_step=trainer.per_step)
     warn(input_scale_warning(data.x_train))

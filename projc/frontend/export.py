@@ -1,14 +1,13 @@
 """Write the original ONNX graph with trained initializer values (same names, shapes, dtypes).
 
-The file is written atomically: to a temporary file in the destination folder, then
-``os.replace``d over the destination, so a failure (an interrupt included) never leaves a partial,
-clobbered or stray temporary file. A new file gets the usual 0666-less-umask mode; a replaced file
-keeps its own mode.
+The file is written atomically (``projc.train.files.atomic_write``): to a temporary file in the
+destination folder, then ``os.replace``d over the destination, so a failure (a full disk, an
+interrupt) never leaves a partial, clobbered or stray temporary file. A new file gets the usual
+0666-less-umask mode; a replaced file keeps its own mode.
 """
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import Any, Mapping
 
 import numpy as np
@@ -58,23 +57,14 @@ def with_trained_initializers(model, params: Mapping[str, Any]):
     return model
 
 
-def _final_mode(path: str) -> int:
-    """The mode the written file should have: an existing file's own, else 0666 less the umask
-    (mkstemp creates 0600 files, and that mode would otherwise survive the rename)."""
-    try:
-        return os.stat(path).st_mode & 0o7777
-    except OSError:
-        umask = os.umask(0o022)  # reading the umask means setting it; restore at once
-        os.umask(umask)
-        return 0o666 & ~umask
-
-
 def export_onnx(model, params: Mapping[str, Any], path: str | os.PathLike) -> str:
     """Write ``model`` with trained ``params`` to ``path`` atomically; returns the path.
 
-    Raises ProjcError naming the path when the destination cannot be written (nothing is written).
+    Raises ProjcError naming the path when the destination cannot be written (nothing is written,
+    an existing file is unchanged); a destination that is a symbolic link is refused
+    (``projc.train.files``).
     """
-    import onnx
+    from projc.train.files import atomic_write, refuse_link
 
     path = os.fspath(path)
     if not path:
@@ -82,23 +72,9 @@ def export_onnx(model, params: Mapping[str, Any], path: str | os.PathLike) -> st
     folder = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
         raise ProjcError(f"{path}: is a folder; give a file name for the trained model")
+    refuse_link(path, "the trained model")
     if not os.path.isdir(folder):
         raise ProjcError(f"{path}: cannot write the trained model: folder {folder} does not exist")
-    proto = with_trained_initializers(model, params)
-    data = proto.SerializeToString()
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".projc-", suffix=".onnx.tmp", dir=folder)
-    except OSError as e:
-        raise ProjcError(f"{path}: cannot write the trained model there ({e.strerror or e})") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, _final_mode(path))
-        os.replace(tmp, path)
-    except OSError as e:
-        raise ProjcError(f"{path}: cannot write the trained model there ({e.strerror or e})") from None
-    finally:  # any failure, KeyboardInterrupt included, removes the temporary file
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    del onnx
-    return path
+    data = with_trained_initializers(model, params).SerializeToString()
+    return atomic_write(path, lambda f: f.write(data), what="the trained model", make_folder=False,
+                        keep="nothing was written (an existing file there is unchanged)")

@@ -34,6 +34,7 @@ from onnx import numpy_helper
 from projc.errors import ModelLoadError, ProjcError, UnsupportedModelError
 from projc.frontend import symbolic
 from projc.frontend.evaluate import BATCH, SymbolSizes, fold, trace
+from projc.frontend.limits import check_recurrent_input, check_shape
 from projc.ir import Dim, Graph, Op, Value, dtype_name, remove_dead_code
 from projc.ops import MAX_OPSET, MIN_OPSET, OpDef, kind_of, lookup
 from projc.ops.checks import check_input_types
@@ -63,7 +64,7 @@ def read_model(model, *, base_dir: str | os.PathLike | None = None) -> ModelSour
     """
     if isinstance(model, (str, os.PathLike)):
         path = os.fspath(model)
-        return _parse(_read_bytes(path), path, path, os.path.dirname(os.path.abspath(path)))
+        return _parse(_read_bytes(path), path, path, model_folder(path))
     if isinstance(model, (bytes, bytearray, memoryview)):
         data = bytes(model)
         return _parse(data, "model bytes", None, base_dir)
@@ -72,6 +73,32 @@ def read_model(model, *, base_dir: str | os.PathLike | None = None) -> ModelSour
         return _parse(data, model.graph.name or "model", None, base_dir)
     raise ProjcError(f"model must be a path, the bytes of an ONNX file or an onnx.ModelProto, got "
                      f"{type(model).__name__}")
+
+
+def model_folder(path: str) -> str:
+    """The folder a model file's external data is read from: the file's own folder, or, for a
+    symbolic link whose folder lacks the data, the folder of the file it points to."""
+    folder = os.path.dirname(os.path.abspath(path))
+    real = os.path.dirname(os.path.realpath(path))
+    if real == folder or not os.path.isfile(path):
+        return folder
+    try:
+        proto = onnx.load(path, load_external_data=False)
+    except Exception:  # noqa: BLE001 - _parse reports an unreadable file
+        return folder
+    locations = external_locations(proto)
+    if any(not os.path.isfile(os.path.join(folder, loc)) for loc in locations) and \
+            all(os.path.isfile(os.path.join(real, loc)) for loc in locations):
+        return real
+    return folder
+
+
+def external_locations(proto: onnx.ModelProto) -> list[str]:
+    """The external files the model's tensors name (none when every tensor is inline)."""
+    from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
+
+    return sorted({ExternalDataInfo(t).location for t in _get_all_tensors(proto)
+                   if uses_external_data(t)})
 
 
 def _read_bytes(path: str) -> bytes:
@@ -226,9 +253,9 @@ def check_opset(opsets: dict[str, int], label: str) -> None:
                 "opset")
 
 
-def upgrade_opset(model: onnx.ModelProto, label: str) -> onnx.ModelProto:
+def upgrade_opset(model: onnx.ModelProto, label: str, *, note: bool = True) -> onnx.ModelProto:
     """``model`` converted to opset ``MIN_OPSET`` with onnx.version_converter when older (a copy;
-    one note on stderr), else ``model`` itself."""
+    one note on stderr unless ``note`` is false), else ``model`` itself."""
     version = model_opsets(model).get("")
     if version is None or version >= MIN_OPSET:
         return model
@@ -244,8 +271,9 @@ def upgrade_opset(model: onnx.ModelProto, label: str) -> onnx.ModelProto:
             f"{label}: opset {version} is older than projc supports ({MIN_OPSET}..{MAX_OPSET}) "
             f"and onnx.version_converter cannot upgrade it ({_first_line(err)}); re-export the "
             f"model with opset_version>={MIN_OPSET}") from None
-    print(f"projc: note: {label}: opset {version} upgraded to {MIN_OPSET} in memory with "
-          "onnx.version_converter", file=sys.stderr)
+    if note:
+        print(f"projc: note: {label}: opset {version} upgraded to {MIN_OPSET} in memory with "
+              "onnx.version_converter", file=sys.stderr)
     return converted
 
 
@@ -268,24 +296,137 @@ def list_initializers_as_inputs(model: onnx.ModelProto) -> onnx.ModelProto:
 def check_supported(graph: onnx.GraphProto, opsets: dict[str, int], label: str) -> None:
     """Raise one UnsupportedModelError naming every node whose op, opset or attribute projc
     lacks."""
+    problems = unsupported_nodes(graph, opsets)
+    if problems:
+        raise UnsupportedModelError(unsupported_message(problems, label))
+
+
+class UnsupportedNode(NamedTuple):
+    """A node projc cannot import: its index, name, op and opset, and why (one line)."""
+
+    index: int
+    name: str
+    op_type: str
+    domain: str
+    opset: int
+    problem: str
+
+
+def unsupported_nodes(graph: onnx.GraphProto, opsets: dict[str, int]) -> list[UnsupportedNode]:
+    """Every node whose op (at the model's opset) or attribute projc's registry lacks."""
     problems = []
     for index, node in enumerate(graph.node):
         opset = node_opset(node, opsets)
         opdef = lookup(kind_of(node.op_type, node.domain), opset)
         name = node_label(node, index)
+        domain = node.domain if node.domain not in ("", "ai.onnx") else ""
         if opdef is None:
-            domain = f"{node.domain} " if node.domain not in ("", "ai.onnx") else ""
-            problems.append(f"  {domain}{node.op_type} (opset {opset}) at node \"{name}\"")
+            text = f"{domain + ' ' if domain else ''}{node.op_type} (opset {opset}) at node \"{name}\""
+            problems.append(UnsupportedNode(index, name, node.op_type, domain, opset, text))
             continue
         unknown = [a.name for a in node.attribute
                    if a.name not in opdef.attrs and a.name not in opdef.weight_attrs]
         if unknown:
-            problems.append(f"  {node.op_type} (opset {opset}) at node \"{name}\": attribute(s) "
-                            f"{', '.join(unknown)} not supported")
-    if problems:
-        raise UnsupportedModelError(
-            f"{label}: {len(problems)} node(s) use ops projc does not support:\n"
-            + "\n".join(problems) + f"\n{SUPPORTED_LIST_HINT}")
+            text = (f"{node.op_type} (opset {opset}) at node \"{name}\": attribute(s) "
+                    f"{', '.join(unknown)} not supported")
+            problems.append(UnsupportedNode(index, name, node.op_type, domain, opset, text))
+    return problems
+
+
+def unsupported_message(problems: list[UnsupportedNode], label: str) -> str:
+    return (f"{label}: {len(problems)} node(s) use ops projc does not support:\n"
+            + "\n".join(f"  {p.problem}" for p in problems) + f"\n{SUPPORTED_LIST_HINT}")
+
+
+def load_supported_part(model) -> tuple[Graph, list[UnsupportedNode]]:
+    """``model`` imported as far as projc supports it, for ``projc inspect``: the nodes projc
+    lacks and every node computed from them are left out, and the values those nodes read
+    become the graph's outputs (``meta["unsupported_frontier"]`` names them, and
+    ``meta["unsupported_outputs"]`` the model outputs left out). Returns the graph and the
+    unsupported nodes (none: the whole model, as ``load_model``)."""
+    source = read_model(model)
+    label = source.path or source.label
+    proto = list_initializers_as_inputs(source.proto)
+    check_input_ranks(proto, label)
+    check_model(proto, label)
+    check_opset(model_opsets(proto), label)
+    try:
+        proto = upgrade_opset(proto, label)
+    except UnsupportedModelError:
+        pass  # perhaps for the very nodes left out below: from_onnx upgrades the rest
+    problems = unsupported_nodes(proto.graph, _import_opsets(model_opsets(proto)))
+    if not problems:
+        return from_onnx(proto, path=label), []
+    pruned, frontier = _without_nodes(proto, {p.index for p in problems})
+    if not pruned.graph.output:
+        raise UnsupportedModelError(unsupported_message(problems, label))
+    graph = from_onnx(pruned, path=label)
+    kept = {vi.name for vi in pruned.graph.output}
+    graph.meta["unsupported_frontier"] = frontier
+    graph.meta["unsupported_outputs"] = [vi.name for vi in proto.graph.output if vi.name not in kept]
+    return graph, problems
+
+
+def _import_opsets(opsets: dict[str, int]) -> dict[str, int]:
+    """The opsets the importer checks nodes at: an older default opset is upgraded to 13."""
+    opsets = dict(opsets)
+    if "" in opsets:
+        opsets[""] = max(opsets[""], MIN_OPSET)
+    return opsets
+
+
+def _without_nodes(model: onnx.ModelProto, drop: set[int]) -> tuple[onnx.ModelProto, list[str]]:
+    """A copy of ``model`` without the nodes ``drop`` and all that is computed from them; the
+    values the dropped nodes read (whose type shape inference knows) become extra outputs."""
+    inferred = _infer_shapes(model)
+    types = {vi.name: vi for vi in _typed_values(inferred.graph)}
+    initializers = {t.name for t in model.graph.initializer}
+    tainted: set[str] = set()
+    kept, frontier = [], []
+    for index, node in enumerate(model.graph.node):
+        if index in drop or any(name in tainted for name in node.input if name):
+            tainted.update(name for name in node.output if name)
+            if index in drop:
+                frontier += [name for name in node.input if name and name not in tainted
+                             and name not in initializers and name not in frontier]
+            continue
+        kept.append(node)
+    out = _copy(model)
+    del out.graph.node[:]
+    out.graph.node.extend(kept)
+    outputs = [vi for vi in model.graph.output if vi.name not in tainted]
+    listed = {vi.name for vi in outputs}
+    extra = [name for name in frontier if name not in listed and name in types
+             and types[name].type.tensor_type.elem_type]
+    del out.graph.output[:]
+    out.graph.output.extend(outputs + [types[name] for name in extra])
+    return out, extra
+
+
+def compile_time_inputs(model: onnx.ModelProto) -> set[str]:
+    """Graph inputs that a compile-time operand (Reshape's shape, Pad's pads, Slice's bounds, ...)
+    is computed from, following producers back (not through Shape/Size, which read only shapes):
+    the inputs ``from_onnx(bind=...)`` must turn into constants when their values are known."""
+    opsets = _import_opsets(model_opsets(model))
+    graph_inputs = {i.name for i in model.graph.input}
+    producers = {out: node for node in model.graph.node for out in node.output}
+    pending = []
+    for node in model.graph.node:
+        opdef = lookup(kind_of(node.op_type, node.domain), node_opset(node, opsets))
+        if opdef is not None:
+            pending += [node.input[i] for i in opdef.static if i < len(node.input)]
+    names, seen = set(), set()
+    while pending:
+        name = pending.pop()
+        if not name or name in seen:
+            continue
+        seen.add(name)
+        if name in graph_inputs:
+            names.add(name)
+        node = producers.get(name)
+        if node is not None and node.op_type not in ("Shape", "Size"):
+            pending += list(node.input)
+    return names
 
 
 def node_opset(node: onnx.NodeProto, opsets: dict[str, int]) -> int:
@@ -375,6 +516,11 @@ class _GraphBuilder:
             self._add_node(index, node)
         self.graph.outputs = [self.values[o.name] for o in self.model.graph.output]
         remove_dead_code(self.graph)
+        # ONNX dim_param -> projc symbol ("B" for every symbolic axis 0): what `compare --batch`
+        # and `--dim NAME=N` look up
+        self.graph.meta["dim_names"] = {
+            dim.dim_param: self.dim_symbols[dim.dim_param] for vi in self.model.graph.input
+            for dim in _dims_of(vi) if dim.dim_param and dim.dim_param in self.dim_symbols}
         return self.graph
 
     # -- graph inputs and initializers ------------------------------------------------------
@@ -391,8 +537,9 @@ class _GraphBuilder:
                 self._add_const(vi.name, np.asarray(self.bind[vi.name]),
                                 dtype=self._tensor_dtype(vi.name, vi.type, "input"))
                 continue
-            value = Value(self._tensor_dtype(vi.name, vi.type, "input"), self._input_shape(vi),
-                          "input", hint=vi.name)
+            shape = self._input_shape(vi)
+            check_shape(shape, self.label, "the graph", f"input \"{vi.name}\"")
+            value = Value(self._tensor_dtype(vi.name, vi.type, "input"), shape, "input", hint=vi.name)
             self.graph.inputs.append(value)
             self.values[vi.name] = value
 
@@ -494,8 +641,13 @@ class _GraphBuilder:
             kind, inputs, params = stand_in
             opdef = lookup(kind, 1)
         inputs = self._static_inputs(label, kind, opdef, inputs, params)
+        if inputs and inputs[0] is not None:
+            check_recurrent_input(node.op_type, inputs[0].shape, int(params.get("layout") or 0),
+                                  self.label, label)
         with self._context(label, node.op_type):
             traced = trace(opdef, inputs, params, self.sizes)
+        for name, (_, shape) in zip(node.output, traced):  # before anything allocates or compiles it
+            check_shape(shape, self.label, f"node \"{label}\" ({node.op_type})", f"output \"{name}\"")
         outputs = self._outputs(label, node, inputs, traced)
         if entries is not None:
             self.shape_tensors[outputs[0]] = entries
@@ -557,7 +709,8 @@ class _GraphBuilder:
             if v is not None and v.role != "const" and v not in self.shape_tensors:
                 return None
             args.append(None if v is None else self.shape_tensors.get(v, v.data))
-        if kind != "Concat":  # non-data operands of Gather/Slice/... must be plain constants
+        if kind != "Concat" and kind not in symbolic.ARITHMETIC:
+            # non-data operands of Gather/Slice/... must be plain constants
             if any(isinstance(a, np.ndarray) and a.dtype == object for a in args[1:]):
                 return None
             args[0] = symbolic.as_entries(args[0])

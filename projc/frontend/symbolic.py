@@ -6,6 +6,13 @@ compile-time shape. Here a *shape tensor* is a numpy object array whose entries 
 symbol names (``"B"``); the small set of ops that such subgraphs use is evaluated on it, and when
 the result reaches Reshape (or Expand) the symbols are replaced by the placeholder values those
 ops define (0 = copy the input dim, -1 = infer, 1 = broadcast), giving a plain constant.
+
+Integer arithmetic on entries (Mul, Add, Sub, Div, Mod) is folded too: TorchScript reshapes
+MultiheadAttention's heads to ``Mul(batch, heads)``. A symbol times a constant k > 1 is the
+``Product`` "Bxk", named as ``projc.frontend.evaluate`` names the traced dim B*k (so that Reshape's
+copy rule can match it); dividing a product by a divisor of k gives it back. Any other expression
+of symbols is an opaque name (``"(B+1)"``): never a shape dim, it can only become Reshape's
+inferred -1.
 """
 from __future__ import annotations
 
@@ -15,9 +22,89 @@ import onnx
 from projc.ir import dtype_name
 from projc.ops.layout import ints, normalize_axis, slice_
 
+# Integer arithmetic on shape entries: ONNX's integer Div truncates toward zero, Mod (fmod=0)
+# takes the divisor's sign.
+ARITHMETIC = ("Mul", "Add", "Sub", "Div", "Mod")
+
+
+class Product(str):
+    """A symbol times a constant factor > 1, spelled ``f"{base}x{factor}"`` (e.g. "Bx2")."""
+
+    base: str
+    factor: int
+
+    def __new__(cls, base: str, factor: int):
+        out = super().__new__(cls, f"{base}x{factor}")
+        out.base, out.factor = base, factor
+        return out
+
+
+def _factors(entry: str) -> tuple[str, int]:
+    return (entry.base, entry.factor) if isinstance(entry, Product) else (entry, 1)
+
+
+def _scaled(base: str, factor: int):
+    return 0 if factor == 0 else base if factor == 1 else Product(base, factor)
+
+
+def _opaque(a, op: str, b) -> str:
+    return f"({a}{op}{b})"
+
+
+def _arith(kind: str, a, b):
+    """``a kind b`` for two entries (ints or symbol names)."""
+    if isinstance(a, int) and isinstance(b, int):
+        return _int_arith(kind, a, b)
+    if kind == "Mul":
+        if isinstance(a, int):
+            a, b = b, a
+        if isinstance(b, int) and b >= 0:
+            base, factor = _factors(a)
+            return _scaled(base, factor * b)
+    elif kind in ("Add", "Sub") and b == 0:
+        return a
+    elif kind == "Add" and a == 0:
+        return b
+    elif kind in ("Sub", "Div") and a == b:
+        return 0 if kind == "Sub" else 1
+    elif kind == "Div" and isinstance(b, int) and b > 0:
+        base, factor = _factors(a)
+        if factor % b == 0:
+            return _scaled(base, factor // b)
+    return _opaque(a, {"Mul": "*", "Add": "+", "Sub": "-", "Div": "/", "Mod": "%"}[kind], b)
+
+
+def _int_arith(kind: str, a: int, b: int) -> int:
+    if kind == "Mul":
+        return a * b
+    if kind == "Add":
+        return a + b
+    if kind == "Sub":
+        return a - b
+    if b == 0:
+        raise ValueError(f"integer {kind} by zero in a shape computation")
+    if kind == "Div":  # truncation toward zero, as ONNX's integer Div
+        return abs(a) // abs(b) * (1 if (a < 0) == (b < 0) else -1)
+    return a % b
+
+
+def _arithmetic(kind: str, args: list, params: dict):
+    if len(args) != 2 or any(a is None for a in args):
+        return None
+    arrays = []
+    for arg in args:
+        array = np.asarray(arg)
+        if array.dtype != object and array.dtype.kind not in "iu":  # float shape math
+            return None
+        arrays.append(as_entries(array) if array.dtype != object else array)
+    if any(not isinstance(e, (int, str)) for a in arrays for e in a.reshape(-1)):
+        return None
+    return np.frompyfunc(lambda a, b: _arith(kind, a, b), 2, 1)(*arrays)
+
+
 # Ops evaluated on shape tensors (anything else makes a symbolic value a runtime value).
 SYMBOLIC_KINDS = frozenset({"Shape", "Gather", "Unsqueeze", "Squeeze", "Concat", "Slice",
-                            "Identity", "Cast"})
+                            "Identity", "Cast", *ARITHMETIC})
 
 
 def has_symbols(entries: np.ndarray) -> bool:
@@ -55,6 +142,10 @@ def _evaluate(kind: str, args: list, params: dict, input_shape=None):
         return None
     if kind in ("Identity", "Cast"):
         return args[0]
+    if kind in ARITHMETIC:
+        if kind == "Mod" and params.get("fmod"):
+            return None  # C fmod on shapes: never seen in an export
+        return _arithmetic(kind, args, params)
     if kind == "Concat":
         parts = [as_entries(a) for a in args if a is not None]
         return np.concatenate(parts, axis=normalize_axis(params["axis"], parts[0].ndim))
@@ -121,7 +212,30 @@ def resolve_static(kind: str, index: int, entries: np.ndarray, data_shape: tuple
         return resolve_reshape(entries, data_shape, params.get("allowzero", 0))
     if kind == "Expand" and index == 1:
         return resolve_expand(entries, data_shape)
+    if kind == "Resize" and index == 3:
+        return resolve_resize_sizes(entries, data_shape, params)
     return None
+
+
+def resolve_resize_sizes(entries: np.ndarray, data_shape: tuple, params: dict) -> np.ndarray | None:
+    """Resize's ``sizes`` when its symbolic entries are the data's own dims on those axes (torch's
+    ``Upsample(size=...)``: ``Concat(Shape(x)[:2], [h, w])``): those axes keep their size, which a
+    stretching Resize leaves untouched, so they are dropped and ``params["axes"]`` (updated in place)
+    names the resized ones. None when another symbol is involved or dropping would change the
+    result (a crop box, a kept aspect ratio)."""
+    flat = list(entries.reshape(-1))
+    rank = len(data_shape)
+    axes = list(range(rank)) if params.get("axes") is None else \
+        [normalize_axis(int(a), rank) for a in params["axes"]]
+    if len(axes) != len(flat) or params.get("coordinate_transformation_mode") == "tf_crop_and_resize" \
+            or params.get("keep_aspect_ratio_policy", "stretch") != "stretch":
+        return None
+    kept = [(axis, e) for axis, e in zip(axes, flat)
+            if not (isinstance(e, str) and data_shape[axis] == e)]
+    if not kept or any(isinstance(e, str) for _, e in kept):
+        return None
+    params["axes"] = [axis for axis, _ in kept]
+    return np.asarray([e for _, e in kept], dtype=np.int64)
 
 
 # -- ops whose compile-time shape depends on a symbolic size -----------------------------------

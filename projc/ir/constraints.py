@@ -260,7 +260,7 @@ def _smooth_check(op) -> str | None:
     problem = _fn_in(SMOOTH_FNS, {})(op)
     if problem is None and op.params["fn"] == "pow":
         e = op.params.get("exponent")
-        if not (isinstance(e, (int, float)) and not isinstance(e, bool) and math.isfinite(e)):
+        if isinstance(e, bool) or not isinstance(e, (int, float)) or not math.isfinite(e):
             return "fn pow needs a finite number as param 'exponent'"
     return problem
 
@@ -321,7 +321,7 @@ OPS: dict[str, ConstraintOp] = {op.kind: op for op in (
             params={"fn": REQUIRED, "alpha": 0.01, "lo": -math.inf, "hi": math.inf, **_STAIR_PARAMS},
             check=_fn_in(PWL_FNS, {"fake_quant": ("scale", ""),
                                    "hardsigmoid": ("alpha", " (ONNX default 0.2)")})),
-    _family("sum_smooth", _ANY, _broadcast_shape, "z = f(sum of the operands), f smooth",
+    _family("sum_smooth", _ANY, _broadcast_shape, "z = f(sum of the operands), f smooth (pow: a constant exponent)",
             params={"fn": REQUIRED, "alpha": 1.0, "exponent": 1.0}, check=_smooth_check),
     _family("max", (1, 1), _reduce_shape, "z = max of a over axes",
             params={"axes": REQUIRED, "keepdims": 1}),

@@ -1,7 +1,7 @@
 """Parameter initialization for training: ``init="file"`` keeps the exported values, ``"he"``
 re-draws them, ``"auto"`` (the default) is ``he`` for a model with a Conv and ``file`` otherwise.
 
-``auto`` follows the measurements of benchmarks/init.py (README "Initialization"): He wins by 0.15
+``auto`` follows the measurements of benchmarks/init.py (docs/initialization.md): He wins by 0.15
 to 0.77 on every convolutional export, while on the MLPs the file's (torch's) values are as good or
 slightly better and every MLP table in the README was measured with them.
 

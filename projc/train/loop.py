@@ -9,6 +9,7 @@ guards against non-finite values and warnings for runs that do nothing or blow u
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -23,15 +24,36 @@ def _print_warning(message: str | None) -> None:
         print(f"projc train: warning: {message}", file=sys.stderr, flush=True)
 
 
+def _print_note(message: str) -> None:
+    print(f"projc train: note: {message}", file=sys.stderr, flush=True)
+
+
+def run_lock_items(config: Config, output: str | None = None) -> list[tuple[str, str, str]]:
+    """(path, what, option) of the files a run writes, for ``files.Locks``: one writer each."""
+    from projc.train.checkpoint import checkpoint_path
+
+    run = config.run
+    items = []
+    if output is not None:
+        items.append((output, "the output", "-o"))
+    if run.checkpoint:
+        items.append((checkpoint_path(run.checkpoint), "the checkpoint", "--checkpoint folder"))
+    if run.log:
+        items.append((run.log, "the training log", "--log"))
+    return items
+
+
 class TrainingRun:
     """One run of ``trainer`` on ``data`` under ``config``; ``train()`` returns the params.
 
     ``rank``/``nproc``: this process's slice of each batch in a multi-process run; ``verbose``
-    prints a line per epoch; ``warn`` receives one-line warnings."""
+    prints a line per epoch; ``warn`` receives one-line warnings, ``note`` one-line notes. The
+    run holds the one-writer locks of its log and checkpoint (``files.PathLock``) while it trains."""
 
     def __init__(self, config: Config, trainer, data, *, warn: Callable[[str | None], None] = _print_warning,
-                 rank: int = 0, nproc: int = 1, verbose: bool = True):
-        self.config, self.trainer, self.data, self.warn = config, trainer, data, warn
+                 rank: int = 0, nproc: int = 1, verbose: bool = True,
+                 note: Callable[[str], None] = _print_note):
+        self.config, self.trainer, self.data, self.warn, self.note = config, trainer, data, warn, note
         self.rank, self.nproc, self.verbose = rank, nproc, verbose
         run, batch = config.run, config.dataset.batch
         n = len(data.y_train)
@@ -47,6 +69,12 @@ class TrainingRun:
 
     # -- the run ---------------------------------------------------------------------------
     def train(self) -> dict:
+        from projc.train.files import Locks
+
+        with Locks(run_lock_items(self.config) if self.rank == 0 else []):
+            return self._train()
+
+    def _train(self) -> dict:
         from projc.train.history import HistoryLog
         from projc.train.watch import TrainingWatch
 
@@ -71,17 +99,57 @@ class TrainingRun:
         params = trainer.init_params()
         if not self.config.run.resume:
             return params, trainer.init_state(params), None, None
-        from projc.train.checkpoint import check_fingerprint, checkpoint_path, load_checkpoint
+        from projc.train.checkpoint import checkpoint_path, load_checkpoint
 
         folder = self.config.run.checkpoint
+        path = checkpoint_path(folder)
+        if not os.path.lexists(path):
+            self.note(f"{folder}: no checkpoint yet, so --resume starts a fresh run (its checkpoints "
+                      f"go to {path})")
+            return params, trainer.init_state(params), None, None
         ckpt = load_checkpoint(folder)
-        check_fingerprint(folder, ckpt.fingerprint, self.fingerprint())
-        params = dict(ckpt.params)
-        state = trainer.state_from_leaves(params, ckpt.solver_state)
-        self.schedule.load_state(ckpt.schedule)
-        self.seconds_before = float(ckpt.counters["seconds"])
-        print(f"resuming {checkpoint_path(folder)}: update {self.schedule.done} of {self.total}", flush=True)
+        params, state = self._restore(path, ckpt)
+        print(f"resuming {path}: update {self.schedule.done} of {self.total}", flush=True)
         return params, state, ckpt.counters.get("initial_loss"), self.schedule.done
+
+    def _restore(self, path: str, ckpt):
+        """(params, state) from a loaded checkpoint, after checking that it fits this run; anything
+        that does not (tampered values included) is one ProjcError naming the file."""
+        import numpy as np
+
+        from projc.errors import ProjcError
+        from projc.train.checkpoint import DAMAGED_HINT, check_fingerprint, check_position
+
+        check_fingerprint(self.config.run.checkpoint, ckpt.fingerprint, self.fingerprint())
+        try:
+            check_position(ckpt)
+        except ProjcError as e:
+            raise ProjcError(f"{path}: {e}; {DAMAGED_HINT}") from None
+        trainer = self.trainer
+        if sorted(ckpt.params) != sorted(trainer.param_names):
+            raise ProjcError(f"{path}: the checkpoint holds parameters {', '.join(sorted(ckpt.params)) or 'none'}, "
+                             f"the model {', '.join(sorted(trainer.param_names))}; {DAMAGED_HINT}")
+        reference = trainer.init_params()
+        for name, value in ckpt.params.items():
+            if value.shape != reference[name].shape or not np.all(np.isfinite(value)):
+                raise ProjcError(f"{path}: parameter {name!r} has shape {list(value.shape)} or non-finite "
+                                 f"values, the model needs {list(reference[name].shape)}; {DAMAGED_HINT}")
+        done = ckpt.schedule["done"]
+        try:
+            state = trainer.state_from_leaves(dict(ckpt.params), ckpt.solver_state)
+            self.schedule.load_state(ckpt.schedule)
+        except ProjcError as e:
+            raise ProjcError(f"{path}: {e}; {DAMAGED_HINT}") from None
+        except Exception as e:  # noqa: BLE001 - a tampered generator state, leaves of other dtypes, ...
+            raise ProjcError(f"{path}: the checkpoint's state cannot be restored ({type(e).__name__}: "
+                             f"{str(e).strip()[:200]}); {DAMAGED_HINT}") from None
+        sch = self.schedule
+        if not (done <= self.total and sch.position < sch.per_epoch
+                and done == sch.epoch * sch.per_epoch + sch.position):
+            raise ProjcError(f"{path}: the checkpoint's position (update {done}, epoch {sch.epoch}, batch "
+                             f"{sch.position}) does not fit this run of {self.total} updates; {DAMAGED_HINT}")
+        self.seconds_before = float(ckpt.counters["seconds"])
+        return dict(ckpt.params), state
 
     def _loop(self, params: dict, state) -> dict:
         import numpy as np
@@ -115,8 +183,10 @@ class TrainingRun:
                 post["residual"] = f"{self.last_residual:.2e}"
             bar.set_postfix(**post)
             bar.update()
-            if schedule.epoch_ends or schedule.done == self.total:
+            ends, every = schedule.epoch_ends or schedule.done == self.total, self.config.run.eval_every
+            if ends:
                 bar.close()
+            if ends or (every and schedule.done % every == 0):
                 self._evaluate(params, epoch=epoch + 1)
             if self._checkpoint_due():
                 self._save(params, state)

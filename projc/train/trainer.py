@@ -85,6 +85,22 @@ def resolve_update_scale(update_scale: float | str, source_graph, projection: bo
     return CONV_UPDATE_SCALE if has_conv and projection else 1.0
 
 
+def check_batch_axis(value, model: str) -> None:
+    """Training feeds minibatches along the input's first axis: it must be the symbolic batch."""
+    shape = list(value.shape)
+    if value.rank and not isinstance(shape[0], int):
+        return
+    text = "[" + ",".join(str(d) for d in shape) + "]"
+    symbolic = [i for i, d in enumerate(shape) if not isinstance(d, int)]
+    if symbolic:
+        raise ProjcError(f"{model}: input {value.hint!r} is {text}: its batch axis is {symbolic[0]}, but projc "
+                         f"trains on minibatches along axis 0; re-export with the batch first (e.g. torch's "
+                         f"batch_first=True) and a dynamic axis 0")
+    raise ProjcError(f"{model}: input {value.hint!r} has the static shape {text}, so every minibatch would have "
+                     f"to hold {shape[0] if shape else 1} samples; re-export with a dynamic batch axis (torch: "
+                     f"dynamic_axes={{'{value.hint}': {{0: 'batch'}}}}, or dynamo=True with dynamic_shapes)")
+
+
 class Trainer:
     """A compiled trainer for one ONNX model (see the module docstring)."""
 
@@ -117,6 +133,7 @@ class Trainer:
             raise ProjcError(f"{self.model_path}: projc trains models with one data input, this one "
                              f"has {len(data)} ({', '.join(v.hint for v in data)})")
         self._input = data[0]
+        check_batch_axis(self._input, self.model_path)
         self._label = self.graph.labels[0]
         self.input_name = self._input.hint
         self.label_name = self._label.hint
@@ -137,6 +154,7 @@ class Trainer:
         self._update = jax.jit(self.method.update, **shardings)
         layout, name = self.layout, self.input_name
         self._forward = jax.jit(lambda p, xb: layout.forward_logits(p, {name: xb}))
+        self._planned: dict[int, Any] = {}  # global batch -> memory plan checked (projc.train.plan)
 
     # -- public API ------------------------------------------------------------------------
     def init_params(self) -> dict[str, np.ndarray]:
@@ -164,7 +182,10 @@ class Trainer:
         if self.parallel is not None:  # x, y: this process's slice of the global minibatch
             self.parallel.check_batch(len(x))
             params, batch = self.parallel.put_replicated(params), self.parallel.put_batch(batch)
-        new, state, stats = self._update(params, state, batch, np.float32(progress))
+        from projc.train.distributed import process_count
+        size = len(x) * process_count()
+        self.memory_plan(size)
+        new, state, stats = self._run_update(params, state, batch, progress, size)
         stats = {k: float(v) for k, v in stats.items()}
         bad = [k for k, v in new.items() if not bool(np.all(np.isfinite(np.asarray(v))))]
         bad += [f"its {k}" for k, v in stats.items() if not math.isfinite(v)]
@@ -173,6 +194,32 @@ class Trainer:
                 f"the {self.config.method.solver} update produced non-finite values in {', '.join(bad)}; "
                 f"try a smaller relaxation, fewer steps_per_update, or solver='ap'")
         return new, state, stats
+
+    def memory_plan(self, batch: int):
+        """The memory plan of one update of ``batch`` samples (``projc.train.plan``), checked once per
+        batch size against what this process can allocate, before XLA compiles anything: raises
+        ``MemoryPlanError`` (a ProjcError) with the estimate and what would fit, or when the graph
+        is too large to compile (``projc.frontend.limits.MAX_TRAIN_OPS``)."""
+        from projc.train.plan import check_graph_size, check_memory
+        check_graph_size(self)
+        if batch not in self._planned:
+            self._planned[batch] = check_memory(self, batch)
+        return self._planned[batch]
+
+    def _run_update(self, params, state, batch, progress, size: int):
+        """The jitted update; XLA running out of memory anyway (the plan is an estimate) is a
+        MemoryPlanError too, not a runtime traceback."""
+        try:
+            return self._update(params, state, batch, np.float32(progress))
+        except Exception as err:  # jax.errors.JaxRuntimeError and kin
+            if "RESOURCE_EXHAUSTED" not in str(err) and not isinstance(err, MemoryError):
+                raise
+            from projc.train.plan import MemoryPlanError, format_bytes
+            plan = self._planned.get(size)
+            estimate = f" (the plan estimated {format_bytes(plan.total)})" if plan is not None else ""
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+            raise MemoryPlanError(f"one {self.config.method.solver} update of {self.model_path} ran out of "
+                                  f"memory{estimate}: {first}; use a smaller batch or solver='cp'") from None
 
     def logits(self, params: Mapping[str, Any], x) -> np.ndarray:
         """The model's logits on ``x`` (the compiled forward)."""
