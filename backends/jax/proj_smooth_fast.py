@@ -89,37 +89,43 @@ def _breaks(fn: str, S0, y0, n):
 
 def _refine(sm, a, b, S0, y0, n, alpha):
     """proj_smooth._refine (the root of g in [a, b], g(a) <= 0 < g(b): Newton kept in the bracket,
-    bisection otherwise; the iterate of least cost) as a while loop that stops once every element's
-    step has fallen below rounding or its bracket has collapsed (at most proj_smooth.NEWTON_ITERS)."""
+    bisection otherwise; the iterate of least cost) as a while loop in which an element stops once
+    its Newton step falls below rounding or its bracket collapses (once converged, the next step can
+    fail the step-halving test and wander off by bisection), and the loop stops when every element
+    has (at most proj_smooth.NEWTON_ITERS iterations)."""
     eps = jnp.finfo(S0.dtype).eps
 
     def body(st):
-        a, b, x, dx_old, best, cbest, _, it = st
+        a, b, x, dx_old, best, cbest, fin, it = st
         f, d1, d2 = sm.f(x, alpha)
         c = PS._finite_or_inf((x - S0) ** 2 / n + (f - y0) ** 2)
         best, cbest = jnp.where(c < cbest, x, best), jnp.minimum(c, cbest)
         g = (x - S0) / n + (f - y0) * d1
         h = 1 / n + d1 * d1 + (f - y0) * d2
-        a = jnp.where(g <= 0, x, a)
-        b = jnp.where(g <= 0, b, x)
+        a = jnp.where(fin | (g > 0), a, x)
+        b = jnp.where(fin | (g <= 0), b, x)
         dx = g / jnp.where(h > 0, h, 1)
         step = x - dx
         ok = (h > 0) & (step >= a) & (step <= b) & (2 * jnp.abs(dx) <= dx_old)
         wide = (a > 0) & (b > 4 * a) | (b < 0) & (a < 4 * b)
         mid = jnp.where(wide, jnp.sign(b) * jnp.sqrt(jnp.abs(a)) * jnp.sqrt(jnp.abs(b)), 0.5 * (a + b))
-        scale = jnp.maximum(jnp.abs(x), jnp.abs(S0))
-        done = ((ok & (jnp.abs(dx) <= 4 * eps * scale)) | (b - a <= 4 * eps * jnp.maximum(jnp.abs(a), jnp.abs(b)))
-                | (g == 0) | ~jnp.isfinite(x))
-        return (a, b, jnp.where(ok, step, mid), jnp.where(ok, jnp.abs(dx), 0.5 * (b - a)), best, cbest,
-                jnp.all(done), it + 1)
+        small = jnp.abs(dx) <= 2 * eps * jnp.abs(x)
+        done = (small | (b - a <= 4 * eps * jnp.maximum(jnp.abs(a), jnp.abs(b))) | (g == 0)
+                | ~jnp.isfinite(x))
+        x_new = jnp.where(ok, step, mid)
+        # a converged element takes its last (sub-rounding) Newton step and then stays
+        x = jnp.where(fin, x, jnp.where(done, jnp.where(ok & small, step, x), x_new))
+        dx_old = jnp.where(fin | done, dx_old, jnp.where(ok, jnp.abs(dx), 0.5 * (b - a)))
+        fin = fin | done
+        return a, b, x, dx_old, best, cbest, fin, it + 1
 
     def cond(st):
-        return ~st[6] & (st[7] < PS.NEWTON_ITERS)
+        return ~jnp.all(st[6]) & (st[7] < PS.NEWTON_ITERS)
 
     x0 = 0.5 * (a + b)
-    init = (a, b, x0, b - a, x0, jnp.full_like(x0, jnp.inf), jnp.asarray(False), jnp.asarray(0))
+    init = (a, b, x0, b - a, x0, jnp.full_like(x0, jnp.inf), jnp.zeros(x0.shape, bool), jnp.asarray(0))
     st = jax.lax.while_loop(cond, body, init)
-    # the last iterate too: the loop stops right after a converged step
+    # the last iterate too: an element converged at its last step
     f = sm.f(st[2], alpha)[0]
     c = PS._finite_or_inf((st[2] - S0) ** 2 / n + (f - y0) ** 2)
     return jnp.where(c < st[5], st[2], st[4])
@@ -146,12 +152,22 @@ def _solve_branch(fn: str, sm, S0, y0, n, mag):
     stay = (S0 >= sm.dom_lo) & jnp.isfinite(fS0)
     cands = [S0, L, U, b1, b2]
     costs = [jnp.where(stay, PS._finite_or_inf((fS0 - y0) ** 2), jnp.inf)] + [cost(x) for x in cands[1:]]
+    # the increasing pieces [L, b1] and [b2, U]: one root each where g crosses zero upward
+    xs = []
     for a, b in ((L, b1), (b2, U)):
         bracket = (b > a) & (g(a) <= 0) & (g(b) > 0)
-        x = jnp.where(bracket, _refine(sm, jnp.where(bracket, a, L), jnp.where(bracket, b, U),
-                                          S0, y0, n, alpha), L)
-        cands.append(x)
-        costs.append(cost(x))
+        xs.append((bracket, a, b))
+
+    def refine(pair):
+        bracket, a, b = pair
+        x = _refine(sm, jnp.where(bracket, a, L), jnp.where(bracket, b, U), S0, y0, n, alpha)
+        return jnp.where(bracket, x, L)
+
+    x1 = refine(xs[0])
+    # the second piece exists only where g falls somewhere (exp: y0 > √(8/n)): mostly nowhere
+    x2 = jax.lax.cond(jnp.any(xs[1][0]), lambda: refine(xs[1]), lambda: L)
+    cands += [x1, x2]
+    costs += [cost(x1), cost(x2)]
     big = jnp.finfo(S0.dtype).max
     costs = [costs[0]] + [jnp.minimum(c, big) for c in costs[1:]]
     C = jnp.stack(costs, -1)
@@ -160,19 +176,17 @@ def _solve_branch(fn: str, sm, S0, y0, n, mag):
 
 
 def solve_sum(fn: str, S0, y0, n: int, mag=None):
-    """argmin_S (S - S0)²/n + (f(S) - y0)² for f in FAST_FNS (elementwise): proj_smooth.solve_sum's."""
+    """argmin_S (S - S0)²/n + (f(S) - y0)² for f in FAST_FNS (elementwise): proj_smooth.solve_sum's.
+    Branches on the same half-line (s < 0 by symmetry) are solved together, stacked."""
     spec = PS._lookup(fn)
     mag = jnp.abs(S0) if mag is None else mag
-    best = None
-    for sm, sig, tau in spec.branches:
-        S, c = _solve_branch(fn, sm, sig * S0, tau * y0, n, mag)
-        S = sig * S
-        if best is None:
-            best = (S, c)
-        else:
-            take = c < best[1]
-            best = (jnp.where(take, S, best[0]), jnp.where(take, c, best[1]))
-    return best[0]
+    (sm, _, _), *rest = spec.branches
+    assert all(b[0] is sm for b in rest), fn
+    sig = jnp.asarray([b[1] for b in spec.branches], S0.dtype).reshape((-1,) + (1,) * S0.ndim)
+    tau = jnp.asarray([b[2] for b in spec.branches], S0.dtype).reshape(sig.shape)
+    S, c = _solve_branch(fn, sm, sig * S0, tau * y0, n, jnp.broadcast_to(mag, sig.shape[:1] + mag.shape))
+    k = jnp.argmin(c, axis=0)
+    return jnp.take_along_axis(sig * S, k[None], 0)[0]
 
 
 _solve_jit = jax.jit(solve_sum, static_argnames=("fn", "n"))
