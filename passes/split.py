@@ -17,7 +17,7 @@ No op is approximated; docs/transformers.md has the forms and why each is exact.
                                   y = sum(mul(mul(d, r), g), b)
     RMSNormalization(x, g)     -> v = mean_square(x); r = sum_smooth[rsqrt](v, eps); y = mul(mul(x, r), g)
     GroupNormalization, InstanceNormalization -> reshape to groups, the LayerNorm chain, reshape back,
-                                  the per-channel (or per-group) affine
+                                  the per-channel affine (GroupNormalization-21)
     Div(a, b), b trained       -> mul(a, sum_smooth[reciprocal](b))
     Exp | Log | Sqrt | Reciprocal (x) -> sum_smooth[exp | log | sqrt | reciprocal](x)
     Pow(x, c), c a constant    -> sum_smooth[square | sqrt | rsqrt | reciprocal | pow[exponent=c]](x)
@@ -223,9 +223,10 @@ def rms_norm(rw: Rewriter, op: Op, opts: _Options):
     return _affine(rw, rw.emit("mul", [x, r]), scale, None)
 
 
-def _grouped_norm(rw: Rewriter, op: Op, opts: _Options, groups: int, per_group: bool):
+def _grouped_norm(rw: Rewriter, op: Op, opts: _Options, groups: int):
     """Group/Instance normalization: [N, C, *S] -> [N, G, C/G * prod(S)], normalized over the last
-    axis, back to [N, C, *S], then scale and bias per channel (per group: GroupNormalization-18)."""
+    axis, back to [N, C, *S], then scale and bias per channel (GroupNormalization-21; the deprecated
+    -18, scale per group, is refused at import by onnx's checker)."""
     x, scale, bias = op.inputs[:3]
     c = x.shape[1]
     if not isinstance(c, int) or any(not isinstance(d, int) for d in x.shape[2:]):
@@ -233,24 +234,17 @@ def _grouped_norm(rw: Rewriter, op: Op, opts: _Options, groups: int, per_group: 
     grouped = (x.shape[0], groups, (c // groups) * math.prod(x.shape[2:]))
     g = rw.emit("reshape", [x], {"shape": reshape_param(grouped)}, shape=grouped)
     n = _normalized(rw, g, [2], float(op.params.get("epsilon", 1e-5)), opts.mean_metric)
-    if per_group:
-        view = [groups, 1]
-        n = _affine(rw, n, rw.emit("reshape", [scale], {"shape": view}), rw.emit("reshape", [bias], {"shape": view}))
-        return rw.emit("reshape", [n], {"shape": reshape_param(x.shape)}, shape=x.shape)
     n = rw.emit("reshape", [n], {"shape": reshape_param(x.shape)}, shape=x.shape)
     view = [c] + [1] * (x.rank - 2)
     return _affine(rw, n, rw.emit("reshape", [scale], {"shape": view}), rw.emit("reshape", [bias], {"shape": view}))
 
 
 def group_norm(rw: Rewriter, op: Op, opts: _Options):
-    x, scale = op.inputs[:2]
-    groups = int(op.params["num_groups"])
-    per_group = scale.shape[0] == groups and x.shape[1] != groups  # GroupNormalization-18
-    return _grouped_norm(rw, op, opts, groups, per_group)
+    return _grouped_norm(rw, op, opts, int(op.params["num_groups"]))
 
 
 def instance_norm(rw: Rewriter, op: Op, opts: _Options):
-    return _grouped_norm(rw, op, opts, op.inputs[0].shape[1], False)
+    return _grouped_norm(rw, op, opts, op.inputs[0].shape[1])
 
 
 # -- elementwise functions, division, reductions -------------------------------------------------------

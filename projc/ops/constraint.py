@@ -207,7 +207,7 @@ def scatter(a, indices=None, shape=None, value=0.0):
     ``value``."""
     lead = a.shape[:-1]
     out = jnp.full(lead + (math.prod(shape),), value, a.dtype)
-    out = out.at[..., np.asarray(indices, np.int32)].set(a)
+    out = out.at[..., np.asarray(indices, np.int32)].set(a, unique_indices=True)
     return jnp.reshape(out, lead + tuple(shape))
 
 
