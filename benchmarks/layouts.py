@@ -30,11 +30,10 @@ import tempfile
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import format_table, median_seconds, write_json  # noqa: E402
-
 import jax  # noqa: E402
 
 import projc  # noqa: E402
+from common import format_table, median_seconds, write_json  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -33,30 +33,41 @@ def cases(B: int, dt, rng):
     def arr(*shape, scale=1.0):
         return jnp.asarray(rng.normal(size=shape) * scale, dt)
 
+    def three(scale=1.0):
+        return (arr(B, scale=scale), arr(B, scale=scale), arr(B, scale=scale))
+
+    def smooth(fn):
+        return lambda a, b, y: P.sum_smooth(a, b, y, fn=fn)
+
+    def pwl(fn):
+        return lambda a, b, y: P.sum_pwl(a, b, y, fn=fn)
+
     lab = jnp.asarray(rng.integers(0, CLASSES, size=B))
     return {
         "identity": ("scalar", P.identity, (arr(B), arr(B))),
         "sum (n=2)": ("2 scalars", P.sum, (arr(B), arr(B), arr(B))),
         "sum (n=4)": ("4 scalars", P.sum, (arr(B), arr(B), arr(B), arr(B), arr(B))),
         f"sum_reduce (n={VEC})": (f"vector {VEC}", P.sum_reduce, (arr(B, VEC), arr(B))),
-        "sum_pwl relu (n=2)": ("2 scalars", lambda a, b, y: P.sum_pwl(a, b, y, fn="relu"), (arr(B), arr(B), arr(B))),
-        "sum_pwl clip (n=2)": ("2 scalars", lambda a, b, y: P.sum_pwl(a, b, y, fn=P.clip(-1, 1)), (arr(B), arr(B), arr(B))),
+        "sum_pwl relu (n=2)": ("2 scalars", pwl("relu"), three()),
+        "sum_pwl clip (n=2)": ("2 scalars", pwl(P.clip(-1, 1)), three()),
         "sum_pwl sign (n=1)": ("scalar", lambda a, y: P.sum_pwl(a, y, fn="sign"), (arr(B), arr(B))),
-        "sum_pwl quantize16 (n=2)": ("2 scalars", lambda a, b, y: P.sum_pwl(a, b, y, fn=P.quantize(16, 0.25)), (arr(B), arr(B), arr(B))),
-        "sum_pwl round (n=2)": ("2 scalars", lambda a, b, y: P.sum_pwl(a, b, y, fn="round"), (arr(B, scale=3), arr(B, scale=3), arr(B, scale=3))),
-        "sum_pwl fake_quant u8 (n=2)": ("2 scalars", lambda a, b, y: P.sum_pwl(a, b, y, fn=P.fake_quant(1 / 16, 0, 0, 255)), (arr(B), arr(B), arr(B))),
-        "sum_pwl hardsigmoid (n=2)": ("2 scalars", lambda a, b, y: P.sum_pwl(a, b, y, fn=P.hardsigmoid()), (arr(B), arr(B), arr(B))),
-        **{f"sum_smooth {fn} (n=2)": ("2 scalars", (lambda fn: lambda a, b, y: P.sum_smooth(a, b, y, fn=fn))(fn),  # noqa: B023
-                                      (arr(B, scale=3), arr(B, scale=3), arr(B)))
+        "sum_pwl quantize16 (n=2)": ("2 scalars", pwl(P.quantize(16, 0.25)), three()),
+        "sum_pwl round (n=2)": ("2 scalars", pwl("round"), three(scale=3)),
+        "sum_pwl fake_quant u8 (n=2)": ("2 scalars", pwl(P.fake_quant(1 / 16, 0, 0, 255)), three()),
+        "sum_pwl hardsigmoid (n=2)": ("2 scalars", pwl(P.hardsigmoid()), three()),
+        **{f"sum_smooth {fn} (n=2)": ("2 scalars", smooth(fn), (arr(B, scale=3), arr(B, scale=3), arr(B)))
            for fn in ("tanh", "sigmoid", "silu", "gelu", "hardswish")},
         f"linear (n={VEC})": (f"vector {VEC}", P.linear, (arr(B, VEC), arr(B, VEC), arr(B, scale=4.0))),
         f"bilinear (n={VEC})": (f"vector {VEC}", P.bilinear, (arr(B, VEC), arr(B, VEC), arr(B, scale=4.0))),
         f"max (n={VEC})": (f"vector {VEC}", P.max, (arr(B, VEC), arr(B))),
-        f"cross_entropy newton (C={CLASSES})": (f"logits {CLASSES}", P.cross_entropy_prox, (arr(B, CLASSES, scale=3.0), lab)),
+        f"cross_entropy newton (C={CLASSES})": (f"logits {CLASSES}", P.cross_entropy_prox,
+                                                (arr(B, CLASSES, scale=3.0), lab)),
         f"cross_entropy fixed-point (C={CLASSES})": (
-            f"logits {CLASSES}", lambda x, l: P.cross_entropy_prox(x, l, method="fixed-point"), (arr(B, CLASSES, scale=3.0), lab)),
+            f"logits {CLASSES}", lambda x, labels: P.cross_entropy_prox(x, labels, method="fixed-point"),
+            (arr(B, CLASSES, scale=3.0), lab)),
         f"margin (C={CLASSES})": (f"logits {CLASSES}", P.margin, (arr(B, CLASSES), lab)),
-        f"squared_error (C={CLASSES})": (f"logits {CLASSES}", lambda x, t: P.squared_error(x, t, lam=1.0), (arr(B, CLASSES), arr(B, CLASSES))),
+        f"squared_error (C={CLASSES})": (f"logits {CLASSES}", lambda x, t: P.squared_error(x, t, lam=1.0),
+                                         (arr(B, CLASSES), arr(B, CLASSES))),
     }
 
 
@@ -78,7 +89,8 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=1_000_000)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--dtype", choices=["float32", "float64"], default="float32")
-    ap.add_argument("--json", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "projections.json"))
+    ap.add_argument("--json", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                                                   "projections.json"))
     ap.add_argument("--only", default="", help="comma-separated substrings of operator names")
     args = ap.parse_args(argv)
 

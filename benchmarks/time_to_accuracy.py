@@ -5,8 +5,9 @@
 
 A config is ``layout-solver:batch:steps_per_update[:option=value...]`` (options are passed to
 ``projc.compile``, e.g. ``anderson=3``, ``inertia=0.5``, ``update_scale=1.5``, ``tol=1e-6`` or
-``lam=10``), or ``adam:batch[:lr=0.001]`` for the gradient baseline on the same compiled forward. Each run starts from the file's initial parameters,
-draws shuffled minibatches (seed 0, reshuffled every epoch), and evaluates test accuracy every
+``lam=10``), or ``adam:batch[:lr=0.001]`` for the gradient baseline on the same compiled forward.
+Each run starts from the file's initial parameters, draws shuffled minibatches (seed 0, reshuffled
+every epoch), and evaluates test accuracy every
 ``--eval-every`` updates. Reported time is training wall time excluding the evaluations, with the
 first update's jit compile both included (``train s``) and excluded (``s after compile``); a run stops
 at the target or after ``--cap`` seconds of training after the compile (then it did not reach the
@@ -23,11 +24,10 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import RESULTS, format_table, write_json  # noqa: E402
-
 import jax  # noqa: E402
 
 import projc  # noqa: E402
+from common import RESULTS, format_table, write_json  # noqa: E402
 from projc.train.data import load_data, minibatches  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -128,8 +128,9 @@ def main(argv=None) -> None:
     for c in args.configs.split(","):
         r = run(args.model, c, args.target, args.cap, args.eval_every)
         rows.append(r)
-        print(f"{c:40s} reached={r['reached']} updates={r['updates']} steps={r['steps_run']} train {r['train_seconds']:.1f} s "
-              f"(after compile {r['seconds_after_compile']:.1f} s) acc {r['final_accuracy']:.4f}", flush=True)
+        print(f"{c:40s} reached={r['reached']} updates={r['updates']} steps={r['steps_run']} "
+              f"train {r['train_seconds']:.1f} s (after compile {r['seconds_after_compile']:.1f} s) "
+              f"acc {r['final_accuracy']:.4f}", flush=True)
     print(format_table(["config", "layout", "reached", "updates", "steps run", "train s", "s after compile",
                         "test acc"],
                        [[r["config"], r["layout"], r["reached"], r["updates"], r["steps_run"], r["train_seconds"],

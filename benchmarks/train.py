@@ -12,9 +12,8 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import format_table, write_json  # noqa: E402
-
 import projc  # noqa: E402
+from common import format_table, write_json  # noqa: E402
 from projc.train.data import load_data  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -31,7 +31,8 @@ from ._common import Lowering
 # the sums split creates into their neighbours); split runs after the first, which matches torch's
 # decomposed GELU (its Pow) before split would take the Pow.
 TRAINING_PASSES = ("attach-loss", "canonicalize", "unroll", "fold-constants", "dce", "fuse-activations", "split", "lower",
-                   "fold-constants", "dce", "fuse-activations", "select-projections", "bipartite", "schedule")
+                   "channels-last", "fold-constants", "dce", "fuse-activations", "select-projections", "bipartite",
+                   "schedule")
 TRAINING_PIPELINE = ",".join(TRAINING_PASSES)  # the same as a pipeline string (the CLI's default)
 # Registered passes that TRAINING_PIPELINE leaves out (opt-in through a pipeline string, after lower).
 OPTIONAL_PASSES = ("hoist-max-offset",)
@@ -189,9 +190,9 @@ class PassManager:
 
 
 def training_pipeline(*, loss: str = "cross_entropy", lam: float = 5.0, ce_method: str = "newton",
-                      repair: bool = True, train_batchnorm: bool = False) -> list[Pass]:
+                      repair: bool = True, train_batchnorm: bool = False, delta: float = 1.0) -> list[Pass]:
     """The training pipeline as pass objects, the options set on the passes that take them."""
-    options: dict[str, dict] = {"attach-loss": {"loss": loss, "lam": lam, "method": ce_method},
+    options: dict[str, dict] = {"attach-loss": {"loss": loss, "lam": lam, "method": ce_method, "delta": delta},
                                 "canonicalize": {"train_batchnorm": train_batchnorm},
                                 "bipartite": {"repair": repair}}
     return [PASSES[name](**options.get(name, {})) for name in TRAINING_PASSES]
@@ -221,8 +222,8 @@ def compile_for_training(graph: Graph, *, pipeline: str | list[Pass] | None = No
 
 
 # Importing the pass modules registers them (order is irrelevant).
-from . import (attach_loss, bipartite, canonicalize, dce, fold_constants, fuse_activations,  # noqa: E402,F401
-               hoist_max_offset, lower, schedule, select_projections, split, unroll)
+from . import (attach_loss, bipartite, canonicalize, channels_last, dce, fold_constants,  # noqa: E402,F401
+               fuse_activations, hoist_max_offset, lower, schedule, select_projections, split, unroll)
 
 __all__ = ["Pass", "PassManager", "PASSES", "OPTIONAL_PASSES", "TRAINING_PASSES", "TRAINING_PIPELINE",
            "compile_for_training", "lowering_table", "make_pass", "parse_pipeline", "register_pass",

@@ -2,14 +2,17 @@
 
 Walks back from each graph output through post-processing (Identity, Cast, Reshape, Flatten,
 Squeeze, ArgMax, ml.ArrayFeatureExtractor, ml.ZipMap and, for classification losses, a trailing
-Softmax/LogSoftmax) to the float value feeding the classification: the logits. When that value is
+Softmax/LogSoftmax, for binary_cross_entropy a trailing Sigmoid) to the float value feeding the
+classification: the logits. When that value is
 a pooled [B,C,1,...] tensor (a CNN whose head is Flatten(GlobalMaxPool(x))), the logits are the
 [B,C] reshape of it on the way back, which stays in the training graph. Adds a label input
 (i64[B] for cross_entropy/margin, i64[B,T] for cross_entropy on per-step logits [B,T,C], the
-logits' type for squared_error) and the loss op; the graph's
+logits' type for the elementwise losses: squared_error, binary_cross_entropy, huber, l1) and the
+loss op; the graph's
 outputs become [logits]. ``graph.meta["logits_output"]`` records the ONNX name of the logits (and
 ``meta["logits_from"]`` the ONNX output it was found from) so an exporter can keep the original
-graph. Options: ``loss``, ``lam`` (the prox weight), ``method`` (cross_entropy's prox solver). Runs
+graph. Options: ``loss``, ``lam`` (the prox weight), ``method`` (cross_entropy's prox solver),
+``delta`` (huber's threshold). Runs
 first in the training pipeline, so dce then removes the post-processing.
 """
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import ClassVar
 
 from projc.errors import PassError
 from projc.ir import Graph, Op, Value
+from projc.ir.constraints import ELEMENTWISE_LOSSES, LOSSES
 
 from . import Pass, register_pass
 from ._common import Lowering, is_loss
@@ -26,7 +30,8 @@ POSTPROCESS = {"Identity", "Cast", "Reshape", "Flatten", "Squeeze", "ArgMax",
                "ml.ArrayFeatureExtractor", "ArrayFeatureExtractor", "ml.ZipMap", "ZipMap",
                "ml.Normalizer"}
 CLASSIFIER_HEADS = {"Softmax", "LogSoftmax"}
-LOSS_KINDS = ("cross_entropy", "margin", "squared_error")
+BINARY_HEADS = {"Sigmoid"}  # a sigmoid at the output of a binary / multi-label classifier
+LOSS_KINDS = LOSSES
 CE_METHODS = ("newton", "fixed-point")
 
 
@@ -68,6 +73,13 @@ def find_logits(graph: Graph, strip: set[str], ranks_2: bool = False) -> tuple[V
     return candidates[0]
 
 
+def strip_set(loss: str) -> set[str]:
+    """The ops walked back through from an output to the value ``loss`` takes."""
+    if loss == "binary_cross_entropy":
+        return POSTPROCESS | BINARY_HEADS
+    return POSTPROCESS | (set() if loss in ELEMENTWISE_LOSSES else CLASSIFIER_HEADS)
+
+
 def _stripped(note: str) -> Lowering:
     return Lowering(None, "-", note)
 
@@ -75,6 +87,8 @@ def _stripped(note: str) -> Lowering:
 # what this pass takes off the end of a model (a rule of None: it walks back from the outputs)
 LOWERINGS = {kind: _stripped("at the output of a classifier only: stripped, the loss takes the logits")
              for kind in ("Softmax", "LogSoftmax")}
+LOWERINGS["Sigmoid"] = _stripped("at the output, under binary_cross_entropy: stripped, the loss takes "
+                                 "the logits (elsewhere: sum_smooth)")
 LOWERINGS.update({kind: _stripped("post-processing at the output only: stripped")
                   for kind in ("ArgMax", "ml.ArrayFeatureExtractor", "ml.ZipMap", "ml.Normalizer")})
 
@@ -85,6 +99,7 @@ class AttachLoss(Pass):
     loss: str = "cross_entropy"
     lam: float = 5.0
     method: str = "newton"  # cross_entropy's prox solver: newton | fixed-point
+    delta: float = 1.0      # huber's threshold
 
     def run(self, graph: Graph) -> bool:
         if self.loss not in LOSS_KINDS:
@@ -93,8 +108,8 @@ class AttachLoss(Pass):
             raise PassError(f"attach-loss: unknown method {self.method!r}; one of {', '.join(CE_METHODS)}")
         if any(is_loss(op) for op in graph.ops):
             return False
-        classify = self.loss != "squared_error"
-        logits, origin = find_logits(graph, POSTPROCESS | (CLASSIFIER_HEADS if classify else set()), classify)
+        classify = self.loss not in ELEMENTWISE_LOSSES
+        logits, origin = find_logits(graph, strip_set(self.loss), classify)
         if classify:
             # cross_entropy also takes per-step logits [B, T, C] (labels [B, T]): the loss is then
             # the mean cross-entropy over the steps, each step's logits a row of their own
@@ -109,6 +124,8 @@ class AttachLoss(Pass):
         params: dict[str, float | str] = {"lam": float(self.lam)}
         if self.loss == "cross_entropy":
             params["method"] = self.method
+        elif self.loss == "huber":
+            params["delta"] = float(self.delta)
         elif self.loss == "margin":
             params = {}
         graph.inputs.append(label)

@@ -215,6 +215,20 @@ def linear_classifier(rw: Rewriter, op: Op):
     return [op.outputs[0], scores]
 
 
+def prelu(rw: Rewriter, op: Op):
+    """PRelu(x, a) = max(x, 0) + a·min(x, 0), split exactly: relu(x) and min(x, 0) are sum_pwl
+    families on x, a·min(x, 0) a mul (bilinear when the slope trains, linear when it is constant);
+    a constant slope with one value is a leaky ReLU."""
+    x, slope = op.inputs
+    data = const_data(slope)
+    if data is not None and data.size and np.all(data == data.reshape(-1)[0]):
+        return rw.emit("sum_pwl", [x], {"fn": "leaky_relu", "alpha": float(data.reshape(-1)[0])},
+                       shape=op.outputs[0].shape)
+    positive = rw.emit("sum_pwl", [x], {"fn": "relu"})
+    negative = rw.emit("sum_pwl", [x], {"fn": "clip", "lo": -np.inf, "hi": 0.0})
+    return rw.emit("sum", [positive, rw.emit("mul", [negative, slope])], shape=op.outputs[0].shape)
+
+
 def _add(rw: Rewriter, op: Op):
     return rw.emit("sum", op.inputs, shape=op.outputs[0].shape)
 
@@ -250,6 +264,8 @@ LOWERINGS = {
     "Cast": L(cast, "-", "to its own dtype: removed"),
     "Relu": L(pwl("relu"), "sum_pwl[relu]"),
     "LeakyRelu": L(leaky_relu, "sum_pwl[leaky_relu]"),
+    "PRelu": L(prelu, "sum_pwl[relu], sum_pwl[clip], mul, sum", "max(x,0) + a·min(x,0); the slope trains "
+               "(bilinear mul); one constant slope: sum_pwl[leaky_relu]"),
     "Clip": L(clip, "sum_pwl[clip]", "constant bounds"),
     "Abs": L(pwl("abs"), "sum_pwl[abs]"),
     "Sign": L(pwl("sign"), "sum_pwl[sign]"),

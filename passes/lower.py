@@ -2,7 +2,10 @@
 -> patches, dot, max and layout ops; then report every op left that the solver cannot train (one
 PassError listing them all).
 
-    Conv(x, W, b)   -> sum(transpose(dot(patches(x), transpose(reshape(W, [OC, C*K])))), reshape(b, [OC,1..]))
+    Conv(x, W, b)   -> sum(transpose(conv(transpose(x), W)), reshape(b, [OC,1..]))   (any group)
+    Conv(x, W, b), lower{conv=patches}
+                    -> sum(transpose(dot(patches(x), transpose(reshape(W, [OC, C*K])))), reshape(b, [OC,1..]))
+    ConvTranspose(x, W, b) -> sum(transpose(conv[transpose=1](transpose(x), W)), reshape(b, [OC,1..]))
     MaxPool(x)      -> transpose(max(reshape(patches(pad(x, -inf)), [N,*O,C,K]), axis=-1))
     MaxPool(x), one window covering x (no pads) -> max[axes=spatial, keepdims=1](x)   (a global max)
     GlobalMaxPool(x)-> max[axes=spatial, keepdims=1](x)
@@ -12,16 +15,22 @@ PassError listing them all).
     ReduceMean(x)   -> mean[axes, keepdims](x)
     Gather(E, idx)  -> embed(E, idx)  (E a param [V, D], axis 0, idx integer data: an embedding lookup)
     Gather(x, c)    -> reshape(concat(slice(x) per constant index))
+    Resize(x)       -> take per resized axis (nearest), + wsum (linear, cubic)   (passes/_resize.py)
 
 Averages become ``mean`` families (a fixed-coefficient sum y = (1/K) sum_k a_k). Their projection
 is closed-form in a metric the pass option ``mean_metric`` chooses: ``sum`` (the default) weighs
 the output by K², i.e. projects the sum onto K times the target, so every input moves by the
 residual's K/(K+1) and the correction reaches the layer below; ``euclidean`` is the plain nearest
 point, in which each input moves by only 1/(K+1) of the residual and the output stays near the
-current mean (measured: a global average pool over 8x8 then barely trains the convolution under it). docs/design-notes.md
-"Average pooling" has the measurements.
+current mean (measured: a global average pool over 8x8 then barely trains the convolution under
+it). docs/design-notes.md "Average pooling" has the measurements.
 
-Grouped convolutions (group > 1) are rejected as unsupported for training.
+A ``conv`` family is a dot per output position on the patch view (``projc.ops.convolution``):
+the state layouts project it through ``lax.conv_general_dilated`` and its transposes
+(``backends/jax/conv.py``) instead of materializing patches. It is channels-last (NHWC): the
+transposes around it cancel between convolutions in the ``channels-last`` pass. The option ``conv=patches`` keeps
+the earlier lowering (patches move + dot family; group=1 only): the same parameters, the reference
+the conv family is tested against.
 """
 from __future__ import annotations
 
@@ -34,9 +43,11 @@ import numpy as np
 from projc.errors import PassError
 from projc.ir import Graph, Op
 from projc.ir.constraints import CONSTRAINT_KINDS, MEAN_METRICS
+from projc.ops.spatial import _transpose_pads
 
 from . import Pass, register_pass
 from ._common import Lowering, Rewriter, const_data, data_values, reshape_param, rewrite, rules, src_of
+from ._resize import resize
 
 
 def _window(op: Op, spatial: tuple, kernel: list[int]):
@@ -61,25 +72,66 @@ def _window(op: Op, spatial: tuple, kernel: list[int]):
     return strides, pads, dilations
 
 
-def conv(rw: Rewriter, op: Op):
+def _conv_family(rw: Rewriter, x, w, params: dict, n: int):
+    """The channels-last ``conv`` family between transposes from and back to NCHW (the
+    ``channels-last`` pass cancels them between convolutions)."""
+    xh = rw.emit("transpose", [x], {"perm": [0, *range(2, n + 2), 1]})
+    y = rw.emit("conv", [xh, w], params)
+    return rw.emit("transpose", [y], {"perm": [0, n + 1, *range(1, n + 1)]})
+
+
+def _bias(rw: Rewriter, y, b, oc: int, n: int):
+    if b is None:
+        return y
+    return rw.emit("sum", [y, rw.emit("reshape", [b], {"shape": [oc] + [1] * n})])
+
+
+def conv(rw: Rewriter, op: Op, mode: str = "family"):
     x, w, b = (op.inputs + [None])[:3]
-    if int(op.params.get("group", 1)) != 1:
-        raise PassError(f"Conv {src_of(op)}: group={op.params['group']} (grouped/depthwise convolution) "
-                        "is unsupported for training; use group=1")
+    group = int(op.params.get("group", 1))
     if not w.is_static:
         raise PassError(f"Conv {src_of(op)}: the weight {w.type_str()} needs a static shape")
     oc, kernel = w.shape[0], [int(k) for k in (op.params.get("kernel_shape") or w.shape[2:])]
     n = len(kernel)
     strides, pads, dilations = _window(op, x.shape[2:], kernel)
+    if mode == "family":
+        y = _conv_family(rw, x, w, {"strides": strides, "pads": pads, "dilations": dilations, "group": group}, n)
+        return _bias(rw, y, b, oc, n)
+    if group != 1:
+        raise PassError(f"Conv {src_of(op)}: group={group} (grouped/depthwise convolution) needs the "
+                        "conv family; lower{conv=patches} supports group=1 only")
     cols = rw.emit("patches", [x], {"kernel": kernel, "strides": strides, "pads": pads, "dilations": dilations})
     w2 = rw.emit("reshape", [w], {"shape": [oc, int(np.prod(w.shape[1:]))]})
     wt = rw.emit("transpose", [w2], {"perm": [1, 0]})
     y = rw.emit("dot", [cols, wt])                                        # [N, *O, OC]
     y = rw.emit("transpose", [y], {"perm": [0, n + 1, *range(1, n + 1)]})  # [N, OC, *O]
-    if b is not None:
-        bb = rw.emit("reshape", [b], {"shape": [oc] + [1] * n})
-        y = rw.emit("sum", [y, bb])
-    return y
+    return _bias(rw, y, b, oc, n)
+
+
+def conv_transpose(rw: Rewriter, op: Op):
+    """A ConvTranspose is a conv family with transpose=1: its pads (auto_pad, output_shape) resolved
+    to explicit crops, its output_padding kept."""
+    x, w, b = (op.inputs + [None])[:3]
+    if not w.is_static:
+        raise PassError(f"ConvTranspose {src_of(op)}: the weight {w.type_str()} needs a static shape")
+    kernel = [int(k) for k in (op.params.get("kernel_shape") or w.shape[2:])]
+    n = len(kernel)
+    group = int(op.params.get("group", 1))
+    strides = [int(s) for s in (op.params.get("strides") or [1] * n)]
+    dilations = [int(d) for d in (op.params.get("dilations") or [1] * n)]
+    extra = [int(a) for a in (op.params.get("output_padding") or [0] * n)]
+    auto = op.params.get("auto_pad", "NOTSET")
+    auto = auto.decode() if isinstance(auto, bytes) else auto
+    spatial = x.shape[2:]
+    if (op.params.get("output_shape") is not None or auto in ("SAME_UPPER", "SAME_LOWER")) and not all(
+            isinstance(s, int) for s in spatial):
+        raise PassError(f"ConvTranspose {src_of(op)}: output_shape/auto_pad need static spatial dims")
+    crop = _transpose_pads(spatial, kernel, strides, dilations, extra, op.params.get("pads"), auto,
+                           op.params.get("output_shape"))
+    pads = [lo for lo, _ in crop] + [hi for _, hi in crop]
+    y = _conv_family(rw, x, w, {"strides": strides, "pads": pads, "dilations": dilations, "group": group,
+                                "transpose": 1, "output_padding": extra}, n)
+    return _bias(rw, y, b, w.shape[1] * group, n)
 
 
 def _covers_input(spatial: tuple, kernel: list[int], pads: list[int], dilations: list[int]) -> bool:
@@ -90,7 +142,8 @@ def _covers_input(spatial: tuple, kernel: list[int], pads: list[int], dilations:
 
 def maxpool(rw: Rewriter, op: Op):
     (x,) = op.inputs[:1]
-    if len(op.outputs) > 1 and (op.outputs[1] in rw.graph.outputs or any(op.outputs[1] in o.inputs for o in rw.graph.ops)):
+    indices = op.outputs[1] if len(op.outputs) > 1 else None
+    if indices is not None and (indices in rw.graph.outputs or any(indices in o.inputs for o in rw.graph.ops)):
         raise PassError(f"MaxPool {src_of(op)}: its Indices output is not supported for training")
     kernel = [int(k) for k in op.params["kernel_shape"]]
     n = len(kernel)
@@ -195,7 +248,8 @@ def reduce_mean(rw: Rewriter, op: Op, metric: str = "sum"):
 
 L = Lowering
 LOWERINGS = {
-    "Conv": L(conv, "patches, dot, sum", "group=1"),
+    "Conv": L(conv, "conv, sum", "any group (grouped, depthwise)"),
+    "ConvTranspose": L(conv_transpose, "conv, sum", "any group"),
     "AveragePool": L(avgpool, "patches, mean", "count_include_pad=1 or no padding; ceil_mode=0"),
     "GlobalAveragePool": L(global_avgpool, "mean"),
     "ReduceMean": L(reduce_mean, "mean", "constant axes, not over the batch"),
@@ -204,8 +258,12 @@ LOWERINGS = {
     "ReduceMax": L(reduce_max, "max", "constant axes"),
     "Gather": L(gather, "slice, concat | embed", "constant indices, or an embedding lookup (a [V, D] "
                 "parameter by integer data along axis 0)"),
+    "Resize": L(resize, "take | take, wsum", "nearest: moves; linear, cubic: one fixed-coefficient sum per "
+                "output; constant scales/sizes, not over the batch (passes/_resize.py)"),
+    "Upsample": L(resize, "take | take, wsum", "as Resize"),
 }
 MEAN_KINDS = ("AveragePool", "GlobalAveragePool", "ReduceMean")  # take the mean_metric option
+CONV_MODES = ("family", "patches")
 
 ADVICE = {
     "Softmax": "Softmax is supported only at the end of a classifier, where attach-loss strips it; "
@@ -218,6 +276,7 @@ ADVICE = {
     "GRU": "recurrent ops train through the unroll pass; run it before lower",
     "Div": "division by a trained value is not supported; divide by constants only",
     "Conv": "see the message above",
+    "ConvTranspose": "see the message above",
 }
 
 
@@ -236,13 +295,17 @@ def unsupported(graph: Graph) -> list[str]:
 @register_pass("lower")
 class Lower(Pass):
     mean_metric: str = "sum"
+    conv: str = "family"    # "patches": the earlier im2col lowering (patches move + dot family)
     lowerings: ClassVar[dict[str, Lowering]] = LOWERINGS
 
     def run(self, graph: Graph) -> bool:
         if self.mean_metric not in MEAN_METRICS:
             raise PassError(f"lower: mean_metric={self.mean_metric!r}; choose one of {', '.join(MEAN_METRICS)}")
         table = rules(LOWERINGS)
+        if self.conv not in CONV_MODES:
+            raise PassError(f"lower: conv={self.conv!r}; choose one of {', '.join(CONV_MODES)}")
         table.update({kind: partial(table[kind], metric=self.mean_metric) for kind in MEAN_KINDS})
+        table["Conv"] = partial(table["Conv"], mode=self.conv)
         changed = rewrite(graph, table)
         problems = unsupported(graph)
         if problems:

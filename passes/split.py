@@ -165,7 +165,10 @@ def _masked_softmax(rw: Rewriter, op: Op, opts: _Options, x: Value, m: np.ndarra
         raise PassError(f"Softmax {src_of(op)}: the mask leaves a row with no entry (its softmax is NaN)")
     segments = [row_ids[r] for r in rows.tolist()]
     indices = keep.tolist()
-    xc = rw.emit("take", [x], {"indices": indices, "axis": j0})
+    if len(block) > 1:  # take gathers along one axis: the block's axes flattened into one first
+        flat_shape = tuple(tshape[:j0]) + (math.prod(block),)
+        x = rw.emit("reshape", [x], {"shape": reshape_param(flat_shape)}, shape=flat_shape)
+    xc = rw.emit("take", [x], {"indices": indices, "axis": -1})
     bias = flat[keep]
     extra = [rw.const(bias.astype(np.float64), x.dtype, hint="mask_bias")] if np.any(bias != 0) else []
     if opts.shift == "max":

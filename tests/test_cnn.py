@@ -113,7 +113,7 @@ def test_global_means_lower_and_match_onnxruntime(tmp_path, op, opset):
     rng = np.random.default_rng(1)
     path = gap_model(tmp_path / "m.onnx", rng, op=op, opset=opset)
     g = _check_forward(path, rng.normal(size=(4, 2, 5, 5)).astype(np.float32))
-    assert op_counts(g)["dot"] == 1 and op_counts(g)["mean"] == 1 and "ReduceMean" not in op_counts(g)
+    assert op_counts(g)["conv"] == 1 and op_counts(g)["mean"] == 1 and "ReduceMean" not in op_counts(g)
 
 
 def test_reduce_mean_over_middle_axis(tmp_path):
@@ -318,12 +318,12 @@ def test_sum_pwl_per_element_table_is_the_elementwise_projection():
 
 
 # -- the bundled CNN models --------------------------------------------------------------------------
-CNN_MODELS = {
-    "cnn2_digits": {"max": 2, "patches": 2, "concat": 1},
-    "lenet_digits": {"patches": 4, "mul": 2},
-    "gap_digits": {"patches": 2},
-    "maxlogits_digits": {"max": 1, "patches": 2},   # the global MaxPool needs no patches
-    "fcn_maxlogits_digits": {"max": 2, "patches": 4, "dot": 3},  # the 2x2 MaxPool and the global one
+CNN_MODELS = {  # convolutions are conv families (no patches); pools keep theirs
+    "cnn2_digits": {"max": 2, "conv": 2, "concat": 1},
+    "lenet_digits": {"patches": 2, "conv": 2, "mul": 2},
+    "gap_digits": {"conv": 2},
+    "maxlogits_digits": {"max": 1, "conv": 2},   # the global MaxPool needs no patches
+    "fcn_maxlogits_digits": {"max": 2, "patches": 1, "conv": 3},  # the 2x2 MaxPool and the global one
 }
 
 

@@ -127,7 +127,7 @@ def test_lowering_table_is_the_trainable_ops_list(capsys):
     assert set(table) <= registered, set(table) - registered
     assert main(["ops", "--trainable"]) == 0
     out = capsys.readouterr().out
-    assert "| Conv | lower | patches, dot, sum | group=1 |" in out
+    assert "| Conv | lower | conv, sum | any group (grouped, depthwise) |" in out
 
 
 def test_unsupported_op_message_points_at_the_trainable_table(tmp_path):

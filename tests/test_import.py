@@ -10,8 +10,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from projc.errors import ModelLoadError, UnsupportedModelError
-from projc.ir import DTYPES
 from projc.frontend.importer import from_onnx, load_model
+from projc.ir import DTYPES
 from projc.ir.verify import verify
 from projc.ops import OpDef, format_supported_ops, lookup, register, supported_ops
 from projc.ops.registry import _REGISTRY

@@ -1,7 +1,8 @@
 """IR printer, parser and verifier: round trips, determinism, diagnostics."""
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from projc.errors import IRParseError, VerificationError
 from projc.ir import Graph, Op, Value

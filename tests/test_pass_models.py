@@ -20,7 +20,7 @@ MODELS = Path(__file__).resolve().parents[1] / "models"
 EXPECTED = {
     "mlp_digits": {"cross_entropy": 1, "dot": 2, "sum": 1, "sum_pwl": 1, "transpose": 2},
     "mlp_mnist": {"concat": 1, "cross_entropy": 1, "dot": 3, "sum": 1, "sum_pwl": 2, "transpose": 3},
-    "cnn_digits": {"cross_entropy": 1, "dot": 2, "max": 1, "patches": 1, "reshape": 3, "sum": 1,
+    "cnn_digits": {"conv": 1, "cross_entropy": 1, "dot": 1, "max": 1, "reshape": 2, "sum": 1,
                    "sum_pwl": 1, "transpose": 3},
     "resmlp": {"cross_entropy": 1, "dot": 3, "identity": 1, "sum": 1, "sum_pwl": 2, "transpose": 3},
     "binary_mlp": {"cross_entropy": 1, "dot": 2, "sum": 1, "sum_pwl": 1, "transpose": 2},
@@ -53,10 +53,10 @@ def test_training_pipeline_on_model(name):
     compiled = compile_for_training(graph)  # verifies after every pass
     assert op_counts(compiled) == EXPECTED[name]
     assert {op.kind for op in compiled.ops} <= {
-        "dot", "mul", "sum", "sum_pwl", "max", "identity", "reshape", "transpose", "concat",
+        "dot", "conv", "mul", "sum", "sum_pwl", "max", "identity", "reshape", "transpose", "concat",
         "slice", "pad", "patches", "cross_entropy"}
     for op in compiled.ops:
-        if op.kind in ("dot", "mul", "sum", "sum_pwl", "max", "identity", "cross_entropy"):
+        if op.kind in ("dot", "conv", "mul", "sum", "sum_pwl", "max", "identity", "cross_entropy"):
             assert op.annots["set"] in ("A", "B") and isinstance(op.annots["layer"], int)
     assert compiled.ops[-1].annots["set"] == "A"
     # forward of the compiled graph == onnxruntime logits

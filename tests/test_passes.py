@@ -58,7 +58,7 @@ def test_print_after_and_timing():
     assert "Pass execution timing report" in text and "Total" in text
     out = io.StringIO()
     PassManager("attach-loss,canonicalize", print_after_all=True, out=out).run(parse_graph(MLP))
-    assert "IR Dump After attach-loss{loss=cross_entropy lam=5.0 method=newton}" in out.getvalue()
+    assert "IR Dump After attach-loss{loss=cross_entropy lam=5.0 method=newton delta=1.0}" in out.getvalue()
 
 
 def test_full_pipeline_golden_mlp():
@@ -257,7 +257,7 @@ CNN = """graph @cnn {
   %o: f32[B,4] = Gemm[alpha=1.0, beta=1.0, transA=0, transB=1] %f, %fw
   return %o
 }
-"""
+"""  # noqa: E501 (IR text: one op per line)
 
 
 def test_lower_conv_pool_golden():
@@ -276,7 +276,7 @@ def test_lower_conv_pool_golden():
 # CHECK: %p: f32[B,3,3,3] = transpose[perm=[0, 3, 1, 2]]
 # CHECK: %m: f32[B,3,1,1] = max[axes=[2, 3], keepdims=1] %p
 # CHECK: %g: f32[B,3,1,1] = max[axes=[2, 3], keepdims=1] %r
-""", "canonicalize,lower")
+""", "canonicalize,lower{conv=patches}")
 
 
 def test_lower_numerics_match_onnx_ops():
@@ -310,7 +310,7 @@ def test_lower_maxpool_over_the_whole_input_is_a_global_max():
 """, "canonicalize,lower")
     padded = GLOBAL_MAX.replace("strides=[4, 4]]", "pads=[0, 0, 1, 1], strides=[4, 4]]").replace(
         "f32[B,3,1,1] = MaxPool", "f32[B,3,1,1] = MaxPool")
-    g, _ = run_ir(padded + "\n# CHECK: patches[dilations=[1, 1], kernel=[4, 4]\n", "canonicalize,lower")
+    g, _ = run_ir(padded + "\n# CHECK: patches[dilations=[1, 1], kernel=[4, 4]\n", "canonicalize,lower{conv=patches}")
     assert sum(op.kind == "patches" for op in g.ops) == 2  # the conv's and the padded pool's
 
 
@@ -328,13 +328,13 @@ def test_hoist_max_offset_moves_the_conv_bias_after_the_max(keepdims):
 # CHECK-NOT: sum
 # CHECK: %6: {out} = max[axes=[2, 3], keepdims={keepdims}] %4
 # CHECK: = sum %6, {bias}
-""", "canonicalize,lower,hoist-max-offset,dce")
+""", "canonicalize,lower{conv=patches},hoist-max-offset,dce")
     assert [op.kind for op in g.ops].count("sum") == 1
     ref = parse_graph(text)
     fill_data(ref)
     plain, hoisted = ref.clone(), ref.clone()
-    PassManager("canonicalize,lower").run(plain)
-    PassManager("canonicalize,lower,hoist-max-offset,dce").run(hoisted)
+    PassManager("canonicalize,lower{conv=patches}").run(plain)
+    PassManager("canonicalize,lower{conv=patches},hoist-max-offset,dce").run(hoisted)
     x = np.random.default_rng(3).standard_normal((4, 2, 4, 4)).astype(np.float32)
     want = evaluate(ref, {"x": x})[0]
     np.testing.assert_allclose(evaluate(hoisted, {"x": x})[0], want, rtol=1e-5, atol=1e-5)
@@ -384,10 +384,10 @@ def test_lower_reports_every_unsupported_op():
     assert "2 op(s)" in msg and "/mid/Softmax" in msg and "/tanh" in msg and "Tanh" in msg
 
 
-def test_lower_grouped_conv_unsupported():
+def test_lower_grouped_conv_needs_the_conv_family():
     g = parse_graph(CNN.replace("group=1", "group=2").replace("f32[3,2,3,3]", "f32[3,1,3,3]"))
-    with pytest.raises(PassError, match="group=2.*unsupported for training"):
-        PassManager("canonicalize,lower", verify_each=False).run(g)
+    with pytest.raises(PassError, match="group=2.*needs the conv family"):
+        PassManager("canonicalize,lower{conv=patches}", verify_each=False).run(g)
 
 
 # -- select-projections ---------------------------------------------------------------------

@@ -258,9 +258,10 @@ def pwl_oracle(tab, S0, y0, n):
         lo2, hi2 = max(lo, S0 - R), min(hi, S0 + R)
         if lo2 > hi2:
             continue
-        f = lambda S: (S - S0) ** 2 / n + (s * S + c - y0) ** 2  # noqa: E731
+        f = lambda S, s=s, c=c: (S - S0) ** 2 / n + (s * S + c - y0) ** 2  # noqa: E731
         if hi2 > lo2:
-            r = optimize.minimize_scalar(f, bounds=(lo2, hi2), method="bounded", options=dict(xatol=1e-14 * (abs(S0) + R)))
+            r = optimize.minimize_scalar(f, bounds=(lo2, hi2), method="bounded",
+                                         options=dict(xatol=1e-14 * (abs(S0) + R)))
             best = min(best, f(r.x))
         best = min(best, f(lo2), f(hi2))
     return best
@@ -438,7 +439,8 @@ def test_bilinear_root_equation(lu, lv, ly, sgn, kind):
         t, am, ap = np64(*P.bilinear_root_ab(U, V, y0))
         g = t + 0.5 * (U / am**2 - V / ap**2) - y0
         T = 1 + abs(y0) + 0.5 * (U / am**2 + V / ap**2)
-        floor = (am <= 2 * np.finfo(np.float64).eps ** 2 and g < 0) or (ap <= 2 * np.finfo(np.float64).eps ** 2 and g > 0)
+        tiny = 2 * np.finfo(np.float64).eps ** 2
+        floor = (am <= tiny and g < 0) or (ap <= tiny and g > 0)
         assert floor or abs(g) <= 16 * np.finfo(np.float64).eps * T
         assert abs(am - (1 - t)) <= 4e-16 * 2 and abs(ap - (1 + t)) <= 4e-16 * 2
 
@@ -527,7 +529,8 @@ def test_feasible_finite_both_dtypes(dtype, c):
     with jax.enable_x64(dtype == "float64"):
         for name in OPS:
             fn, args, kw = cases[name]
-            args = [jnp.asarray(a, dtype) if np.issubdtype(np.asarray(a).dtype, np.floating) else jnp.asarray(a) for a in args]
+            args = [jnp.asarray(a, dtype) if np.issubdtype(np.asarray(a).dtype, np.floating) else jnp.asarray(a)
+                    for a in args]
             outs = as_tuple(jitted(name + dtype, fn, kw)(*args))
             for o in outs:
                 assert o.dtype == jnp.dtype(dtype), (name, o.dtype)
@@ -557,7 +560,8 @@ def test_idempotent(name, c):
 def test_jit_vmap_match_eager(name):
     rng = np.random.default_rng(7)
     fn, args, kw = op_cases(rng, 1.0, "normal")[name]
-    args = [jnp.asarray(a, jnp.float32) if np.issubdtype(np.asarray(a).dtype, np.floating) else jnp.asarray(a) for a in args]
+    args = [jnp.asarray(a, jnp.float32) if np.issubdtype(np.asarray(a).dtype, np.floating) else jnp.asarray(a)
+            for a in args]
     eager = as_tuple(fn(*args, **kw))
     jit = as_tuple(jax.jit(lambda *a: fn(*a, **kw))(*args))
     vm = as_tuple(jax.vmap(lambda *a: fn(*a, **kw))(*args))

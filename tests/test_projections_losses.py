@@ -64,8 +64,8 @@ def test_cross_entropy_newton_optimal(c):
     note("cross_entropy newton residual |F|inf", res)
     assert res <= 1e-10
     for i in range(2):
-        f = lambda z: objective(z, x0[i], lab[i], lam)  # noqa: E731
-        g = lambda z: (z - x0[i]) / lam + softmax(z) - oh[i]  # noqa: E731
+        f = lambda z, i=i: objective(z, x0[i], lab[i], lam)  # noqa: E731
+        g = lambda z, i=i: (z - x0[i]) / lam + softmax(z) - oh[i]  # noqa: E731
         r = optimize.minimize(f, x0[i], jac=g, method="BFGS", options=dict(gtol=1e-12))
         ours = f(x[i])
         gap = (ours - r.fun) / (abs(r.fun) + 1e-12)

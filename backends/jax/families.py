@@ -26,9 +26,11 @@ import numpy as np
 from projc.ir import Op, Value
 from projc.ir import constraints as C
 
+from . import conv as conv_family
 from . import projections as P
 from .forward import op_forward
 from .proj_batched_dot import BATCHED_EDGE_MEANS
+from .proj_pool import max_over_axes
 from .proj_smooth_fast import FAST_FNS
 from .proj_smooth_fast import sum_smooth as sum_smooth_fast
 from .slot_storage import EDGE_MEANS, FACTORED, MATERIALIZED
@@ -223,7 +225,13 @@ def _project_over_axes(fam: Family, a, y0, project):
 
 
 def _project_max(fam: Family, full: dict, y0, opts: ProjOptions):
-    return _project_over_axes(fam, full[0], y0, lambda a, t: P.REGISTRY["max"](a, t, axis=-1))
+    a = full[0]
+    axes = fam.op.params.get("axes")
+    axes = tuple(range(a.ndim)) if axes is None else tuple(ax % a.ndim for ax in axes)
+    if axes == tuple(range(a.ndim - len(axes), a.ndim)):  # the reduced axes last: as they are
+        return _project_over_axes(fam, a, y0, lambda a, t: P.REGISTRY["max"](a, t, axis=-1))
+    a2, y = max_over_axes(a, y0.reshape(tuple(d for i, d in enumerate(a.shape) if i not in axes)), axes)
+    return (a2,), y.reshape(y0.shape)
 
 
 def _project_mean(fam: Family, full: dict, y0, opts: ProjOptions):
@@ -261,6 +269,12 @@ def _project_identity(fam: Family, full: dict, y0, opts: ProjOptions):
     return (a2,), y
 
 
+def _project_wsum(fam: Family, full: dict, y0, opts: ProjOptions):
+    """z = Σ_k c_k a_k with constant c: the linear projection (a fixed-coefficient sum, DESIGN §8)."""
+    a2, y = P.REGISTRY["linear"](full[1], full[0], y0)[-2:]
+    return (a2,), y
+
+
 def _last(res):
     return res[-1] if isinstance(res, (tuple, list)) else res
 
@@ -281,6 +295,12 @@ def _project_squared_error(fam: Family, full: dict, y0, opts: ProjOptions):
     return (_last(P.REGISTRY["squared_error"](full[0], full[1], lam=fam.op.params.get("lam"))),), None
 
 
+def _project_elementwise_loss(fam: Family, full: dict, y0, opts: ProjOptions):
+    """binary_cross_entropy, huber, l1: a prox per output element (the op's params: lam, delta)."""
+    kw = {k: v for k, v in fam.op.params.items() if k in ("lam", "delta")}
+    return (_last(P.REGISTRY[fam.kind](full[0], full[1], **kw)),), None
+
+
 # -- storage choosers: layout name -> (family, factor_linear) -> storage ---------------------------
 
 def _materialized(fam: Family, factor_linear: bool):
@@ -296,6 +316,10 @@ def _dot_copies(fam: Family, factor_linear: bool):
 def _dot_consensus(fam: Family, factor_linear: bool):
     # a batch of dots (b with batch dims, e.g. attention's q.k^T and p.v): the same GEMMs, batched
     return BATCHED_EDGE_MEANS if fam.op.inputs[1].rank > 2 else EDGE_MEANS
+
+
+def _conv_consensus(fam: Family, factor_linear: bool):
+    return conv_family.CONV_MEANS
 
 
 PLAIN = {"copies": _materialized, "consensus": _materialized}
@@ -315,6 +339,9 @@ RULES: dict[str, FamilyRule] = {r.kind: r for r in (
                _pairwise_output, _project_pairwise,
                ("linear", "bilinear"), {"copies": _dot_copies, "consensus": _dot_consensus},
                mode=_dot_mode),
+    FamilyRule("conv", "x [N, C, *S], w (Conv [OC, C/g, *k] or ConvTranspose [C, OC/g, *k])",
+               conv_family.slot_map, _pairwise_output, _project_pairwise, ("linear", "bilinear"),
+               {"copies": _materialized, "consensus": _conv_consensus}, mode=_dot_mode),
     FamilyRule("mul", "a, b (broadcast)", _mul_slot_map, _pairwise_output, _project_pairwise,
                ("linear", "bilinear"), PLAIN, mode=_dot_mode),
     _elementwise("sum", "x_1 ... x_n (broadcast)", _broadcast_slot_map, _project_sum, ("sum",)),
@@ -329,9 +356,14 @@ RULES: dict[str, FamilyRule] = {r.kind: r for r in (
     FamilyRule("embed", "table [V, D] (free), indices (integer data)", _same_slot_map, _forward_output,
                _project_embed, ("embed",), PLAIN, fixed_operands=(1,)),
     _elementwise("identity", "a", _same_slot_map, _project_identity, ("identity",)),
+    FamilyRule("wsum", "a [..., K] (free), c [..., K] (constant coefficients)", _same_slot_map, _forward_output,
+               _project_wsum, ("linear",), PLAIN, fixed_operands=(1,)),
     _loss("cross_entropy", _project_cross_entropy),
     _loss("margin", _project_margin),
     _loss("squared_error", _project_squared_error),
+    _loss("binary_cross_entropy", _project_elementwise_loss),
+    _loss("huber", _project_elementwise_loss),
+    _loss("l1", _project_elementwise_loss),
 )}
 
 MOVES: dict[str, MoveRule] = {r.kind: r for r in (

@@ -118,6 +118,44 @@ def make_forward(graph: Graph) -> Forward:
     return forward
 
 
+class GraphForward:
+    """A graph with its loss attached and nothing lowered, as a gradient method sees it (the
+    Trainer's ``layout`` for ``adam``): ``forward_logits(params, inputs)`` is the loss's input,
+    computed by the ONNX ops' own forwards."""
+
+    name = "forward"
+
+    def __init__(self, graph: Graph):
+        self.graph = graph
+        self.param_names = [v.hint for v in graph.params]
+        self._forward = make_forward(graph)
+
+    def logits_value(self) -> Value:
+        return self.graph.outputs[0]
+
+    def forward_logits(self, params: dict[str, Any], inputs: dict[str, Any]):
+        return self._forward(params, inputs)[0]
+
+    def value_shapes(self, params: dict[str, Any], inputs: dict[str, Any]) -> list[tuple]:
+        """[(value, shape, dtype)] of every op output of the forward on these (abstract) params and
+        inputs, traced for shapes only (``jax.eval_shape``): the memory plan's activations."""
+        interp = Interpreter(self.graph)
+        consts = {v: v.data for v in self.graph.consts}
+        wanted = [v for op in self.graph.ops for v in op.outputs if v is not None]
+
+        def run(p, i):
+            def leaf(v: Value):
+                if v in consts:
+                    return as_jax_array(consts[v])
+                return _runtime_array(p if v.role == "param" else i, v, v.role)
+            env = interp.values(leaf, wanted)
+            return {str(k): env[v] for k, v in enumerate(wanted) if v in env}
+
+        abstract = jax.eval_shape(run, params, inputs)
+        return [(v, tuple(abstract[str(k)].shape), abstract[str(k)].dtype)
+                for k, v in enumerate(wanted) if str(k) in abstract]
+
+
 def run_forward(graph: Graph, params: dict[str, Any] | None, inputs: dict[str, Any], *,
                 jit: bool = True) -> list[np.ndarray]:
     """Evaluate the graph once (jitted unless ``jit=False``); outputs as numpy arrays of their

@@ -1,6 +1,11 @@
-"""Output constraints on logits x[..., C] (labels: integer class ids of shape x.shape[:-1]).
+"""Output constraints: on logits x[..., C] with integer class ids of shape x.shape[:-1]
+(cross-entropy, margin), and elementwise on outputs of any shape with targets of the same shape
+(squared error, binary cross-entropy on sigmoid logits, Huber, L1).
 
-Each returns the projected (or proximal) logits as a single array of x's shape.
+Each returns the projected (or proximal) outputs as a single array of x's shape. A proximal
+operator with weight λ is argmin_x ‖x - x0‖²/(2λ) + loss(x); every elementwise one is exact:
+closed forms (squared error, Huber, L1) or a safeguarded 1-D Newton to rounding level (binary
+cross-entropy). docs/tasks.md derives each.
 """
 from __future__ import annotations
 
@@ -108,6 +113,62 @@ def squared_error(x, target, lam: float | None = None):
     return (x + lam * t) / (1 + lam)
 
 
+def binary_cross_entropy_prox(x, target, lam: float = 5.0, steps: int | None = None):
+    """Proximal point of the binary cross-entropy on sigmoid logits, per element:
+    argmin_x (x - x0)²/(2λ) + softplus(x) - t·x, t in [0, 1] (0/1 labels or multi-hot rows).
+
+    The objective is strictly convex; its derivative g(x) = (x - x0)/λ + σ(x) - t is increasing
+    with g' = 1/λ + σ(1 - σ) in [1/λ, 1/λ + 1/4], and since σ lies in (0, 1) the root lies in
+    [x0 + λ(t - 1), x0 + λt]. Newton from x0 (clipped into that bracket), safeguarded as rtsafe
+    does: a step that would leave the bracket, or that is not at most half the step before the
+    last (plain Newton can cycle on the sigmoid's inflection for large λ), bisects instead; a fixed
+    number of steps for jit (the bracket at least halves every other step).
+    """
+    x0, t = as_floats(x, target)
+    t = jnp.broadcast_to(t, x0.shape)
+    dt = x0.dtype
+    lam = jnp.asarray(lam, dt)
+    steps = (60 if jnp.finfo(dt).bits > 32 else 40) if steps is None else int(steps)
+    lo, hi = x0 + lam * (t - 1), x0 + lam * t
+
+    def body(_, state):
+        x, lo, hi, dx_old, dx = state
+        s = jax.nn.sigmoid(x)
+        g = (x - x0) / lam + s - t
+        dg = 1 / lam + s * (1 - s)
+        lo = jnp.where(g < 0, x, lo)
+        hi = jnp.where(g > 0, x, hi)
+        step = g / dg
+        newton = x - step
+        bisect = (newton <= lo) | (newton >= hi) | (jnp.abs(2 * step) > jnp.abs(dx_old))
+        mid = 0.5 * (lo + hi)
+        xn = jnp.where(g == 0, x, jnp.where(bisect, mid, newton))
+        return xn, lo, hi, dx, jnp.abs(xn - x)
+
+    width = hi - lo
+    x, _, _, _, _ = jax.lax.fori_loop(0, steps, body, (jnp.clip(x0, lo, hi), lo, hi, width, width))
+    return x
+
+
+def huber_prox(x, target, lam: float = 5.0, delta: float = 1.0):
+    """Proximal point of the Huber loss h_δ(x - t) (½r² for |r| ≤ δ, δ(|r| - δ/2) beyond), per
+    element, closed form: with r0 = x0 - t, r = r0/(1 + λ) when |r0| ≤ δ(1 + λ), else
+    r = r0 - λδ sign(r0) (the quadratic and the linear piece of the stationarity condition)."""
+    x0, t = as_floats(x, target)
+    lam = jnp.asarray(lam, x0.dtype)
+    r0 = x0 - t
+    r = jnp.where(jnp.abs(r0) <= delta * (1 + lam), r0 / (1 + lam), r0 - lam * delta * jnp.sign(r0))
+    return t + r
+
+
+def l1_prox(x, target, lam: float = 5.0):
+    """Proximal point of |x - t| per element: soft thresholding, r = sign(r0) max(|r0| - λ, 0)."""
+    x0, t = as_floats(x, target)
+    lam = jnp.asarray(lam, x0.dtype)
+    r0 = x0 - t
+    return t + jnp.sign(r0) * jnp.maximum(jnp.abs(r0) - lam, 0)
+
+
 # -- the same losses as differentiable values (the gradient baseline optimizes these) ----------------
 
 def cross_entropy_value(x, labels):
@@ -129,5 +190,27 @@ def squared_error_value(x, targets):
     return 0.5 * jnp.mean(jnp.sum(d.reshape(d.shape[0], -1) ** 2, -1))
 
 
+def _per_sample_mean(v):
+    return jnp.mean(jnp.sum(v.reshape(v.shape[0], -1), -1))
+
+
+def binary_cross_entropy_value(x, targets):
+    """Mean over samples of the binary cross-entropy of the sigmoid logits, summed over the output."""
+    import optax
+    return _per_sample_mean(optax.sigmoid_binary_cross_entropy(x, targets))
+
+
+def huber_value(x, targets, delta: float = 1.0):
+    """Mean over samples of the Huber loss h_δ(x - t), summed over the output."""
+    a = jnp.abs(x - targets)
+    return _per_sample_mean(jnp.where(a <= delta, 0.5 * a * a, delta * (a - 0.5 * delta)))
+
+
+def l1_value(x, targets):
+    """Mean over samples of |x - t|, summed over the output."""
+    return _per_sample_mean(jnp.abs(x - targets))
+
+
 LOSS_VALUES = {"cross_entropy": cross_entropy_value, "margin": margin_value,
-               "squared_error": squared_error_value}
+               "squared_error": squared_error_value, "binary_cross_entropy": binary_cross_entropy_value,
+               "huber": huber_value, "l1": l1_value}

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 from . import proj_pwl as pwl
 from .proj_bilinear import bilinear, bilinear_root, bilinear_root_ab
 from .proj_common import as_floats
-from .proj_losses import cross_entropy_prox, margin, squared_error
+from .proj_losses import binary_cross_entropy_prox, cross_entropy_prox, huber_prox, l1_prox, margin, squared_error
 from .proj_pwl import (  # noqa: A004 - presets
     PRESETS,
     Pieces,
@@ -54,8 +54,8 @@ from .proj_smooth import handles as activation_handles
 
 __all__ = [
     "identity", "sum", "sum_reduce", "segment_sum", "mean", "mean_square", "embed", "sum_pwl", "linear",
-    "bilinear", "bilinear_root",
-    "bilinear_root_ab", "max", "cross_entropy_prox", "margin", "squared_error", "Pieces", "pieces",
+    "bilinear", "bilinear_root", "bilinear_root_ab", "max", "cross_entropy_prox", "margin", "squared_error",
+    "binary_cross_entropy_prox", "huber_prox", "l1_prox", "Pieces", "pieces",
     "pwl_eval", "PRESETS", "relu", "leaky_relu", "clip", "abs", "sign", "step", "quantize",
     "identity_fn", "pwl", "REGISTRY", "sum_smooth", "smooth_eval", "SMOOTH_FNS", "sum_activation",
     "activation_handles", "Staircase", "staircase", "sum_staircase", "stair_eval", "fake_quant",
@@ -214,4 +214,7 @@ REGISTRY = {
     "cross_entropy": cross_entropy_prox,
     "margin": margin,
     "squared_error": squared_error,
+    "binary_cross_entropy": binary_cross_entropy_prox,
+    "huber": huber_prox,
+    "l1": l1_prox,
 }

@@ -150,8 +150,12 @@ class StateLayout:
                      sources=[self.sources[v] for v in op.inputs])
         if rule.mode is not None:
             fam.mode = rule.mode(fam)
-        fam.storage = rule.storage[self.name](fam, factor_linear)
+        fam.storage = self.choose_storage(rule, fam, factor_linear)
         return fam
+
+    def choose_storage(self, rule, fam: Family, factor_linear: bool):
+        """The storage of ``fam``'s slots: the family rule's choice for this layout."""
+        return rule.storage[self.name](fam, factor_linear)
 
     # -- the schedule, read from the annotations ---------------------------------------------------
     def _read_schedule(self) -> None:

@@ -23,7 +23,8 @@ EPILOG = """examples:
   projc compare models/ --junit-xml report.xml          every model, a JUnit report for CI
   projc train models/mlp_digits.onnx -o trained.onnx    train without gradients, export
   projc train models/mlp_digits.onnx --log h.jsonl --checkpoint ckpt/   history, resumable
-  projc plot h.jsonl -o curve.png                       loss and accuracy against updates
+  projc train models/reg_diabetes.onnx --data diabetes  a regression (the task follows y)
+  projc plot h.jsonl -o curve.png                       loss and the task's metric against updates
   projc ops                                             supported ONNX ops and opsets
 """
 
@@ -146,8 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only the ops that train: the pass, the constraint ops they become, conditions")
 
     p = sub.add_parser("plot", help="draw a training history (train --log) as an image",
-                       description="Draw the loss and the train/test accuracy of a `projc train --log` "
-                       "file against updates. Needs matplotlib (pip install 'projc[plot]').")
+                       description="Draw the loss and the train/test accuracy (R² for a regression, "
+                       "MSE for a reconstruction) of a `projc train --log` file against updates. "
+                       "Needs matplotlib (pip install 'projc[plot]').")
     p.add_argument("log", metavar="FILE.jsonl", help="a history written by projc train --log")
     p.add_argument("-o", "--output", default=None, help="image path (default FILE.png)")
     return parser
@@ -227,8 +229,12 @@ def cmd_inspect(args) -> int:
                                                         or args.model))
     if not args.json and (args.print_after_all or args.print_after or args.time_passes
                           or args.pipeline):
-        from projc.passes import TRAINING_PIPELINE, PassManager
-        manager = PassManager(args.pipeline or TRAINING_PIPELINE, print_after_all=args.print_after_all,
+        from projc.passes import PassManager, training_pipeline
+        from projc.train.tasks import probe_outputs, resolve_task
+
+        pipeline = args.pipeline or training_pipeline(  # the loss the output implies (no data here)
+            loss=resolve_task("auto", "auto", probe_outputs(graph)).loss)
+        manager = PassManager(pipeline, print_after_all=args.print_after_all,
                               print_after=tuple(args.print_after), time_passes=args.time_passes,
                               out=sys.stdout)
         manager.run(graph)

@@ -181,11 +181,12 @@ def check_path_length(path: str, what: str) -> None:
                          f"system allows ({name_max}); choose a shorter path")
 
 
-def onnxruntime_accuracy(path: str, input_name: str, logits_name: str, x, y) -> float:
-    """Test accuracy of the exported file, computed by onnxruntime alone.
+def onnxruntime_outputs(path: str, input_name: str, logits_name: str, x) -> np.ndarray:
+    """The exported file's output that the loss took (the logits, or the regression output),
+    computed by onnxruntime alone.
 
-    The logits may be an internal tensor (a scikit-learn classifier outputs labels and
-    probabilities): then an in-memory copy lists it as an extra graph output; the file is untouched.
+    It may be an internal tensor (a scikit-learn classifier outputs labels and probabilities): then
+    an in-memory copy lists it as an extra graph output; the file is untouched.
     """
     import onnx
     import onnxruntime as ort
@@ -195,8 +196,19 @@ def onnxruntime_accuracy(path: str, input_name: str, logits_name: str, x, y) -> 
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     kind = next(i.type for i in session.get_inputs() if i.name == input_name)
     ids = {"tensor(int64)": np.int64, "tensor(int32)": np.int32}  # token ids (an embedding lookup)
-    (logits,) = session.run([logits_name], {input_name: x.astype(ids.get(kind, np.float32), copy=False)})
-    return float(np.mean(np.argmax(logits, axis=-1) == y))
+    (outputs,) = session.run([logits_name], {input_name: x.astype(ids.get(kind, np.float32), copy=False)})
+    return outputs
+
+
+def onnxruntime_scores(path: str, trainer, x, y) -> dict[str, float]:
+    """The task's test metrics of the exported file (``trainer.task.metrics`` on onnxruntime's outputs)."""
+    x, y = trainer._check_data(x, y)
+    return trainer.task.metrics(onnxruntime_outputs(path, trainer.input_name, trainer.logits_name, x), y)
+
+
+def onnxruntime_accuracy(path: str, input_name: str, logits_name: str, x, y) -> float:
+    """Test accuracy of the exported file (class-id targets), computed by onnxruntime alone."""
+    return float(np.mean(np.argmax(onnxruntime_outputs(path, input_name, logits_name, x), axis=-1) == y))
 
 
 def warn(message: str | None) -> None:
@@ -211,9 +223,10 @@ SHOWN_FIRST = ("solver", "steps_per_update", "lr", "init", "update_scale")
 
 
 def run_header(model: str, config: Config, trainer, data) -> str:
-    """The run's first line: model, data, method, and every option that differs from its default."""
+    """The run's first line: model, data, the task and its loss (and why), the method, and every
+    option that differs from its default."""
     extras = [(name, value) for name, value in config.changed("task", "method", "update", "compilation")
-              if name not in SHOWN_FIRST]
+              if name not in SHOWN_FIRST and name != "loss"]
     if trainer.update_scale != 1:
         extras.insert(0, ("update_scale", trainer.update_scale))
 
@@ -221,7 +234,8 @@ def run_header(model: str, config: Config, trainer, data) -> str:
         value = ", ".join(value) if isinstance(value, tuple) else value
         return HEADER_FORMS.get(name, name.replace("_", " ") + " {}").format(value)
     return (f"projc train: {model} on {data.name} ({len(data.y_train)} train, {len(data.y_test)} test), "
-            f"solver {config.method.solver}, {trainer.entry.describe(config)}, batch {config.dataset.batch}, "
+            f"{trainer.task.describe()}, solver {config.method.solver}, {trainer.entry.describe(config)}, "
+            f"batch {config.dataset.batch}, "
             f"init {trainer.init}" + "".join(f", {form(n, v)}" for n, v in extras))
 
 
@@ -259,6 +273,7 @@ def _train(args, config: Config, output: str) -> int:
     from projc.train.data import load_data
     from projc.train.distributed import process_count, process_index
     from projc.train.loop import TrainingRun
+    from projc.train.tasks import score_line
     from projc.train.watch import input_scale_warning
 
     devices = start_scaling(config)
@@ -269,10 +284,11 @@ def _train(args, config: Config, output: str) -> int:
     if rank != 0:  # process 0 logs and writes the exported file; the others only train
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # also silences gloo's C++ log
     config = Config.build(config, devices=devices)
-    trainer = projc.compile(args.model, config)
+    data = load_data(config.dataset.data, seed=config.run.seed, **model_io(args.model, config))
+    trainer = projc.compile(args.model, config, y=data.y_train)
     trainer.memory_plan(config.dataset.batch)  # the estimate against this process's memory, before XLA
-    data = load_data(config.dataset.data, seed=config.run.seed, input_shape=trainer.input_shape,
-                     per_step=trainer.per_step)
+    if trainer.task.target == "input":
+        data = data.with_input_targets()
     warn(input_scale_warning(data.x_train))
     print(run_header(args.model, config, trainer, data), flush=True)
     params = TrainingRun(config, trainer, data, warn=warn, rank=rank, nproc=nproc).train()
@@ -281,8 +297,25 @@ def _train(args, config: Config, output: str) -> int:
     if os.path.dirname(output):
         os.makedirs(os.path.dirname(output), exist_ok=True)
     trainer.export(params, output)
-    projc_acc = trainer.evaluate(params, data.x_test, data.y_test)["accuracy"]
-    ort_acc = onnxruntime_accuracy(output, trainer.input_name, trainer.logits_name,
-                                   data.x_test, data.y_test)
-    print(f"wrote {output}: test accuracy {ort_acc:.4f} (onnxruntime), {projc_acc:.4f} (projc)")
+    ours = trainer.evaluate(params, data.x_test, data.y_test)
+    ort = onnxruntime_scores(output, trainer, data.x_test, data.y_test)
+    print(f"wrote {output}: {score_line(trainer.task, ort, ours)}")
     return 0
+
+
+def model_io(model: str, config: Config) -> dict:
+    """What loading the data needs to know of the model before it compiles (the task is chosen
+    from the data): its input shape, and whether ``text`` should label every step."""
+    from projc.frontend.importer import from_onnx, read_model
+    from projc.train.tasks import ELEMENTWISE, probe_outputs
+    from projc.train.trainer import check_batch_axis
+
+    source = read_model(model)
+    graph = from_onnx(source.proto, path=source.path or source.label)
+    inputs = graph.data_inputs
+    if len(inputs) != 1:  # the Trainer says so
+        return {}
+    check_batch_axis(inputs[0], model)  # before the data is shaped to it
+    per_step = len(probe_outputs(graph).classes) == 2 and config.task.loss not in ELEMENTWISE
+    return {"input_shape": tuple(d if isinstance(d, int) else None for d in inputs[0].shape),
+            "per_step": per_step}

@@ -8,7 +8,8 @@ interrupt) never leaves a partial, clobbered or stray temporary file. A new file
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 

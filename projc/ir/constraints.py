@@ -27,6 +27,8 @@ PWL_FNS = ("relu", "leaky_relu", "clip", "abs", "sign", "identity",
 SMOOTH_FNS = ("tanh", "sigmoid", "one_minus_sigmoid", "softplus", "silu", "gelu", "gelu_tanh", "elu", "hardswish",
               "exp", "log", "sqrt", "rsqrt", "reciprocal", "square", "pow")
 MEAN_METRICS = ("sum", "euclidean")
+# losses whose targets have the outputs' shape (float), one term per output element
+ELEMENTWISE_LOSSES = ("squared_error", "binary_cross_entropy", "huber", "l1")
 REQUIRED = object()  # a param without a default
 
 
@@ -95,6 +97,19 @@ def _embed_shape(p, shapes):
     return tuple(idx) + (table[1],)
 
 
+def _wsum_shape(p, shapes):
+    out = broadcast(*shapes)
+    if not out:
+        raise ShapeError("wsum needs operands with a last (summed) axis")
+    return out[:-1]
+
+
+def _take_shape(p, shapes):
+    (a,) = shapes
+    axis = p.get("axis", 0) % len(a)
+    return tuple(a[:axis]) + (len(p["indices"]),) + tuple(a[axis + 1:])
+
+
 def _reduce_shape(p, shapes):
     (a,) = shapes
     axes = range(len(a)) if p.get("axes") is None else [ax % len(a) for ax in p["axes"]]
@@ -116,17 +131,6 @@ def _shift_shape(p, shapes):
     if p.get("segments") is not None:
         return _segment_shape(p, [shape])[:-1] + (shape[-1],)
     return _reduce_shape({"axes": p["axes"], "keepdims": 1}, [shape])
-
-
-def _take_shape(p, shapes):
-    (a,) = shapes
-    axis = p["axis"] % len(a) if a else 0
-    if any(not isinstance(d, int) for d in a[axis:]):
-        raise ShapeError(f"take: symbolic dim among the flattened axes of {_fmt(a)}")
-    size = math.prod(a[axis:])
-    if any(not 0 <= i < size for i in p["indices"]):
-        raise ShapeError(f"take: an index outside the {size} positions of axes {axis}.. of {_fmt(a)}")
-    return tuple(a[:axis]) + (len(p["indices"]),)
 
 
 def _scatter_shape(p, shapes):
@@ -221,11 +225,28 @@ def _patches_shape(p, shapes):
     n = len(k)
     if len(a) != n + 2:
         raise ShapeError(f"patches: input {_fmt(a)} is not N,C + {n} spatial dims")
-    if not isinstance(a[1], int):
+    last = bool(p.get("channels_last"))
+    c, spatial = (a[-1], a[1:-1]) if last else (a[1], a[2:])
+    if not isinstance(c, int):
         raise ShapeError("patches: symbolic channel dim")
-    out = patches_out_spatial(a[2:], k, p.get("strides") or [1] * n, p.get("pads") or [0] * (2 * n),
+    out = patches_out_spatial(spatial, k, p.get("strides") or [1] * n, p.get("pads") or [0] * (2 * n),
                               p.get("dilations") or [1] * n)
-    return (a[0],) + out + (a[1] * math.prod(k),)
+    return (a[0],) + out + (c * math.prod(k),)
+
+
+def _conv_shape(p, shapes):
+    from .conv_geometry import out_shape
+
+    x, w = shapes
+    n = len(w) - 2
+    if len(x) != n + 2 or n < 1 or not all(isinstance(d, int) for d in w):
+        raise ShapeError(f"conv needs x [N,*S,C] and a static weight of the same rank, got {_fmt(x)} "
+                         f"and {_fmt(w)}")
+    g = int(p.get("group") or 1)
+    c_in = w[0] if p.get("transpose") else w[1] * g
+    if isinstance(x[-1], int) and x[-1] != c_in:
+        raise ShapeError(f"conv: input {_fmt(x)} has {x[-1]} channels, the weight {_fmt(w)} expects {c_in}")
+    return out_shape(tuple(x), tuple(w), p)
 
 
 def _no_shape(p, shapes):
@@ -276,7 +297,7 @@ def _loss_check(op) -> str | None:
         return "a loss has no outputs"
     if not out.dtype.startswith("f"):
         return f"loss input must be float, got {out.dtype}"
-    if op.kind == "squared_error":
+    if op.kind in ELEMENTWISE_LOSSES:
         return None if lab.shape == out.shape else f"targets {lab.type_str()} do not match outputs {out.type_str()}"
     if op.kind == "cross_entropy" and out.rank == 3:  # per-step logits [B,T,C], labels [B,T]
         if lab.dtype != "i64" or tuple(lab.shape) != tuple(out.shape[:-1]):
@@ -315,6 +336,11 @@ def _loss(kind, doc, **params) -> ConstraintOp:
 OPS: dict[str, ConstraintOp] = {op.kind: op for op in (
     _family("dot", (2, 2), _dot_shape, "z[..., m] = a[..., :] . b[:, m]; with batch dims "
             "z[..., r, m] = a[..., r, :] . b[..., :, m]", _pairwise),
+    _family("conv", (2, 2), _conv_shape, "z = conv(x, w), channels-last x [N,*S,C] -> z [N,*O,OC]: Conv (ONNX "
+            "weights, pads, strides, dilations, group), or ConvTranspose's with transpose=1; a dot per "
+            "output position on the patch view",
+            _pairwise, params={"strides": None, "pads": None, "dilations": None, "group": 1,
+                               "transpose": 0, "output_padding": None}),
     _family("mul", (2, 2), _broadcast_shape, "z = a * b (broadcast)", _pairwise),
     _family("sum", _ANY, _broadcast_shape, "z = the sum of the operands (broadcast)"),
     _family("sum_pwl", _ANY, _broadcast_shape, "z = f(sum of the operands), f piecewise linear or a staircase",
@@ -337,16 +363,19 @@ OPS: dict[str, ConstraintOp] = {op.kind: op for op in (
     _family("embed", (2, 2), _embed_shape, "z[n, :] = table[indices[n], :] (integer data indices)",
             check=_embed_check),
     _family("identity", (1, 1), _first_shape, "z = a (inserted by bipartite repair)"),
+    _family("wsum", (2, 2), _wsum_shape, "z = sum over the last axis of a * c, c constant coefficients "
+            "(linear interpolation: Resize)", lambda op, fixed: "linear"),
     _move("reshape", (1, 1), _reshape_shape, "numpy reshape (one -1 allowed)", params={"shape": REQUIRED}),
     _move("transpose", (1, 1), _transpose_shape, "numpy transpose", params={"perm": None}),
     _move("concat", _ANY, _concat_shape, "concatenate along axis", params={"axis": 0}),
     _move("slice", (1, 1), _slice_shape, "static slice (ONNX Slice semantics)",
           params={"starts": REQUIRED, "ends": REQUIRED, "axes": None, "steps": None}),
     _move("pad", (1, 1), _pad_shape, "constant pad; pads in ONNX order", params={"pads": REQUIRED, "value": 0.0}),
-    _move("patches", (1, 1), _patches_shape, "im2col: [N, C, *S] -> [N, *O, C*prod(kernel)]",
-          params={"kernel": REQUIRED, "strides": None, "pads": None, "dilations": None}),
-    _move("take", (1, 1), _take_shape, "the axes from axis on flattened, then the positions indices "
-          "(a gather by constant positions; repeats allowed)", params={"indices": REQUIRED, "axis": -1}),
+    _move("patches", (1, 1), _patches_shape, "im2col: [N, C, *S] (channels_last=1: [N, *S, C]) -> "
+          "[N, *O, C*prod(kernel)]",
+          params={"kernel": REQUIRED, "strides": None, "pads": None, "dilations": None, "channels_last": 0}),
+    _move("take", (1, 1), _take_shape, "a[..., indices, ...] along axis (constant 1-D indices, repeats "
+          "allowed: nearest Resize, interpolation taps)", params={"indices": REQUIRED, "axis": 0}),
     _move("scatter", (1, 1), _scatter_shape, "a [..., N] placed at the distinct flat positions indices "
           "of a [..., *shape] filled with value (take's adjoint for distinct indices)",
           params={"indices": REQUIRED, "shape": REQUIRED, "value": 0.0}),
@@ -359,6 +388,10 @@ OPS: dict[str, ConstraintOp] = {op.kind: op for op in (
           lam=5.0, method="newton", steps=None),
     _loss("margin", "true-class logit >= 1, others <= 0 (a projection)"),
     _loss("squared_error", "outputs = targets (the prox of the squared distance, or exact)", lam=None),
+    _loss("binary_cross_entropy", "sigmoid cross-entropy of each logit with a 0/1 (or multi-hot) target "
+          "of the outputs' shape (its prox: a 1-D Newton per logit)", lam=5.0),
+    _loss("huber", "Huber loss of outputs - targets, any shape (its closed-form prox)", lam=5.0, delta=1.0),
+    _loss("l1", "absolute error of outputs - targets, any shape (its prox: soft thresholding)", lam=5.0),
 )}
 
 FAMILIES = tuple(k for k, op in OPS.items() if op.role == "family")

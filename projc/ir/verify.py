@@ -5,7 +5,7 @@ graph with two lines of context on each side, so a failure reads like a compiler
 """
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 from projc.errors import VerificationError
 from projc.ir import Graph, Op, Value

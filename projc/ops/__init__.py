@@ -5,12 +5,40 @@ opset)`` finds the registration in force at an opset. Importing this package reg
 ONNX op projc supports (the modules imported below, one decorated function per op and version).
 projc's own constraint ops (lowercase kinds, ``projc.ops.constraint``) use the same decorator.
 """
-from .registry import (DOMAIN_PREFIX, MAX_OPSET, MIN_OPSET, OpDef, kind_of, lookup,
-                       lookup_by_params, lookup_in, op_family, opset_for, register,
-                       render_supported_ops, supported_ops)
 # populate the registry: every ONNX op, and projc's own ops (the forwards of projc.ir.constraints)
-from . import (activations, arith, attention, constraint, elementwise, indexing, layout, ml,  # noqa: F401,E402
-               nn, norm, recurrent, reduce, resize, shape_like, spatial, trees)
+from . import (  # noqa: F401,E402
+    activations,
+    arith,
+    attention,
+    constraint,
+    elementwise,
+    indexing,
+    layout,
+    ml,
+    nn,
+    norm,
+    recurrent,
+    reduce,
+    resize,
+    shape_like,
+    spatial,
+    trees,
+)
+from .registry import (
+    DOMAIN_PREFIX,
+    MAX_OPSET,
+    MIN_OPSET,
+    OpDef,
+    kind_of,
+    lookup,
+    lookup_by_params,
+    lookup_in,
+    op_family,
+    opset_for,
+    register,
+    render_supported_ops,
+    supported_ops,
+)
 
 
 def format_supported_ops(trainable: set[str] | frozenset[str] = frozenset()) -> str:

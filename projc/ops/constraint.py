@@ -26,6 +26,9 @@ from projc.ir.constraints import (  # noqa: F401
     patches_out_spatial,
 )
 
+from .convolution import canonical_kernel, conv_last, shifted
+from .convolution import geometry as conv_geometry
+from .nn import PRECISION
 from .registry import register
 
 
@@ -40,6 +43,15 @@ def constraint_op(kind: str):
 def dot(a, b):
     """z[..., m] = a[..., :] . b[:, m]; b with batch dims: matmul's batched product."""
     return jnp.matmul(a, b)
+
+
+@constraint_op("conv")
+def conv(x, w, strides=None, pads=None, dilations=None, group=1, transpose=0, output_padding=None):
+    """Conv (or ConvTranspose, transpose=1) without bias, channels-last (``projc.ops.convolution``)."""
+    params = {"strides": strides, "pads": pads, "dilations": dilations, "group": group,
+              "transpose": transpose, "output_padding": output_padding}
+    geo = conv_geometry(params, w.shape[2:])
+    return conv_last(x, canonical_kernel(w, geo), geo, precision=PRECISION)
 
 
 @constraint_op("mul")
@@ -193,14 +205,6 @@ def segment_sum(a, segments=None):
     return jnp.matmul(a, onehot, precision=jax.lax.Precision.HIGHEST)
 
 
-@constraint_op("take")
-def take(a, indices=None, axis=-1):
-    """The axes from ``axis`` on flattened, then the positions ``indices`` (repeats allowed)."""
-    axis %= a.ndim
-    flat = jnp.reshape(a, a.shape[:axis] + (-1,))
-    return jnp.take(flat, np.asarray(indices, np.int32), axis=-1)
-
-
 @constraint_op("scatter")
 def scatter(a, indices=None, shape=None, value=0.0):
     """a [..., N] placed at the distinct flat positions ``indices`` of a [..., *shape] filled with
@@ -232,6 +236,18 @@ def embed(table, indices):
     idx = jnp.asarray(indices)
     idx = jnp.where(idx < 0, idx + table.shape[0], idx)
     return jnp.take(table, idx, axis=0, mode="clip")
+
+
+@constraint_op("wsum")
+def wsum(a, c):
+    """z = sum over the last axis of a * c (c: constant coefficients, broadcast)."""
+    return jnp.sum(a * c, axis=-1)
+
+
+@constraint_op("take")
+def take(a, indices=None, axis=0):
+    """a[..., indices, ...] along ``axis`` (constant indices; a repeated index copies)."""
+    return jnp.take(a, jnp.asarray(indices, jnp.int32), axis=axis)
 
 
 @constraint_op("identity")
@@ -277,23 +293,12 @@ def pad(a, pads=None, value=0.0):
 
 
 @constraint_op("patches")
-def patches(x, kernel=None, strides=None, pads=None, dilations=None):
-    """im2col: [N, C, *S] -> [N, *O, C*prod(kernel)], channel-major within a patch."""
-    n = len(kernel)
-    strides = strides or [1] * n
-    pads = pads or [0] * (2 * n)
-    dilations = dilations or [1] * n
-    x = jnp.pad(x, [(0, 0), (0, 0)] + [(pads[i], pads[i + n]) for i in range(n)])
-    out = patches_out_spatial(x.shape[2:], kernel, strides, [0] * (2 * n), dilations)
-    cols = []
-    for offs in itertools.product(*[range(k) for k in kernel]):
-        index = [slice(None), slice(None)]
-        for i, o in enumerate(offs):
-            start = o * dilations[i]
-            index.append(slice(start, start + (out[i] - 1) * strides[i] + 1, strides[i]))
-        cols.append(x[tuple(index)])
-    col = jnp.stack(cols, axis=-1)  # [N, C, *O, K]
-    col = jnp.moveaxis(col, 1, -2)  # [N, *O, C, K]
+def patches(x, kernel=None, strides=None, pads=None, dilations=None, channels_last=0):
+    """im2col: [N, C, *S] (channels_last: [N, *S, C]) -> [N, *O, C*prod(kernel)], channel-major
+    within a patch."""
+    geo = conv_geometry({"strides": strides, "pads": pads, "dilations": dilations}, kernel)
+    xh = x if channels_last else jnp.moveaxis(x, 1, -1)
+    col = jnp.stack(shifted(xh, geo), axis=-1)  # [N, *O, C, K]
     return jnp.reshape(col, col.shape[:-2] + (col.shape[-2] * col.shape[-1],))
 
 
@@ -311,5 +316,23 @@ def margin(logits, labels):
 
 @constraint_op("squared_error")
 def squared_error(outputs, targets, lam=None):
+    """loss (no forward value)."""
+    return ()
+
+
+@constraint_op("binary_cross_entropy")
+def binary_cross_entropy(outputs, targets, lam=5.0):
+    """loss (no forward value)."""
+    return ()
+
+
+@constraint_op("huber")
+def huber(outputs, targets, lam=5.0, delta=1.0):
+    """loss (no forward value)."""
+    return ()
+
+
+@constraint_op("l1")
+def l1(outputs, targets, lam=5.0):
     """loss (no forward value)."""
     return ()

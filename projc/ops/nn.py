@@ -2,6 +2,8 @@
 recurrent ops live in ``recurrent.py``)."""
 from __future__ import annotations
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -127,14 +129,34 @@ def max_pool(x, *, auto_pad, ceil_mode, dilations, kernel_shape, pads, storage_o
     storage_order=1)."""
     kernel, strides, dilations, explicit, extra = _pool_geometry(
         x, auto_pad, ceil_mode, dilations, kernel_shape, pads, strides)
+    widths = [(int(lo), int(hi + e)) for (lo, hi), e in zip(explicit, extra)]
+    return _max_pool_with_indices(x, tuple(widths), tuple(kernel), tuple(strides), tuple(dilations),
+                                  int(storage_order))
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(1, 2, 3, 4, 5))
+def _max_pool_with_indices(x, widths, kernel, strides, dilations, storage_order):
     lowest = -jnp.inf if jnp.issubdtype(x.dtype, jnp.floating) else jnp.iinfo(x.dtype).min
-    widths = [(lo, hi + e) for (lo, hi), e in zip(explicit, extra)]
     index_dtype = jax_dtype(np.int64)
     padded = (_pad_spatial(x, widths, lowest),
               _pad_spatial(jnp.asarray(_flat_positions(x.shape, storage_order), index_dtype),
                            widths, -1))
     init = (jnp.array(lowest, x.dtype), jnp.array(-1, index_dtype))
     return _reduce_window(padded, init, _max_with_index, kernel, strides, dilations)
+
+
+@_max_pool_with_indices.defjvp
+def _max_pool_jvp(widths, kernel, strides, dilations, storage_order, primals, tangents):
+    """Y's tangent through a plain max reduction (JAX cannot differentiate the variadic one that
+    carries the integer indices); the indices have none. What the Adam baseline needs."""
+    (x,), (dx,) = primals, tangents
+    out = _max_pool_with_indices(x, widths, kernel, strides, dilations, storage_order)
+
+    def values(x):  # a concrete -inf init: lax picks its differentiable max reduction
+        lowest = np.array(-np.inf if jnp.issubdtype(x.dtype, jnp.floating) else jnp.iinfo(x.dtype).min, x.dtype)
+        return _reduce_window(_pad_spatial(x, widths, lowest), lowest, lax.max, kernel, strides, dilations)
+    _, dy = jax.jvp(values, (x,), (dx,))
+    return out, (dy, np.zeros(out[1].shape, jax.dtypes.float0))
 
 
 def _max_with_index(a, b):
@@ -170,14 +192,13 @@ def average_pool(x, *, auto_pad, ceil_mode, count_include_pad, kernel_shape, pad
     kernel, strides, dilations, explicit, extra = _pool_geometry(
         x, auto_pad, ceil_mode, dilations, kernel_shape, pads, strides)
     widths = [(lo, hi + e) for (lo, hi), e in zip(explicit, extra)]
-    total = _reduce_window(_pad_spatial(x, widths, 0), jnp.array(0, x.dtype), lax.add,
-                           kernel, strides, dilations)
+    zero = np.array(0, x.dtype)  # a concrete init: lax picks its differentiable sum reduction
+    total = _reduce_window(_pad_spatial(x, widths, 0), zero, lax.add, kernel, strides, dilations)
     ones = jnp.ones((1, 1, *x.shape[2:]), x.dtype)
     if count_include_pad:
         ones = _pad_spatial(ones, explicit, 1)
         widths = [(0, e) for e in extra]
-    count = _reduce_window(_pad_spatial(ones, widths, 0), jnp.array(0, x.dtype), lax.add,
-                           kernel, strides, dilations)
+    count = _reduce_window(_pad_spatial(ones, widths, 0), zero, lax.add, kernel, strides, dilations)
     return total / count
 
 

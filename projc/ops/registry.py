@@ -11,8 +11,9 @@ Kinds are ONNX op types; ops of another domain carry a prefix (``ml.ZipMap`` for
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 # Oldest default-domain opset projc imports, and the newest whose op changes were reviewed.
 # Opsets above MAX_OPSET are accepted: for the registered ops they only add element types

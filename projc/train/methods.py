@@ -19,7 +19,7 @@ from projc.config import Config
 class MethodEntry:
     summary: str
     build: Callable[[Any, Config], Any]      # (state layout, config) -> Method
-    projection: bool = True                   # a projection solver (reads out a projected point)
+    projection: bool = True                   # a projection solver (needs the lowered graph)
     decay_unit: Callable[[Config], float] = lambda config: 1.0  # weight decay per update: δ × this
 
     def describe(self, config: Config) -> str:
@@ -39,12 +39,19 @@ def _projection(layout, config: Config):
 
 
 def _optax(make_optimizer: Callable[[Config], Any]):
-    """A gradient method: the optimizer on the task's loss through the compiled forward."""
+    """A gradient method: the optimizer on the task's loss through the model's forward (``layout``:
+    anything with ``graph`` and ``forward_logits``; the Trainer gives the imported graph's own
+    forward, ``projc.backends.jax.forward.GraphForward``, so nothing needs lowering)."""
     def build(layout, config: Config):
+        from functools import partial
+
         from projc.backends.jax.methods import gradient
         from projc.backends.jax.proj_losses import LOSS_VALUES
 
-        value = LOSS_VALUES[config.task.loss]
+        kind = layout.graph.meta.get("loss", config.task.loss)  # attach-loss's: "auto" resolved
+        value = LOSS_VALUES[kind]
+        if kind == "huber":
+            value = partial(value, delta=config.task.huber_delta)
         x_name, y_name = layout.graph.data_inputs[0].hint, layout.graph.labels[0].hint
 
         def loss(params, batch):

@@ -99,10 +99,9 @@ def _specs(trainer, batch: int):
     xdt = jnp.int32 if trainer._input.dtype in ("i64", "i32") else jnp.float32
     per = tuple(d if d is not None else 1 for d in trainer.input_shape[1:])
     x = jax.ShapeDtypeStruct((batch, *per), xdt)
-    if trainer.config.task.loss == "squared_error" and trainer.num_classes is not None:
-        y = jax.ShapeDtypeStruct((batch, trainer.num_classes), jnp.float32)
-    else:
-        y = jax.ShapeDtypeStruct((batch, trainer.label_steps) if trainer.per_step else (batch,), jnp.int32)
+    label = trainer._label  # the compiled graph's label input: class ids, or the task's float targets
+    per_label = tuple(d if isinstance(d, int) else 1 for d in label.shape[1:])
+    y = jax.ShapeDtypeStruct((batch, *per_label), jnp.float32 if label.dtype.startswith("f") else jnp.int32)
     return params, {trainer.input_name: x, trainer.label_name: y}
 
 
@@ -131,9 +130,9 @@ def plan_update(trainer, batch: int, *, layout=None, solver: str | None = None) 
     layout = layout if layout is not None else trainer.layout
     params, inputs = _specs(trainer, batch)
     fixed = sum(_nbytes(s.shape, s.dtype) for s in jax.tree_util.tree_leaves((params, inputs)))
-    if solver not in STATE_FACTOR:  # a gradient method: the forward's activations
-        _, shapes = _layout_shapes(layout, params, inputs)
-        acts = sum(_nbytes(shape, dtype) for v, shape, dtype in shapes.items  # the ops' outputs
+    if solver not in STATE_FACTOR:  # a gradient method: the forward's activations (the imported graph's)
+        items = layout.value_shapes(params, inputs)
+        acts = sum(_nbytes(shape, dtype) for v, shape, dtype in items  # the ops' outputs
                    if v.role not in ("input", "label", "param", "const"))
         fixed += 3 * sum(_nbytes(s.shape, s.dtype) for s in jax.tree_util.tree_leaves(params))
         total = int(ADAM_ACTIVATIONS * acts + fixed)

@@ -4,14 +4,23 @@
     params = trainer.init_params()                 # {ONNX initializer name: array}
     state = trainer.init_state(params)             # what an update carries (Adam's moments; () else)
     params, state, stats = trainer.update(params, state, x, y)   # one minibatch, pure
-    metrics = trainer.evaluate(params, x, y)       # {"accuracy": ..., "loss": ...}
+    metrics = trainer.evaluate(params, x, y)       # the task's metrics: {"accuracy", "loss"}, ...
     trainer.export(params, "trained.onnx")         # the original graph with trained initializers
+
+The task (``trainer.task``, ``projc.train.tasks``) follows the model's output and the targets:
+``loss="auto"`` (the default) picks it from ``y`` when ``compile(..., y=y_train)`` is given them
+(class ids, 0/1 labels for one logit, multi-hot rows, float targets of the output's shape), else from
+the output alone; ``target="input"`` trains a reconstruction (y = x; ``y`` may be omitted).
+``evaluate`` returns the task's metrics: accuracy for classes, rmse/r2/mse for regression, mse for
+reconstruction (and always ``loss``).
 
 ``model`` is a path, the bytes of an ONNX file or an ``onnx.ModelProto``; it is read once, and the
 export writes that same graph. Every option is a field of ``projc.config.Config`` (its docstrings
 and ``projc train --help`` describe them); keywords land in their group. The update is a pure
 function (the method table, ``projc.train.methods``), jit-compiled once per (model, batch shape);
-the Trainer holds only what compilation fixed.
+the Trainer holds only what compilation fixed. The gradient baseline (a non-projection entry of the
+method table) lowers nothing: it differentiates the imported graph's own forward with the loss attached
+(``gradient_graph``), so it trains every model the forward runs.
 
 ``update(..., progress=t)`` tells a schedule how far the run is (t in [0, 1]). ``devices`` (an
 option: None | N | "all" | a jax Mesh) shards every minibatch over that many devices and replicates
@@ -36,9 +45,41 @@ from projc.errors import DataError, DivergenceError, ParamError, ProjcError
 CONV_UPDATE_SCALE = 2.0
 
 
-def compile(model, config: Config | None = None, **options) -> Trainer:  # noqa: A001
-    """Compile an ONNX model (path, bytes or ModelProto) into a Trainer (see the module docstring)."""
-    return Trainer(model, config, **options)
+def compile(model, config: Config | None = None, *, y=None, **options) -> Trainer:  # noqa: A001
+    """Compile an ONNX model (path, bytes or ModelProto) into a Trainer (see the module docstring);
+    ``y``: the training targets (or a sample of them), from which ``loss="auto"`` picks the task."""
+    return Trainer(model, config, y=y, **options)
+
+
+def gradient_graph(source_graph, *, loss: str, lam: float = 5.0, delta: float = 1.0,
+                   train_batchnorm: bool = False):
+    """The imported graph with only its loss attached (attach-loss): what a gradient method
+    differentiates, through the ONNX ops' own forwards. Its parameters are the ones projection
+    training has: BatchNormalization's scale and bias stay fixed unless ``train_batchnorm`` (as
+    canonicalize folds them), and initializers the logits do not depend on are constants."""
+    from projc.passes.attach_loss import AttachLoss
+
+    graph = source_graph.clone()
+    if not train_batchnorm:
+        for op in graph.ops:
+            if op.kind == "BatchNormalization":
+                for v in op.inputs[1:3]:
+                    if v is not None and v.role == "param":
+                        v.role = "const"
+    AttachLoss(loss=loss, lam=lam, delta=delta).run(graph)
+    producers = graph.producers()
+    needed, stack = set(), list(graph.outputs)
+    while stack:
+        v = stack.pop()
+        if v is None or v in needed:
+            continue
+        needed.add(v)
+        if v in producers:
+            stack.extend(producers[v].inputs)
+    for v in graph.params:
+        if v not in needed:
+            v.role = "const"
+    return graph
 
 
 def freeze_params(graph, names) -> list[str]:
@@ -62,10 +103,13 @@ def freeze_params(graph, names) -> list[str]:
 
 def make_state_layout(name: str, solver: str, graph, *, factor_linear: bool = True):
     """The state layout ``name`` for ``solver``: ``auto`` takes consensus where it is exact (AP, CP
-    on this graph), copies otherwise."""
+    on this graph), copies otherwise; ``hybrid``: copies with the conv families as edge means."""
     from projc.backends.jax.layout_consensus import EXACT_SOLVERS, ConsensusLayout
     from projc.backends.jax.layout_copies import CopiesLayout
 
+    if name == "hybrid":
+        from projc.backends.jax.layout_hybrid import HybridLayout
+        return HybridLayout(graph, factor_linear=factor_linear)
     if name == "copies" or (name == "auto" and solver not in EXACT_SOLVERS):
         return CopiesLayout(graph, factor_linear=factor_linear)
     if name == "auto":
@@ -76,13 +120,18 @@ def make_state_layout(name: str, solver: str, graph, *, factor_linear: bool = Tr
     return ConsensusLayout(graph, solver=solver)
 
 
-def resolve_update_scale(update_scale: float | str, source_graph, projection: bool) -> float:
+def resolve_update_scale(update_scale: float | str, source_graph, projection: bool,
+                         out_shape: tuple = ()) -> float:
     """The number ``update_scale`` means for this model and method (``auto``: CONV_UPDATE_SCALE for
-    a projection solver on a model with a Conv, else 1; a gradient method has no readout to stretch)."""
+    a projection solver on a model with a Conv whose loss takes one vector per sample (``out_shape``
+    the per-sample shape: [C] or [] — the conv maps are pooled), else 1; a gradient method has no
+    readout to stretch). A dense output (an autoencoder's [1, 8, 8]) corrects every position of the
+    last conv maps, so the short-update argument does not hold there: measured on ae_digits (DR,
+    seed 0), scale 2 diverges (test MSE 0.59 -> 18 in 12 updates) where 1 trains (0.59 -> 0.076)."""
     if update_scale != "auto":
         return float(update_scale)
     has_conv = any(op.kind == "Conv" for op in source_graph.ops)
-    return CONV_UPDATE_SCALE if has_conv and projection else 1.0
+    return CONV_UPDATE_SCALE if has_conv and projection and len(out_shape) <= 1 else 1.0
 
 
 def check_batch_axis(value, model: str) -> None:
@@ -104,7 +153,7 @@ def check_batch_axis(value, model: str) -> None:
 class Trainer:
     """A compiled trainer for one ONNX model (see the module docstring)."""
 
-    def __init__(self, model, config: Config | None = None, **options):
+    def __init__(self, model, config: Config | None = None, *, y=None, **options):
         import jax
 
         from projc.frontend.importer import from_onnx, read_model
@@ -112,27 +161,42 @@ class Trainer:
         from projc.train.distributed import DataParallel
         from projc.train.init_params import initial_params, resolve_init
         from projc.train.methods import METHODS, build_method
+        from projc.train.tasks import probe_outputs, resolve_task
 
         self.config = config = Config.build(config, **options)
         task, method, comp = config.task, config.method, config.compilation
+        if comp.cache:
+            from projc.train.cache import enable
+            self.cache_dir = enable()  # before anything compiles (projc.train.cache)
+        else:
+            self.cache_dir = None
         self.source = read_model(model)  # read once: the export writes this graph
         self.model_path = self.source.label
         self.source_graph = from_onnx(self.source.proto, path=self.source.path or self.source.label)
         self.entry = METHODS[method.solver]
         self.init = resolve_init(comp.init, self.source_graph)  # "auto" -> file | he
-        self.update_scale = resolve_update_scale(config.update.update_scale, self.source_graph,
-                                                 self.entry.projection)
         self.frozen = freeze_params(self.source_graph, comp.freeze)
-        self.graph = compile_for_training(self.source_graph, loss=task.loss, lam=task.lam,
-                                          ce_method=task.ce_method, repair=comp.repair,
-                                          train_batchnorm=comp.train_batchnorm)
-        self.layout = make_state_layout(method.layout, method.solver, self.graph,
-                                        factor_linear=method.factor_linear)
-        data = self.graph.data_inputs
-        if len(data) != 1:
+        if len(self.source_graph.data_inputs) != 1:
+            data = self.source_graph.data_inputs
             raise ProjcError(f"{self.model_path}: projc trains models with one data input, this one "
                              f"has {len(data)} ({', '.join(v.hint for v in data)})")
-        self._input = data[0]
+        self.outputs = probe_outputs(self.source_graph)
+        self.task = resolve_task(task.loss, config.dataset.target, self.outputs, y)
+        self.update_scale = resolve_update_scale(config.update.update_scale, self.source_graph,
+                                                 self.entry.projection, self.task.out_shape)
+        if self.entry.projection:
+            self.graph = compile_for_training(self.source_graph, loss=self.task.loss, lam=task.lam,
+                                              ce_method=task.ce_method, repair=comp.repair,
+                                              train_batchnorm=comp.train_batchnorm, delta=task.huber_delta)
+            self.layout = make_state_layout(method.layout, method.solver, self.graph,
+                                            factor_linear=method.factor_linear)
+        else:  # a gradient method: the imported graph's own forward, nothing lowered
+            from projc.backends.jax.forward import GraphForward
+
+            self.graph = gradient_graph(self.source_graph, loss=self.task.loss, lam=task.lam,
+                                        delta=task.huber_delta, train_batchnorm=comp.train_batchnorm)
+            self.layout = GraphForward(self.graph)
+        self._input = self.graph.data_inputs[0]
         check_batch_axis(self._input, self.model_path)
         self._label = self.graph.labels[0]
         self.input_name = self._input.hint
@@ -140,10 +204,10 @@ class Trainer:
         self.input_shape = tuple(d if isinstance(d, int) else None for d in self._input.shape)
         logits = self.layout.logits_value()
         self.logits_name = self.graph.meta.get("logits_output", logits.hint)
-        self.num_classes = int(logits.shape[-1]) if isinstance(logits.shape[-1], int) else None
+        self.num_classes = self.task.classes
         # per-step logits [B, T, C] with labels [B, T] (cross_entropy over every step)
-        self.per_step = task.loss != "squared_error" and self._label.rank == 2
-        self.label_steps = self._label.shape[1] if self.per_step else None
+        self.per_step = self.task.kind == "sequence"
+        self.label_steps = self.task.out_shape[0] if self.per_step else None
         self.param_names = [v.hint for v in self.graph.params]
         self._init = initial_params(self.source_graph, {v.hint: np.asarray(v.data) for v in self.graph.params},
                                     self.init, config.run.seed)
@@ -170,10 +234,10 @@ class Trainer:
         state = self.method.init({k: jnp.asarray(v, jnp.float32) for k, v in params.items()})
         return self.parallel.put_replicated(state) if self.parallel is not None else state
 
-    def update(self, params: Mapping[str, Any], state: Any, x, y, *,
+    def update(self, params: Mapping[str, Any], state: Any, x, y=None, *,
                progress: float = 0.0) -> tuple[dict[str, Any], Any, dict[str, float]]:
         """One minibatch update: (new params, new state, stats). ``progress`` in [0, 1] is how far
-        the run is, the clock of a ``schedule``."""
+        the run is, the clock of a ``schedule``. ``y`` may be omitted for ``target="input"``."""
         if not (isinstance(progress, (int, float)) and 0 <= progress <= 1):
             raise ProjcError(f"progress must be a number in [0, 1], got {progress!r}")
         params = self._check_params(params)
@@ -230,16 +294,13 @@ class Trainer:
             params = to_host(params)
         return np.asarray(self._forward(params, x))
 
-    def evaluate(self, params: Mapping[str, Any], x, y) -> dict[str, float]:
-        """{"accuracy", "loss"} on (x, y): loss is the mean softmax cross-entropy of the logits
-        (per-step logits: accuracy and loss over every sample and step)."""
+    def evaluate(self, params: Mapping[str, Any], x, y=None) -> dict[str, float]:
+        """The task's metrics on (x, y) (``projc.train.tasks``): classes: {"accuracy", "loss"}, loss
+        the mean softmax cross-entropy (per-step logits: over every sample and step); binary:
+        {"accuracy", "loss"}; multi-label: + "exact_match"; regression: {"rmse", "r2", "mse",
+        "loss"}; reconstruction: {"mse", "loss"}."""
         x, y = self._check_data(x, y)
-        lg = self.logits(params, x).astype(np.float64)
-        lg, y = lg.reshape(-1, lg.shape[-1]), y.reshape(-1)  # per-step logits: every step a row
-        m = lg.max(-1, keepdims=True)
-        lse = (m[:, 0] + np.log(np.exp(lg - m).sum(-1)))
-        ce = float(np.mean(lse - lg[np.arange(len(y)), y]))
-        return {"accuracy": float(np.mean(np.argmax(lg, -1) == y)), "loss": ce}
+        return self.task.metrics(self.logits(params, x), y)
 
     def export(self, params: Mapping[str, Any], path) -> str:
         """Write the original ONNX graph (as read at compile time) with the trained initializers,
@@ -342,32 +403,12 @@ class Trainer:
 
     def _check_data(self, x, y) -> tuple[np.ndarray, np.ndarray]:
         x = self._check_x(x)
-        y = np.asarray(y)
-        if self.per_step:
-            if y.shape != (len(x), self.label_steps):
-                raise DataError(f"y must be [{len(x)}, {self.label_steps}]: the model has per-step logits, "
-                                f"one integer label per sample and step; got shape {list(y.shape)}")
-        elif y.ndim != 1 or len(y) != len(x):
-            raise DataError(f"y must be a vector of {len(x)} integer labels (one per sample of x), "
-                            f"got shape {list(y.shape)}")
-        if y.dtype.kind == "f":
-            if not np.all(np.isfinite(y)) or np.any(y != np.round(y)):
-                raise DataError("y must hold integer class labels (found NaN, inf or fractions)")
-        elif y.dtype.kind not in "iu":
-            raise DataError(f"y must hold integer class labels, got dtype {y.dtype}")
-        y = y.astype(np.int64)
-        c = self.num_classes
-        if c is not None and (y.min() < 0 or y.max() >= c):
-            bad = int(y[(y < 0) | (y >= c)][0])
-            raise DataError(f"label {bad} is out of range: the model has {c} classes, labels must lie "
-                            f"in 0..{c - 1}; remap the labels")
-        return x, y.astype(np.int32)
+        if y is None and self.task.target != "input":
+            raise DataError(f"y is missing: the {self.task.kind} task needs targets (target='input' "
+                            f"trains y = x)")
+        return x, self.task.check(x, y)
 
     def _targets(self, y: np.ndarray):
-        """The label input of the compiled graph: class ids, or one-hot rows for squared_error
-        (whose label has the logits' shape)."""
-        if self.config.task.loss != "squared_error":
-            return y
-        if self.num_classes is None:
-            raise DataError("squared_error needs a model whose output has a known class count")
-        return np.eye(self.num_classes, dtype=np.float32)[y]
+        """The label input of the compiled graph: class ids, one-hot rows (class ids under an
+        elementwise loss) or the targets themselves."""
+        return self.task.targets(y)
