@@ -1,7 +1,8 @@
 """Helpers shared by the passes: emitting ops in place of a matched op, consts, data-ness."""
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 

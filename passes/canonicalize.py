@@ -269,8 +269,10 @@ LOWERINGS = {
     "Clip": L(clip, "sum_pwl[clip]", "constant bounds"),
     "Abs": L(pwl("abs"), "sum_pwl[abs]"),
     "Sign": L(pwl("sign"), "sum_pwl[sign]"),
-    "BatchNormalization": L(batchnorm, "mul, sum", "inference; a frozen affine (train_batchnorm: scale and bias train)"),
-    "ml.LinearClassifier": L(linear_classifier, "dot, sum", "the raw scores train; post_transform NONE, SOFTMAX or LOGISTIC"),
+    "BatchNormalization": L(batchnorm, "mul, sum",
+                            "inference; a frozen affine (train_batchnorm: scale and bias train)"),
+    "ml.LinearClassifier": L(linear_classifier, "dot, sum",
+                             "the raw scores train; post_transform NONE, SOFTMAX or LOGISTIC"),
 }
 
 

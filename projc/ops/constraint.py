@@ -7,7 +7,6 @@ zero outputs and a forward that returns ``()``.
 """
 from __future__ import annotations
 
-import itertools
 import math
 
 import jax
