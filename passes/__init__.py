@@ -27,14 +27,17 @@ from projc.ir.verify import verify
 
 from ._common import Lowering
 
-# fuse-activations runs again after lower so that a lowered Conv's bias sum fuses into its ReLU.
-TRAINING_PASSES = ("attach-loss", "canonicalize", "unroll", "fold-constants", "dce", "fuse-activations", "lower",
-                   "channels-last", "fold-constants", "dce", "fuse-activations", "select-projections", "bipartite", "schedule")
+# fuse-activations runs again after lower so that a lowered Conv's bias sum fuses into its ReLU (and
+# the sums split creates into their neighbours); split runs after the first, which matches torch's
+# decomposed GELU (its Pow) before split would take the Pow.
+TRAINING_PASSES = ("attach-loss", "canonicalize", "unroll", "fold-constants", "dce", "fuse-activations", "split",
+                   "lower", "channels-last", "fold-constants", "dce", "fuse-activations", "select-projections",
+                   "bipartite", "schedule")
 TRAINING_PIPELINE = ",".join(TRAINING_PASSES)  # the same as a pipeline string (the CLI's default)
 # Registered passes that TRAINING_PIPELINE leaves out (opt-in through a pipeline string, after lower).
 OPTIONAL_PASSES = ("hoist-max-offset",)
 
-PASSES: dict[str, type["Pass"]] = {}
+PASSES: dict[str, type[Pass]] = {}
 
 
 def register_pass(name: str):
@@ -219,8 +222,21 @@ def compile_for_training(graph: Graph, *, pipeline: str | list[Pass] | None = No
 
 
 # Importing the pass modules registers them (order is irrelevant).
-from . import (attach_loss, bipartite, canonicalize, channels_last, dce, fold_constants,  # noqa: E402,F401
-               fuse_activations, hoist_max_offset, lower, schedule, select_projections, unroll)
+from . import (  # noqa: E402,F401
+    attach_loss,
+    bipartite,
+    canonicalize,
+    channels_last,
+    dce,
+    fold_constants,
+    fuse_activations,
+    hoist_max_offset,
+    lower,
+    schedule,
+    select_projections,
+    split,
+    unroll,
+)
 
 __all__ = ["Pass", "PassManager", "PASSES", "OPTIONAL_PASSES", "TRAINING_PASSES", "TRAINING_PIPELINE",
            "compile_for_training", "lowering_table", "make_pass", "parse_pipeline", "register_pass",

@@ -1,12 +1,13 @@
 """Helpers shared by the passes: emitting ops in place of a matched op, consts, data-ness."""
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 
 from projc.ir import DTYPES, Graph, Op, Value
-from projc.ir.constraints import FAMILIES, LOSSES, MOVES, infer_shape
+from projc.ir.constraints import FAMILIES, FIXED, LOSSES, MOVES, infer_shape
 
 Rule = Callable[["Rewriter", Op], "list[Value] | Value | None"]
 
@@ -94,10 +95,11 @@ def const_data(v: Value | None) -> np.ndarray | None:
 
 
 def data_values(graph: Graph) -> set[Value]:
-    """Values that never move: data inputs, labels, consts and values computed only from them."""
+    """Values that never move: data inputs, labels, consts, values computed only from them, and the
+    outputs of ``fixed`` ops (constants of each update, e.g. a softmax's shift)."""
     fixed = {v for v in graph.inputs} | set(graph.consts)
     for op in graph.ops:
-        if op.inputs and all(v is None or v in fixed for v in op.inputs):
+        if op.kind in FIXED or (op.inputs and all(v is None or v in fixed for v in op.inputs)):
             fixed.update(op.outputs)
     return fixed
 

@@ -21,6 +21,7 @@ import networkx as nx
 
 from projc.errors import PassError
 from projc.ir import Graph, Op, Value
+from projc.ir.constraints import FIXED
 from projc.ir.printer import assign_names
 
 from . import Pass, register_pass
@@ -44,6 +45,8 @@ def family_graph(graph: Graph, with_params: bool = False) -> nx.Graph:
                 memo[v] = {v} if with_params and v.role == "param" else set()
             elif is_family(p):
                 memo[v] = {p}
+            elif p.kind in FIXED:  # a constant of each update: no edge
+                memo[v] = set()
             else:  # moves (and ops on data only) are transparent
                 memo[v] = set().union(*(sources(u) for u in p.inputs)) if p.inputs else set()
         return memo[v]

@@ -44,11 +44,20 @@ def gemm(rw: Rewriter, op: Op):
 
 
 def matmul(rw: Rewriter, op: Op):
+    """MatMul -> dot: a [..., K] x b [K, M] as it is; b [K] as [K, 1] (reshaped back); b with batch
+    dims (a batch of products, e.g. attention's q.k^T and p.v) as a batched dot, a's rank >= 2."""
     a, b = op.inputs
-    if b.rank != 2 or a.rank < 1:
-        raise PassError(f"MatMul {src_of(op)}: {a.type_str()} x {b.type_str()} is a batch matmul; "
-                        "projc supports MatMul with a 2-D right operand only")
-    return rw.emit("dot", [a, b])
+    out = op.outputs[0]
+    if b.rank == 1 and a.rank >= 1:
+        col = rw.emit("reshape", [b], {"shape": [b.shape[0], 1]})
+        y = rw.emit("dot", [a, col])
+        return rw.emit("reshape", [y], {"shape": reshape_param(out.shape)}, shape=out.shape)
+    if b.rank == 2 and a.rank >= 1:
+        return rw.emit("dot", [a, b])
+    if b.rank > 2 and a.rank >= 2:
+        return rw.emit("dot", [a, b], shape=out.shape)
+    raise PassError(f"MatMul {src_of(op)}: {a.type_str()} x {b.type_str()}: a 1-D left operand of a "
+                    "batched product is not supported for training")
 
 
 def sub(rw: Rewriter, op: Op):
@@ -235,7 +244,7 @@ def _neg(rw: Rewriter, op: Op):
 L = Lowering
 LOWERINGS = {
     "Gemm": L(gemm, "dot, sum", "a'b'·alpha + c·beta"),
-    "MatMul": L(matmul, "dot", "right operand 2-D"),
+    "MatMul": L(matmul, "dot", "batch dims: a batched dot (left operand at least 2-D)"),
     "Add": L(_add, "sum"),
     "Sum": L(_add, "sum"),
     "Mul": L(_mul, "mul"),
@@ -260,8 +269,10 @@ LOWERINGS = {
     "Clip": L(clip, "sum_pwl[clip]", "constant bounds"),
     "Abs": L(pwl("abs"), "sum_pwl[abs]"),
     "Sign": L(pwl("sign"), "sum_pwl[sign]"),
-    "BatchNormalization": L(batchnorm, "mul, sum", "inference; a frozen affine (train_batchnorm: scale and bias train)"),
-    "ml.LinearClassifier": L(linear_classifier, "dot, sum", "the raw scores train; post_transform NONE, SOFTMAX or LOGISTIC"),
+    "BatchNormalization": L(batchnorm, "mul, sum",
+                            "inference; a frozen affine (train_batchnorm: scale and bias train)"),
+    "ml.LinearClassifier": L(linear_classifier, "dot, sum",
+                             "the raw scores train; post_transform NONE, SOFTMAX or LOGISTIC"),
 }
 
 

@@ -162,16 +162,20 @@ def test_canonicalize_activations_and_removals():
 """.replace("  %a:", "  const %shape: i64[3] = [-1, 2, 3]\n  %a:"), "canonicalize,dce")
 
 
-def test_canonicalize_batch_matmul_is_an_error():
-    g = parse_graph("""graph @g {
+def test_canonicalize_batch_matmul_is_a_batched_dot():
+    # matmul semantics over the leading dims (attention's q·kᵀ and p·v): one dot family
+    g, _ = run_ir("""graph @g {
   input %x: f32[2,3,4]
   param %w: f32[2,4,5]
   %y: f32[2,3,5] = MatMul %x, %w  {src="/bmm"}
+  # CHECK: %y: f32[2,3,5] = dot %x, %w
   return %y
 }
-""")
-    with pytest.raises(PassError, match="MatMul /bmm.*batch matmul"):
-        PassManager("canonicalize").run(g)
+""", "canonicalize")
+    fill_data(g)
+    x = np.random.default_rng(1).standard_normal((2, 3, 4)).astype(np.float32)
+    (y,) = evaluate(g, {"x": x})
+    np.testing.assert_allclose(y, x @ g.params[0].data, rtol=1e-5, atol=1e-5)
 
 
 # -- fold-constants, dce --------------------------------------------------------------------

@@ -29,7 +29,10 @@ from projc.ir import constraints as C
 from . import conv as conv_family
 from . import projections as P
 from .forward import op_forward
+from .proj_batched_dot import BATCHED_EDGE_MEANS
 from .proj_pool import max_over_axes
+from .proj_smooth_fast import FAST_FNS
+from .proj_smooth_fast import sum_smooth as sum_smooth_fast
 from .slot_storage import EDGE_MEANS, FACTORED, MATERIALIZED
 
 
@@ -104,11 +107,13 @@ class MoveRule:
 # -- slot maps: operand value -> the copies it holds ------------------------------------------
 
 def _dot_slot_map(fam: Family, i: int, out_shape):
+    """a [..., K] (or [..., R, K]) -> its copies [..., (R,) M, K]; b [K, M] (or [..., K, M]) -> its
+    copies [..., (R,) M, K]: the row of a and the column of b that output element (r, m) reads."""
     def expand(v):
-        kk = v.shape[-1] if i == 0 else v.shape[0]
+        kk = v.shape[-1] if i == 0 else v.shape[-2]
         if i == 0:
             return jnp.broadcast_to(v[..., None, :], tuple(out_shape) + (kk,))
-        return jnp.broadcast_to(v.T, tuple(out_shape) + (kk,))
+        return jnp.broadcast_to(jnp.expand_dims(jnp.swapaxes(v, -1, -2), -3), tuple(out_shape) + (kk,))
     return expand
 
 
@@ -181,8 +186,13 @@ def pwl_preset(params: dict):
 
 
 def _project_activation(fam: Family, full: dict, y0, opts: ProjOptions):
-    """sum_smooth, and sum_pwl staircases / hard activations: constant operands enter as an offset."""
+    """sum_smooth, and sum_pwl staircases / hard activations: constant operands enter as an offset.
+    exp, square, sqrt, rsqrt and reciprocal take the grid-free path to the same point
+    (proj_smooth_fast: the split pass puts them on every softmax and normalization)."""
     offset = sum((full[i] for i in fam.fixed_idx), 0.0)
+    if fam.kind == "sum_smooth" and fam.op.params["fn"] in FAST_FNS:
+        res = sum_smooth_fast(*[full[i] for i in fam.free_idx], y0, fn=fam.op.params["fn"], offset=offset)
+        return tuple(res[:-1]), res[-1]
     res = P.sum_activation(fam.kind, fam.op.params, *[full[i] for i in fam.free_idx], y0, offset=offset)
     return tuple(res[:-1]), res[-1]
 
@@ -229,6 +239,23 @@ def _project_mean(fam: Family, full: dict, y0, opts: ProjOptions):
     weight = 1.0 if fam.op.params.get("metric", "sum") == "euclidean" else None
     return _project_over_axes(fam, full[0], y0,
                               lambda a, t: P.REGISTRY["mean"](a, t, axis=-1, weight=weight))
+
+
+def _project_mean_square(fam: Family, full: dict, y0, opts: ProjOptions):
+    """mean of squares over ``axes``, in the metric the op's ``metric`` chooses (proj_reduce)."""
+    weight = 1.0 if fam.op.params.get("metric", "sum") == "euclidean" else None
+    return _project_over_axes(fam, full[0], y0,
+                              lambda a, t: P.REGISTRY["mean_square"](a, t, axis=-1, weight=weight))
+
+
+def _project_reduce_sum(fam: Family, full: dict, y0, opts: ProjOptions):
+    """sum over ``axes``: every entry moves by the same share of the residual (projections.sum_reduce)."""
+    return _project_over_axes(fam, full[0], y0, lambda a, t: P.REGISTRY["sum_reduce"](a, t, axis=-1))
+
+
+def _project_segment_sum(fam: Family, full: dict, y0, opts: ProjOptions):
+    a2, y = P.REGISTRY["segment_sum"](full[0], y0, segments=fam.op.params["segments"])
+    return (a2,), y
 
 
 def _project_embed(fam: Family, full: dict, y0, opts: ProjOptions):
@@ -282,11 +309,13 @@ def _materialized(fam: Family, factor_linear: bool):
 
 def _dot_copies(fam: Family, factor_linear: bool):
     # a linear dot with data on the left: slot[..., m, :] = G[m, :] + alpha[..., m] c[..., :] exactly
-    return FACTORED if factor_linear and fam.mode == "linear" and fam.free == [False, True] else MATERIALIZED
+    factorable = fam.mode == "linear" and fam.free == [False, True] and fam.op.inputs[1].rank == 2
+    return FACTORED if factor_linear and factorable else MATERIALIZED
 
 
 def _dot_consensus(fam: Family, factor_linear: bool):
-    return EDGE_MEANS
+    # a batch of dots (b with batch dims, e.g. attention's q.k^T and p.v): the same GEMMs, batched
+    return BATCHED_EDGE_MEANS if fam.op.inputs[1].rank > 2 else EDGE_MEANS
 
 
 def _conv_consensus(fam: Family, factor_linear: bool):
@@ -306,7 +335,8 @@ def _loss(kind: str, project) -> FamilyRule:
 
 
 RULES: dict[str, FamilyRule] = {r.kind: r for r in (
-    FamilyRule("dot", "a [..., K], b [K, M]", _dot_slot_map, _pairwise_output, _project_pairwise,
+    FamilyRule("dot", "a [..., K], b [K, M]; or a [..., R, K], b [..., K, M]", _dot_slot_map,
+               _pairwise_output, _project_pairwise,
                ("linear", "bilinear"), {"copies": _dot_copies, "consensus": _dot_consensus},
                mode=_dot_mode),
     FamilyRule("conv", "x [N, C, *S], w (Conv [OC, C/g, *k] or ConvTranspose [C, OC/g, *k])",
@@ -320,6 +350,9 @@ RULES: dict[str, FamilyRule] = {r.kind: r for r in (
                  ("sum_smooth",)),
     _elementwise("max", "a", _same_slot_map, _project_max, ("max",)),
     _elementwise("mean", "a", _same_slot_map, _project_mean, ("mean",)),
+    _elementwise("mean_square", "a", _same_slot_map, _project_mean_square, ("mean_square",)),
+    _elementwise("reduce_sum", "a", _same_slot_map, _project_reduce_sum, ("sum_reduce",)),
+    _elementwise("segment_sum", "a [..., N]", _same_slot_map, _project_segment_sum, ("segment_sum",)),
     FamilyRule("embed", "table [V, D] (free), indices (integer data)", _same_slot_map, _forward_output,
                _project_embed, ("embed",), PLAIN, fixed_operands=(1,)),
     _elementwise("identity", "a", _same_slot_map, _project_identity, ("identity",)),
@@ -335,7 +368,7 @@ RULES: dict[str, FamilyRule] = {r.kind: r for r in (
 
 MOVES: dict[str, MoveRule] = {r.kind: r for r in (
     MoveRule("reshape"), MoveRule("transpose"), MoveRule("concat"), MoveRule("slice"),
-    MoveRule("pad", {"value": 0.0}), MoveRule("patches"), MoveRule("take"),
+    MoveRule("pad", {"value": 0.0}), MoveRule("patches"), MoveRule("take"), MoveRule("scatter", {"value": 0.0}),
 )}
 
 LOSSES = C.LOSSES

@@ -106,14 +106,22 @@ def _solve_alpha(U, V, y0, iters, early: bool = True):
     return a, amin
 
 
-def root_parts(U, V, y0, iters, early: bool = True):
+def root_parts(U, V, y0, iters, early: bool = True, p=None):
     """Solve in the orientation with a root in [0, 1): returns (mirrored, ts, α, α_min, U', V', y0').
 
     The root of the original problem is t = ts (not mirrored) or -ts (mirrored); α = 1 - ts.  Both ts
     and α carry full relative precision: α from the pole-side solve, ts (when ≤ ½, where 1 - α would
     lose it) from two Newton steps in t itself, where g' ≥ 1 and g'' is bounded.
+
+    ``p``: a0·b0 (= ½(U - V)) when the caller has it. The orientation is then the comparison p > y0,
+    which involves no arithmetic: XLA recomputes an elementwise predicate inside every fusion that
+    reads it, and on CPU it contracts ``x·x - v`` into an FMA in some fusions and not in others, so
+    ``½(U - V) - y0 > 0`` can come out True in one and False in another where g(0) is within rounding
+    of 0 (y0 = a0·b0 with a0 ≈ b0: a LayerNorm's unit scale at its init). U', V' and y0' then mix the
+    two orientations and the root is wrong (measured: 4769 for a root t ≈ 1e-7).
     """
-    mirrored = 0.5 * (U - V) - y0 > 0  # g(0) > 0: the root is negative
+    # g(0) > 0: the root is negative
+    mirrored = (0.5 * (U - V) > y0) if p is None else (p > y0)
     Us = jnp.where(mirrored, V, U)
     Vs = jnp.where(mirrored, U, V)
     ys = jnp.where(mirrored, -y0, y0)
@@ -175,7 +183,7 @@ def bilinear(a, b, target, iters: int | None = None):
     v0 = (a - b) * _SQRT_HALF
     U = jnp.sum(u0 * u0, axis=-1)
     V = jnp.sum(v0 * v0, axis=-1)
-    mirrored, ts, al, amin, Us, Vs, ys = root_parts(U, V, y0, iters)
+    mirrored, ts, al, amin, Us, Vs, ys = root_parts(U, V, y0, iters, p=jnp.sum(a * b, axis=-1))
     # Every case is a = A1 a0 + A2 b0 + A3 s + A4, b = B1 a0 + B2 b0 + B3 s + B4 with s = a0 ± b0
     # (+ when not mirrored, computed exactly) and per-row scalars — one fused pass over the vectors.
     sg = jnp.where(mirrored, -1.0, 1.0).astype(dt)

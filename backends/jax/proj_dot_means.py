@@ -30,7 +30,7 @@ def _coeff_parts(nx, nw, p, y0, iters):
     half = 0.5 * (nx + nw)
     U = jnp.maximum(half + p, 0)  # = ½|a0 + b0|²
     V = jnp.maximum(half - p, 0)  # = ½|a0 - b0|²
-    mirrored, ts, al, amin, Us, Vs, ys = root_parts(U, V, y0, iters)
+    mirrored, ts, al, amin, Us, Vs, ys = root_parts(U, V, y0, iters, p=p)
     sg = jnp.where(mirrored, -1.0, 1.0).astype(dt)
     return sg, ts, al, amin, Us, Vs, ys
 

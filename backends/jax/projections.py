@@ -48,13 +48,14 @@ from .proj_pwl import (  # noqa: A004 - presets
     sum_pwl,
     sum_staircase,
 )
+from .proj_reduce import mean_square, segment_sum
 from .proj_smooth import SMOOTH_FNS, smooth_eval, sum_activation, sum_smooth
 from .proj_smooth import handles as activation_handles
 
 __all__ = [
-    "identity", "sum", "sum_reduce", "mean", "embed", "sum_pwl", "linear", "bilinear", "bilinear_root",
-    "bilinear_root_ab", "max", "cross_entropy_prox", "margin", "squared_error", "binary_cross_entropy_prox",
-    "huber_prox", "l1_prox", "Pieces", "pieces",
+    "identity", "sum", "sum_reduce", "segment_sum", "mean", "mean_square", "embed", "sum_pwl", "linear",
+    "bilinear", "bilinear_root", "bilinear_root_ab", "max", "cross_entropy_prox", "margin", "squared_error",
+    "binary_cross_entropy_prox", "huber_prox", "l1_prox", "Pieces", "pieces",
     "pwl_eval", "PRESETS", "relu", "leaky_relu", "clip", "abs", "sign", "step", "quantize",
     "identity_fn", "pwl", "REGISTRY", "sum_smooth", "smooth_eval", "SMOOTH_FNS", "sum_activation",
     "activation_handles", "Staircase", "staircase", "sum_staircase", "stair_eval", "fake_quant",
@@ -201,7 +202,9 @@ REGISTRY = {
     "identity": identity,
     "sum": sum,
     "sum_reduce": sum_reduce,
+    "segment_sum": segment_sum,
     "mean": mean,
+    "mean_square": mean_square,
     "embed": embed,
     "sum_pwl": sum_pwl,
     "sum_smooth": sum_smooth,

@@ -25,6 +25,7 @@ import numpy as np
 
 from projc.errors import PassError, ProjcError
 from projc.ir import Graph, Op, Value
+from projc.ir.constraints import FIXED
 
 from .families import MOVES, RULES, Family, ProjOptions
 from .forward import Interpreter, op_forward
@@ -85,10 +86,11 @@ class StepContext:
 
 
 def free_values(graph: Graph, producer: dict[Value, Op]) -> dict[Value, bool]:
-    """Which values move during training: params, and what depends on them."""
+    """Which values move during training: params, and what depends on them (except through a
+    ``fixed`` op, e.g. a softmax's shift: a constant of each update)."""
     free = {v: v.role == "param" for v in graph.values()}
     for op in graph.ops:
-        moving = any(free.get(u, False) for u in op.inputs if u is not None)
+        moving = op.kind not in FIXED and any(free.get(u, False) for u in op.inputs if u is not None)
         for out in op.outputs:
             free[out] = moving
     return free
@@ -114,7 +116,8 @@ class StateLayout:
 
     def __init__(self, graph: Graph, *, factor_linear: bool = True, bilinear_iters: int | None = None,
                  tied: float = 0.0):
-        unknown = [op.kind for op in graph.ops if op.kind not in RULES and op.kind not in MOVES]
+        unknown = [op.kind for op in graph.ops if op.kind not in RULES and op.kind not in MOVES
+                   and op.kind not in FIXED]
         if unknown:
             raise ProjcError(f"the solver needs the lowered constraint IR; found op(s) "
                              f"{', '.join(sorted(set(unknown)))} (run compile_for_training first)")

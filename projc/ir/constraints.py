@@ -41,7 +41,7 @@ class ConstraintOp:
     """One projc op (see the module docstring)."""
 
     kind: str
-    role: str                                   # "family" | "move" | "loss"
+    role: str                                   # "family" | "move" | "loss" | "fixed"
     arity: tuple[int, int | None]               # operand count: (least, most or None)
     shape: Callable[[dict, Sequence[Shape]], Shape | None]
     doc: str
@@ -69,12 +69,17 @@ def broadcast(*shapes: Shape) -> Shape:
 
 
 def _dot_shape(p, shapes):
+    """a [..., K] . b [K, M] -> [..., M]; or, b with batch dims, matmul's: a [..., R, K] .
+    b [..., K, M] -> [..., R, M] (the batch dims broadcast)."""
     a, b = shapes
-    if len(b) != 2 or len(a) < 1:
-        raise ShapeError(f"dot needs a [...,K] and b [K,M], got {_fmt(a)} and {_fmt(b)}")
-    if a[-1] != b[0]:
+    if len(b) < 2 or len(a) < (1 if len(b) == 2 else 2):
+        raise ShapeError(f"dot needs a [...,K] and b [K,M] (or a [...,R,K] and b [...,K,M]), "
+                         f"got {_fmt(a)} and {_fmt(b)}")
+    if a[-1] != b[-2]:
         raise ShapeError(f"dot contraction mismatch: {_fmt(a)} . {_fmt(b)}")
-    return tuple(a[:-1]) + (b[1],)
+    if len(b) == 2:
+        return tuple(a[:-1]) + (b[1],)
+    return broadcast(tuple(a[:-2]), tuple(b[:-2])) + (a[-2], b[-1])
 
 
 def _broadcast_shape(p, shapes):
@@ -111,6 +116,31 @@ def _reduce_shape(p, shapes):
     if p.get("keepdims", 1):
         return tuple(1 if i in axes else d for i, d in enumerate(a))
     return tuple(d for i, d in enumerate(a) if i not in axes)
+
+
+def _segment_shape(p, shapes):
+    (a,) = shapes
+    segments = p["segments"]
+    if len(a) < 1 or (isinstance(a[-1], int) and a[-1] != len(segments)):
+        raise ShapeError(f"segment_sum: {len(segments)} segment ids for {_fmt(a)}")
+    return tuple(a[:-1]) + (max(segments) + 1,)
+
+
+def _shift_shape(p, shapes):
+    shape = broadcast(*shapes)
+    if p.get("segments") is not None:
+        return _segment_shape(p, [shape])[:-1] + (shape[-1],)
+    return _reduce_shape({"axes": p["axes"], "keepdims": 1}, [shape])
+
+
+def _scatter_shape(p, shapes):
+    (a,) = shapes
+    size = math.prod(p["shape"])
+    if len(a) < 1 or (isinstance(a[-1], int) and a[-1] != len(p["indices"])):
+        raise ShapeError(f"scatter: {len(p['indices'])} indices for {_fmt(a)}")
+    if len(set(p["indices"])) != len(p["indices"]) or any(not 0 <= i < size for i in p["indices"]):
+        raise ShapeError(f"scatter: indices must be distinct positions of shape {list(p['shape'])}")
+    return tuple(a[:-1]) + tuple(p["shape"])
 
 
 def _reshape_shape(p, shapes) -> Shape:
@@ -291,6 +321,10 @@ def _family(kind, arity, shape, doc, projection=_closed, **kw) -> ConstraintOp:
     return ConstraintOp(kind, "family", arity, shape, doc, projection=projection, **kw)
 
 
+def _fixed(kind, arity, shape, doc, **kw) -> ConstraintOp:
+    return ConstraintOp(kind, "fixed", arity, shape, doc, **kw)
+
+
 def _move(kind, arity, shape, doc, **kw) -> ConstraintOp:
     return ConstraintOp(kind, "move", arity, shape, doc, **kw)
 
@@ -300,7 +334,8 @@ def _loss(kind, doc, **params) -> ConstraintOp:
 
 
 OPS: dict[str, ConstraintOp] = {op.kind: op for op in (
-    _family("dot", (2, 2), _dot_shape, "z[..., m] = a[..., :] . b[:, m]", _pairwise),
+    _family("dot", (2, 2), _dot_shape, "z[..., m] = a[..., :] . b[:, m]; with batch dims "
+            "z[..., r, m] = a[..., r, :] . b[..., :, m]", _pairwise),
     _family("conv", (2, 2), _conv_shape, "z = conv(x, w), channels-last x [N,*S,C] -> z [N,*O,OC]: Conv (ONNX "
             "weights, pads, strides, dilations, group), or ConvTranspose's with transpose=1; a dot per "
             "output position on the patch view",
@@ -318,6 +353,13 @@ OPS: dict[str, ConstraintOp] = {op.kind: op for op in (
             params={"axes": REQUIRED, "keepdims": 1}),
     _family("mean", (1, 1), _reduce_shape, "z = mean of a over axes (metric: how it projects)",
             params={"axes": REQUIRED, "keepdims": 1, "metric": "sum"}, check=_mean_check),
+    _family("mean_square", (1, 1), _reduce_shape, "z = mean of a² over axes (metric: how it projects)",
+            params={"axes": REQUIRED, "keepdims": 1, "metric": "sum"}, check=_mean_check),
+    _family("reduce_sum", (1, 1), _reduce_shape, "z = sum of a over axes",
+            params={"axes": REQUIRED, "keepdims": 1}),
+    _family("segment_sum", (1, 1), _segment_shape,
+            "z[..., g] = sum of a[..., k] over the k with segments[k] = g (a [..., N], len(segments) = N)",
+            params={"segments": REQUIRED}),
     _family("embed", (2, 2), _embed_shape, "z[n, :] = table[indices[n], :] (integer data indices)",
             check=_embed_check),
     _family("identity", (1, 1), _first_shape, "z = a (inserted by bipartite repair)"),
@@ -329,11 +371,19 @@ OPS: dict[str, ConstraintOp] = {op.kind: op for op in (
     _move("slice", (1, 1), _slice_shape, "static slice (ONNX Slice semantics)",
           params={"starts": REQUIRED, "ends": REQUIRED, "axes": None, "steps": None}),
     _move("pad", (1, 1), _pad_shape, "constant pad; pads in ONNX order", params={"pads": REQUIRED, "value": 0.0}),
-    _move("take", (1, 1), _take_shape, "a[..., indices, ...] along axis (constant 1-D indices, repeats "
-          "allowed: nearest Resize, interpolation taps)", params={"indices": REQUIRED, "axis": 0}),
     _move("patches", (1, 1), _patches_shape, "im2col: [N, C, *S] (channels_last=1: [N, *S, C]) -> "
           "[N, *O, C*prod(kernel)]",
           params={"kernel": REQUIRED, "strides": None, "pads": None, "dilations": None, "channels_last": 0}),
+    _move("take", (1, 1), _take_shape, "a[..., indices, ...] along axis (constant 1-D indices, repeats "
+          "allowed: nearest Resize, interpolation taps)", params={"indices": REQUIRED, "axis": 0}),
+    _move("scatter", (1, 1), _scatter_shape, "a [..., N] placed at the distinct flat positions indices "
+          "of a [..., *shape] filled with value (take's adjoint for distinct indices)",
+          params={"indices": REQUIRED, "shape": REQUIRED, "value": 0.0}),
+    _fixed("shift", _ANY, _shift_shape, "z = -max of the operands' sum over axes (keepdims), or per "
+           "segment of the last axis broadcast back; held at its value when an update starts: a "
+           "constant of the update (a softmax's shift), not a variable", params={"axes": None, "segments": None},
+           check=lambda op: None if (op.params.get("axes") is None) != (op.params.get("segments") is None)
+           else "shift needs exactly one of axes and segments"),
     _loss("cross_entropy", "softmax cross-entropy on logits [B(,T),C] and integer labels (its prox)",
           lam=5.0, method="newton", steps=None),
     _loss("margin", "true-class logit >= 1, others <= 0 (a projection)"),
@@ -347,6 +397,7 @@ OPS: dict[str, ConstraintOp] = {op.kind: op for op in (
 FAMILIES = tuple(k for k, op in OPS.items() if op.role == "family")
 MOVES = tuple(k for k, op in OPS.items() if op.role == "move")
 LOSSES = tuple(k for k, op in OPS.items() if op.role == "loss")
+FIXED = tuple(k for k, op in OPS.items() if op.role == "fixed")  # no constraint; constant per update
 CONSTRAINT_KINDS = tuple(OPS)
 
 

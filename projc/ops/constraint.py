@@ -7,11 +7,11 @@ zero outputs and a forward that returns ``()``.
 """
 from __future__ import annotations
 
-import itertools
 import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from projc.ir.constraints import (  # noqa: F401
     CONSTRAINT_KINDS,
@@ -40,7 +40,7 @@ def constraint_op(kind: str):
 
 @constraint_op("dot")
 def dot(a, b):
-    """z[..., m] = a[..., :] . b[:, m]."""
+    """z[..., m] = a[..., :] . b[:, m]; b with batch dims: matmul's batched product."""
     return jnp.matmul(a, b)
 
 
@@ -182,6 +182,50 @@ def max_(a, axes=None, keepdims=1):
 def mean(a, axes=None, keepdims=1, metric="sum"):
     """z = mean of a over axes (``metric`` only chooses how the solver projects it)."""
     return jnp.mean(a, axis=None if axes is None else tuple(axes), keepdims=bool(keepdims))
+
+
+@constraint_op("mean_square")
+def mean_square(a, axes=None, keepdims=1, metric="sum"):
+    """z = mean of a² over axes (``metric`` only chooses how the solver projects it)."""
+    return jnp.mean(a * a, axis=None if axes is None else tuple(axes), keepdims=bool(keepdims))
+
+
+@constraint_op("reduce_sum")
+def reduce_sum(a, axes=None, keepdims=1):
+    """z = sum of a over axes."""
+    return jnp.sum(a, axis=None if axes is None else tuple(axes), keepdims=bool(keepdims))
+
+
+@constraint_op("segment_sum")
+def segment_sum(a, segments=None):
+    """z[..., g] = sum of a[..., k] over the k with segments[k] = g."""
+    seg = np.asarray(segments, np.int32)
+    onehot = np.equal.outer(seg, np.arange(int(seg.max()) + 1)).astype(np.dtype(a.dtype))
+    return jnp.matmul(a, onehot, precision=jax.lax.Precision.HIGHEST)
+
+
+@constraint_op("scatter")
+def scatter(a, indices=None, shape=None, value=0.0):
+    """a [..., N] placed at the distinct flat positions ``indices`` of a [..., *shape] filled with
+    ``value``."""
+    lead = a.shape[:-1]
+    out = jnp.full(lead + (math.prod(shape),), value, a.dtype)
+    out = out.at[..., np.asarray(indices, np.int32)].set(a, unique_indices=True)
+    return jnp.reshape(out, lead + tuple(shape))
+
+
+@constraint_op("shift")
+def shift(*xs, axes=None, segments=None):
+    """-max of the operands' sum over ``axes`` (keepdims), or per segment of the last axis (broadcast
+    back to it). A constant of each update for the solver (projc.ir.constraints); here its value."""
+    s = sum_(*xs)
+    if segments is None:
+        return -jnp.max(s, axis=tuple(axes), keepdims=True)
+    seg = np.asarray(segments, np.int32)
+    groups = int(seg.max()) + 1
+    member = np.equal.outer(np.arange(groups), seg)  # [G, N]
+    m = jnp.max(jnp.where(member, s[..., None, :], -jnp.inf), axis=-1)  # [..., G]
+    return -jnp.take(m, seg, axis=-1)
 
 
 @constraint_op("embed")
