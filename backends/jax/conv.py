@@ -64,7 +64,9 @@ if TYPE_CHECKING:
 
 
 def geometry_of(fam: Family):
-    return geometry(fam.op.params, fam.op.operand(1).shape[2:])
+    w = fam.op.inputs[1]
+    assert w is not None  # a conv family's weight
+    return geometry(fam.op.params, w.shape[2:])
 
 
 # -- copies: materialized slots [N, *O, OC, C/g·K] --------------------------------------------------
