@@ -44,7 +44,7 @@ def _operand(op: Op, i: int):
 
 def _geometry(op: Op):
     """(roi, scales, sizes, attributes) of a Resize or Upsample; None when an operand is not constant."""
-    x = op.inputs[0]
+    x = op.operand(0)
     if op.kind == "Upsample":
         scales = op.params.get("scales")
         if scales is None:
@@ -68,7 +68,7 @@ def _geometry(op: Op):
 
 
 def resize(rw: Rewriter, op: Op):
-    x = op.inputs[0]
+    x = op.operand(0)
     geometry = _geometry(op)
     if geometry is None:
         return None  # runtime sizes: left for lower's error report

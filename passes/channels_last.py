@@ -48,13 +48,14 @@ class _Sinker:
         self.graph = graph
         self.producer = graph.producers()
 
-    def transposed(self, v: Value | None):
+    def transposed(self, v: Value | None) -> tuple[Value, list[int]] | None:
         """(a, perm) when v = transpose(a, perm), else None."""
         op = self.producer.get(v) if v is not None else None
         if op is None or op.kind != "transpose":
             return None
-        perm = op.params.get("perm") or list(reversed(range(op.inputs[0].rank)))
-        return op.inputs[0], [int(i) for i in perm]
+        a = op.operand(0)
+        perm = op.params.get("perm") or list(reversed(range(a.rank)))
+        return a, [int(i) for i in perm]
 
     def new_value(self, like: Value, shape) -> Value:
         return Value(like.dtype, tuple(shape), "tmp")
@@ -89,7 +90,7 @@ class _Sinker:
         if inner is None:
             return None
         a, p = inner
-        q = [int(i) for i in (op.params.get("perm") or list(reversed(range(op.inputs[0].rank))))]
+        q = [int(i) for i in (op.params.get("perm") or list(reversed(range(op.operand(0).rank))))]
         composed = [p[i] for i in q]
         if composed == list(range(len(composed))):
             return "alias", a
@@ -97,8 +98,9 @@ class _Sinker:
 
     def elementwise(self, op: Op):
         out = op.outputs[0]
+        operands = [op.operand(i) for i in range(len(op.inputs))]
         perm, srcs = None, []
-        for v in op.inputs:
+        for v in operands:
             t = self.transposed(v) if v.rank == out.rank and tuple(v.shape) == tuple(out.shape) else None
             if v.rank == out.rank and tuple(v.shape) == tuple(out.shape):
                 if t is None or (perm is not None and t[1] != perm):
@@ -109,7 +111,7 @@ class _Sinker:
             return None
         inv = _inverse(perm)
         new_ops, inputs = [], []
-        for v, t in zip(op.inputs, srcs):
+        for v, t in zip(operands, srcs):
             if t is not None:
                 inputs.append(t[0])
                 continue
@@ -150,7 +152,7 @@ class _Sinker:
                           {k: v for k, v in op.annots.items() if k == "src"})]
 
     def reshapes(self, op: Op):
-        inner = self.producer.get(op.inputs[0])
+        inner = self.producer.get(op.operand(0))
         if inner is None or inner.kind != "reshape":
             return None
         return [self.emit("reshape", [inner.inputs[0]], op.params, op.outputs[0], op.annots)]

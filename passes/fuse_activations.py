@@ -19,7 +19,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from projc.ir import Graph, Op
+from projc.ir import Graph, Op, Value
 
 from . import Pass, register_pass
 from ._common import Lowering, Rewriter, const_data, rewrite
@@ -36,7 +36,7 @@ def _gelu_fn(op: Op) -> str:
 def _act(family: str, fn, **param_fns):
     """A rule: the ONNX activation -> ``family[fn]`` of its input (params read from the op)."""
     def rule(rw: Rewriter, op: Op):
-        x = op.inputs[0]
+        x = op.operand(0)
         if not x.dtype.startswith("f"):
             return None
         params = {"fn": fn(op) if callable(fn) else fn, **{k: f(op) for k, f in param_fns.items()}}
@@ -179,8 +179,9 @@ def _gelu_form(m: _Match, x, g) -> str | None:
         return None
     lin, cub = s.inputs if s.inputs[0] is x else reversed(s.inputs)
     prod = m.product([cub]) if lin is x else None
-    cubic = prod is not None and len(prod[1]) == 3 and all(v is x for v in prod[1])
-    return "gelu_tanh" if cubic and _close(prod[0], GELU_TANH_CUBIC) else None
+    if prod is None or len(prod[1]) != 3 or not all(v is x for v in prod[1]):
+        return None
+    return "gelu_tanh" if _close(prod[0], GELU_TANH_CUBIC) else None
 
 
 def _gelu_rule(producers, users, dead):
@@ -205,22 +206,24 @@ def _gelu_rule(producers, users, dead):
     return rule
 
 
+_QUANTIZED: dict[str, type[np.integer]] = {"u8": np.uint8, "i8": np.int8, "u16": np.uint16, "i16": np.int16}
+
+
 def _fake_quant_rule(producers, users, dead):
     """DequantizeLinear(QuantizeLinear(x, s, z), s, z) with equal per-tensor consts -> sum_pwl[fake_quant]."""
 
     def rule(rw: Rewriter, op: Op):
-        q = producers.get(op.inputs[0])
+        q = producers.get(op.operand(0))
         if q is None or q.kind != "QuantizeLinear" or not _single_use(rw.graph, users, op.inputs[0]):
             return None
-        x = q.inputs[0]
+        x = q.operand(0)
         qs, qz = _scalar(q.inputs[1]), (_scalar(q.inputs[2]) if len(q.inputs) > 2 and q.inputs[2] else 0)
         ds, dz = _scalar(op.inputs[1]), (_scalar(op.inputs[2]) if len(op.inputs) > 2 and op.inputs[2] else 0)
         if qs is None or ds is None or qz is None or dz is None or not x.dtype.startswith("f"):
             return None
         if float(qs) != float(ds) or float(qz) != float(dz) or not float(qs) > 0:
             return None
-        info = np.iinfo(np.dtype({"u8": np.uint8, "i8": np.int8, "u16": np.uint16, "i16": np.int16}.get(
-            q.outputs[0].dtype, np.uint8)))
+        info = np.iinfo(_QUANTIZED.get(q.outputs[0].dtype, np.uint8))
         dead.add(q)
         params = {"fn": "fake_quant", "scale": float(qs), "zero_point": float(qz),
                   "qmin": float(info.min), "qmax": float(info.max)}
@@ -238,7 +241,7 @@ def _absorb_relu(graph: Graph) -> bool:
             continue
         if op.params.get("qmin") != op.params.get("zero_point"):
             continue
-        p = producers.get(op.inputs[0])
+        p = producers.get(op.operand(0))
         if (p is not None and p.kind == "sum_pwl" and p.params.get("fn") == "relu"
                 and _single_use(graph, users, op.inputs[0])):
             op.inputs = list(p.inputs)
@@ -249,7 +252,8 @@ def _absorb_relu(graph: Graph) -> bool:
 
 def lower_activations(graph: Graph) -> bool:
     """The first three rule groups of the module docstring (the SiLU and Q/DQ patterns first)."""
-    producers, users, dead = graph.producers(), graph.users(), set()
+    producers, users = graph.producers(), graph.users()
+    dead: set[Op] = set()
     silu, gelu = _silu_rule(producers, users, dead), _gelu_rule(producers, users, dead)
 
     def mul_rule(rw: Rewriter, op: Op):
@@ -274,14 +278,14 @@ class FuseActivations(Pass):
         while True:
             producers, users = graph.producers(), graph.users()
             outputs = set(graph.outputs)
-            dead = set()
+            dead: set[Op] = set()
             for op in reversed(graph.ops):  # consumers last-to-first: a whole chain folds into its end
                 if op.kind not in FUSES_INTO or op in dead:
                     continue
-                operands = []
+                operands: list[Value | None] = []
                 for v in op.inputs:
-                    p = producers.get(v)
-                    if (p is not None and p not in dead and p.kind in FUSES_INTO[op.kind]
+                    p = None if v is None else producers.get(v)
+                    if (v is not None and p is not None and p not in dead and p.kind in FUSES_INTO[op.kind]
                             and len(users.get(v, ())) == 1 and v not in outputs):
                         operands.extend(p.inputs)
                         dead.add(p)

@@ -87,11 +87,13 @@ def _bias(rw: Rewriter, y, b, oc: int, n: int):
 
 
 def conv(rw: Rewriter, op: Op, mode: str = "family"):
-    x, w, b = (op.inputs + [None])[:3]
+    x, w = op.operand(0), op.operand(1)
+    b = op.inputs[2] if len(op.inputs) > 2 else None
     group = int(op.params.get("group", 1))
     if not w.is_static:
         raise PassError(f"Conv {src_of(op)}: the weight {w.type_str()} needs a static shape")
-    oc, kernel = w.shape[0], [int(k) for k in (op.params.get("kernel_shape") or w.shape[2:])]
+    wshape = [int(d) for d in w.shape]  # static: checked above
+    oc, kernel = wshape[0], [int(k) for k in (op.params.get("kernel_shape") or wshape[2:])]
     n = len(kernel)
     strides, pads, dilations = _window(op, x.shape[2:], kernel)
     if mode == "family":
@@ -101,7 +103,7 @@ def conv(rw: Rewriter, op: Op, mode: str = "family"):
         raise PassError(f"Conv {src_of(op)}: group={group} (grouped/depthwise convolution) needs the "
                         "conv family; lower{conv=patches} supports group=1 only")
     cols = rw.emit("patches", [x], {"kernel": kernel, "strides": strides, "pads": pads, "dilations": dilations})
-    w2 = rw.emit("reshape", [w], {"shape": [oc, int(np.prod(w.shape[1:]))]})
+    w2 = rw.emit("reshape", [w], {"shape": [oc, int(np.prod(wshape[1:]))]})
     wt = rw.emit("transpose", [w2], {"perm": [1, 0]})
     y = rw.emit("dot", [cols, wt])                                        # [N, *O, OC]
     y = rw.emit("transpose", [y], {"perm": [0, n + 1, *range(1, n + 1)]})  # [N, OC, *O]
@@ -111,10 +113,12 @@ def conv(rw: Rewriter, op: Op, mode: str = "family"):
 def conv_transpose(rw: Rewriter, op: Op):
     """A ConvTranspose is a conv family with transpose=1: its pads (auto_pad, output_shape) resolved
     to explicit crops, its output_padding kept."""
-    x, w, b = (op.inputs + [None])[:3]
+    x, w = op.operand(0), op.operand(1)
+    b = op.inputs[2] if len(op.inputs) > 2 else None
     if not w.is_static:
         raise PassError(f"ConvTranspose {src_of(op)}: the weight {w.type_str()} needs a static shape")
-    kernel = [int(k) for k in (op.params.get("kernel_shape") or w.shape[2:])]
+    wshape = [int(d) for d in w.shape]  # static: checked above
+    kernel = [int(k) for k in (op.params.get("kernel_shape") or wshape[2:])]
     n = len(kernel)
     group = int(op.params.get("group", 1))
     strides = [int(s) for s in (op.params.get("strides") or [1] * n)]
@@ -131,7 +135,7 @@ def conv_transpose(rw: Rewriter, op: Op):
     pads = [lo for lo, _ in crop] + [hi for _, hi in crop]
     y = _conv_family(rw, x, w, {"strides": strides, "pads": pads, "dilations": dilations, "group": group,
                                 "transpose": 1, "output_padding": extra}, n)
-    return _bias(rw, y, b, w.shape[1] * group, n)
+    return _bias(rw, y, b, wshape[1] * group, n)
 
 
 def _covers_input(spatial: tuple, kernel: list[int], pads: list[int], dilations: list[int]) -> bool:
@@ -141,7 +145,7 @@ def _covers_input(spatial: tuple, kernel: list[int], pads: list[int], dilations:
 
 
 def maxpool(rw: Rewriter, op: Op):
-    (x,) = op.inputs[:1]
+    x = op.operand(0)
     indices = op.outputs[1] if len(op.outputs) > 1 else None
     if indices is not None and (indices in rw.graph.outputs or any(indices in o.inputs for o in rw.graph.ops)):
         raise PassError(f"MaxPool {src_of(op)}: its Indices output is not supported for training")
@@ -164,19 +168,20 @@ def maxpool(rw: Rewriter, op: Op):
 
 
 def global_maxpool(rw: Rewriter, op: Op):
-    x = op.inputs[0]
+    x = op.operand(0)
     return rw.emit("max", [x], {"axes": list(range(2, x.rank)), "keepdims": 1})
 
 
 def reduce_axes(op: Op):
     """A Reduce* op's axes, sorted and non-negative: [] for a no-op (noop_with_empty_axes), None when
     they are a runtime input (the op is then left for the error report)."""
-    x = op.inputs[0]
+    x = op.operand(0)
     axes = op.params.get("axes")
     if len(op.inputs) > 1 and op.inputs[1] is not None:
-        if const_data(op.inputs[1]) is None:
+        data = const_data(op.inputs[1])
+        if data is None:
             return None
-        axes = const_data(op.inputs[1]).tolist()
+        axes = data.tolist()
     if not axes:
         return [] if op.params.get("noop_with_empty_axes", 0) else list(range(x.rank))
     return sorted({int(a) % x.rank for a in axes})
@@ -186,13 +191,13 @@ def reduce_max(rw: Rewriter, op: Op):
     axes = reduce_axes(op)
     if not axes:
         return op.inputs[0] if axes == [] else None
-    return rw.emit("max", [op.inputs[0]], {"axes": axes, "keepdims": int(op.params.get("keepdims", 1))})
+    return rw.emit("max", [op.operand(0)], {"axes": axes, "keepdims": int(op.params.get("keepdims", 1))})
 
 
 def gather(rw: Rewriter, op: Op):
     """Gather by constant indices is a move: one slice per index (concat), reshaped. Gather of a
     trained table [V, D] along axis 0 by integer data (an embedding lookup) is an ``embed`` family."""
-    x, indices = op.inputs
+    x, indices = op.operand(0), op.operand(1)
     idx, axis = const_data(indices), int(op.params.get("axis", 0)) % x.rank
     if idx is None and axis == 0 and x.role == "param" and x.rank == 2 and indices in data_values(rw.graph):
         return rw.emit("embed", [x, indices])
@@ -209,7 +214,7 @@ def gather(rw: Rewriter, op: Op):
 
 
 def avgpool(rw: Rewriter, op: Op, metric: str = "sum"):
-    (x,) = op.inputs[:1]
+    x = op.operand(0)
     kernel = [int(k) for k in op.params["kernel_shape"]]
     n = len(kernel)
     strides, pads, dilations = _window(op, x.shape[2:], kernel)
@@ -235,7 +240,7 @@ def _mean_over(rw: Rewriter, x, axes: list[int], keepdims: bool, metric: str):
 
 
 def global_avgpool(rw: Rewriter, op: Op, metric: str = "sum"):
-    x = op.inputs[0]
+    x = op.operand(0)
     return _mean_over(rw, x, list(range(2, x.rank)), True, metric)
 
 
@@ -243,7 +248,7 @@ def reduce_mean(rw: Rewriter, op: Op, metric: str = "sum"):
     axes = reduce_axes(op)
     if not axes:
         return op.inputs[0] if axes == [] else None
-    return _mean_over(rw, op.inputs[0], axes, bool(op.params.get("keepdims", 1)), metric)
+    return _mean_over(rw, op.operand(0), axes, bool(op.params.get("keepdims", 1)), metric)
 
 
 L = Lowering
@@ -262,7 +267,8 @@ LOWERINGS = {
                 "output; constant scales/sizes, not over the batch (passes/_resize.py)"),
     "Upsample": L(resize, "take | take, wsum", "as Resize"),
 }
-MEAN_KINDS = ("AveragePool", "GlobalAveragePool", "ReduceMean")  # take the mean_metric option
+# the rules that take the mean_metric option
+MEAN_RULES = {"AveragePool": avgpool, "GlobalAveragePool": global_avgpool, "ReduceMean": reduce_mean}
 CONV_MODES = ("family", "patches")
 
 ADVICE = {
@@ -304,8 +310,8 @@ class Lower(Pass):
         table = rules(LOWERINGS)
         if self.conv not in CONV_MODES:
             raise PassError(f"lower: conv={self.conv!r}; choose one of {', '.join(CONV_MODES)}")
-        table.update({kind: partial(table[kind], metric=self.mean_metric) for kind in MEAN_KINDS})
-        table["Conv"] = partial(table["Conv"], mode=self.conv)
+        table.update({kind: partial(rule, metric=self.mean_metric) for kind, rule in MEAN_RULES.items()})
+        table["Conv"] = partial(conv, mode=self.conv)
         changed = rewrite(graph, table)
         problems = unsupported(graph)
         if problems:

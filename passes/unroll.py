@@ -50,15 +50,20 @@ class _Unroller:
         p = op.params
         self.where = f"{op.kind} {src_of(op)}"
         self.layout = int(p.get("layout", 0))
-        x, w = op.inputs[0], op.inputs[1]
+        x, w = op.operand(0), op.operand(1)
         self.time_axis = 1 if self.layout else 0
-        self.steps = x.shape[self.time_axis]
+        steps = x.shape[self.time_axis]
         self.batch = x.shape[1 - self.time_axis]
-        self.hidden = w.shape[1] // gates
+        rows = w.shape[1]
+        if not isinstance(rows, int):
+            raise PassError(f"{self.where}: the weight {w.type_str()} needs a static shape")
+        self.rows = rows  # every gate's rows of W[d]: gates * hidden
+        self.hidden = rows // gates
         self.directions = DIRECTIONS[p.get("direction", "forward")]
-        if not isinstance(self.steps, int):
-            raise PassError(f"{self.where}: the sequence length {self.steps!r} must be static to "
+        if not isinstance(steps, int):
+            raise PassError(f"{self.where}: the sequence length {steps!r} must be static to "
                             "unroll; export with a fixed number of time steps")
+        self.steps = steps
         if len(op.inputs) > 4 and op.inputs[4] is not None:
             raise PassError(f"{self.where}: sequence_lens is not supported for training; pad the "
                             "sequences to one length and drop the input")
@@ -106,7 +111,9 @@ class _Unroller:
         key = ("w", id(w), d, lo, hi)
         if key not in self.memo:
             self.memo[key] = self._weight_t(w, d, lo, hi)
-        return self.memo[key]
+        w_t = self.memo[key]
+        assert w_t is not None  # only an absent bias is memoized as None
+        return w_t
 
     def _weight_t(self, w: Value, d: int, lo: int, hi: int) -> Value:
         block = self.take(w, [d, lo], [d + 1, hi], [0, 1], (hi - lo, w.shape[2]))
@@ -134,8 +141,7 @@ class _Unroller:
         return self.take(v, [lo], [hi], [v.rank - 1], (self.batch, hi - lo))
 
     def input_products(self, d: int) -> Value:
-        w = self.op.inputs[1]
-        return self.rw.emit("dot", [self.op.inputs[0], self.weight_t(w, d, 0, w.shape[1])])
+        return self.rw.emit("dot", [self.op.operand(0), self.weight_t(self.op.operand(1), d, 0, self.rows)])
 
     def step_gate(self, xw: Value, t: int, gate: int, width: int = 1) -> Value:
         lo, hi = gate * self.hidden, (gate + width) * self.hidden
@@ -152,7 +158,7 @@ class _Unroller:
     def recurrent(self, h: Value | None, d: int, lo_gate: int, gates: int) -> Value | None:
         if h is None:
             return None
-        r = self.op.inputs[2]
+        r = self.op.operand(2)
         lo, hi = lo_gate * self.hidden, (lo_gate + gates) * self.hidden
         return self.rw.emit("dot", [h, self.weight_t(r, d, lo, hi)])
 
@@ -187,14 +193,15 @@ class _Unroller:
     # -- the scan ----------------------------------------------------------------------------
     def run(self, cell, n_states: int) -> list[Value]:
         """Unroll ``cell(d, t, states) -> states`` over every direction; the op's outputs."""
-        per_direction, finals = [], []
+        per_direction: list[list[Value]] = []
+        finals: list[tuple] = []  # each direction's last states (the cell's values)
         for d, reverse in enumerate(self.directions):
             states = tuple(self.initial(5 + k, d) for k in range(n_states))
-            hs = [None] * self.steps
+            hs: dict[int, Value] = {}
             for t in (reversed(range(self.steps)) if reverse else range(self.steps)):
                 states = cell(d, t, states)
                 hs[t] = states[0]
-            per_direction.append(hs)
+            per_direction.append([hs[t] for t in range(self.steps)])
             finals.append(states)
         y = self.stack_y(per_direction)
         return [y] + [self.stack_final([f[k] for f in finals]) for k in range(n_states)]
@@ -219,7 +226,7 @@ class _Unroller:
         if len(parts) == 1:
             return parts[0]
         shape = list(parts[0].shape)
-        shape[axis] = sum(p.shape[axis] for p in parts)
+        shape[axis] = sum(int(p.shape[axis]) for p in parts)  # the step and direction axes: static
         return self.rw.emit("concat", parts, {"axis": axis}, shape=tuple(shape))
 
 
@@ -235,7 +242,7 @@ def _is_zero(graph: Graph, v: Value) -> bool:
 
 def unroll_rnn(rw: Rewriter, op: Op):
     u = _Unroller(rw, op, 1, ("Tanh",))
-    xws = {}
+    xws: dict[int, Value] = {}
 
     def cell(d, t, states):
         (h,) = states
@@ -250,7 +257,7 @@ def unroll_rnn(rw: Rewriter, op: Op):
 def unroll_gru(rw: Rewriter, op: Op):
     u = _Unroller(rw, op, 3, ("Sigmoid", "Tanh"))
     before_reset = int(op.params.get("linear_before_reset", 0))
-    xws = {}
+    xws: dict[int, Value] = {}
 
     def gate(d, xw, t, g, rec, complement=False):
         extra = [] if rec is None else [u.gate_of(rec, g)]
@@ -271,7 +278,9 @@ def unroll_gru(rw: Rewriter, op: Op):
                 operands.append(u.mul(r, inner_v))
         else:
             if h is not None:
-                operands.append(u.recurrent(u.mul(r, h), d, 2, 1))
+                rec_h = u.recurrent(u.mul(r, h), d, 2, 1)
+                assert rec_h is not None  # a state h gives a recurrent term
+                operands.append(rec_h)
             operands += [rb_h] if rb_h is not None else []
         candidate = u.act(u.acts[d][1], operands)
         return (u.gru_state(d, z, candidate, h, lambda: gate(d, xw, t, 0, rec_zr, complement=True)),)
@@ -286,7 +295,7 @@ def unroll_lstm(rw: Rewriter, op: Op):
     if int(op.params.get("input_forget", 0)):
         raise PassError(f"LSTM {src_of(op)}: input_forget=1 is not supported for training")
     u = _Unroller(rw, op, 4, ("Sigmoid", "Tanh", "Tanh"))
-    xws = {}
+    xws: dict[int, Value] = {}
 
     def cell(d, t, states):
         h, c = states

@@ -64,7 +64,9 @@ if TYPE_CHECKING:
 
 
 def geometry_of(fam: Family):
-    return geometry(fam.op.params, fam.op.inputs[1].shape[2:])
+    w = fam.op.inputs[1]
+    assert w is not None  # a conv family's weight
+    return geometry(fam.op.params, w.shape[2:])
 
 
 # -- copies: materialized slots [N, *O, OC, C/g·K] --------------------------------------------------
@@ -265,14 +267,14 @@ def conv_project_means(ops: ConvOps, x, w, y0, free: tuple[bool, bool], mode: st
     nx = ops.to_channels(ops.norms(xh * xh)) if (free[1] or mode == "bilinear") else None
     if mode == "linear":
         if free[1] and not free[0]:   # x data, w free: w_m -= Σ_r r_rm a_r / R
+            assert nx is not None  # computed when w is free
             r = (p - y0) / (1 + nx)
             return x, w - ops.wgrad(xh, r, w) / R, y0 + r
         if free[0] and not free[1]:   # w fixed: a_r -= Σ_m r_rm wc_m / M, then col2im / count
             r = (p - y0) / (1 + ops.w_sq_norms(w))
             return xh - ops.xgrad(r, w) / (M * count), w, y0 + r
         raise ProjcError("linear conv projection needs exactly one free operand")
-    parts = _coeff_parts(nx, ops.w_sq_norms(w), p, y0, iters)
-    sg, ts, al, amin = parts[:4]
+    sg, ts, al, amin, Us, Vs, ys = _coeff_parts(nx, ops.w_sq_norms(w), p, y0, iters)
     rows = tuple(range(ops.geo.n + 1))
 
     def means(ca, cb, cea, ceb):
@@ -288,10 +290,16 @@ def conv_project_means(ops: ConvOps, x, w, y0, free: tuple[bool, bool], mode: st
                 mw = mw + ops.per_channel_w(jnp.mean(ceb, rows), w)
         return mx, mw
 
+    def with_floor():
+        ca, cb, cea, ceb = _coeffs_all(sg, ts, al, amin, Us, Vs, ys, ops.k)
+        return means(ca, cb, cea, ceb)
+
+    def without_floor():
+        ca, cb = _coeffs_nonfloor(sg, ts, al)
+        return means(ca, cb, None, None)
+
     # the floor branch (rare) only runs when some element needs it (as in dot_project_means)
-    mx, mw = jax.lax.cond(jnp.any(al <= 2 * amin),
-                          lambda: means(*_coeffs_all(*parts, ops.k)),
-                          lambda: means(*_coeffs_nonfloor(sg, ts, al), None, None))
+    mx, mw = jax.lax.cond(jnp.any(al <= 2 * amin), with_floor, without_floor)
     return mx, mw, y0 - sg * ts
 
 
@@ -317,7 +325,8 @@ class ConvMeans(EdgeMeans):
         p = ops.f(x, w)
         y0 = target(lambda: p)
         mode = "bilinear" if fam.mode in ("bilinear", "bilinear_reset") else "linear"
-        mx, mw, y = conv_project_means(ops, x, w, y0, tuple(fam.free), mode, opts.bilinear_iters, P=p)
+        free_x, free_w = fam.free  # two operands
+        mx, mw, y = conv_project_means(ops, x, w, y0, (free_x, free_w), mode, opts.bilinear_iters, P=p)
         means = {0: mx, 1: mw}
         return tuple(means[i] for i in fam.free_idx) + (y,), y
 

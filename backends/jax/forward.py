@@ -175,8 +175,9 @@ def needs_x64(graph: Graph) -> bool:
     return any(v is not None and v.dtype == "f64" for v in values)
 
 
-def graph_param_values(graph: Graph) -> dict[str, np.ndarray]:
-    """The trainable parameters' initial values, keyed by ONNX initializer name."""
+def graph_param_values(graph: Graph) -> dict[str, np.ndarray | None]:
+    """The trainable parameters' initial values, keyed by ONNX initializer name (None where IR
+    text elided a parameter's data)."""
     return {v.hint: v.data for v in graph.params}
 
 

@@ -59,30 +59,30 @@ def cross_entropy_prox(x, labels, lam: float = 5.0, method: str = "newton", step
     """
     x0, oh = _prep(x, labels)
     dt = x0.dtype
-    lam = jnp.asarray(lam, dt)
+    lam_a = jnp.asarray(lam, dt)
     steps = _default_steps(method, dt) if steps is None else int(steps)
     if method == "fixed-point":
         def fp(_, x):
-            return x0 + lam * (oh - jax.nn.softmax(x, axis=-1))
+            return x0 + lam_a * (oh - jax.nn.softmax(x, axis=-1))
 
         return jax.lax.fori_loop(0, steps, fp, x0)
     if method != "newton":
         raise ValueError(f"unknown cross_entropy_prox method {method!r} (newton | fixed-point)")
     # Stationarity: log s_i = x_i - L with x = c - λ s, i.e. ω_i + e^ω_i = ℓ_i := log λ + c_i - L
     # for ω_i = log(λ s_i); s_i ≤ e^(c_i - L) and s_i ≤ 1 bracket L.
-    c = x0 + lam * oh
+    c = x0 + lam_a * oh
     hi = jax.nn.logsumexp(c, axis=-1, keepdims=True)
-    lo = hi - lam
-    loglam = jnp.log(lam)
+    lo = hi - lam_a
+    loglam = jnp.log(lam_a)
 
     tol = 8 * c.shape[-1] * jnp.finfo(dt).eps  # |Σs - 1| at rounding level
 
     def outer(state):
         L, w, _, it = state
         w = _log_w(w, loglam + c - L, _INNER)
-        s = jnp.exp(w) / lam
+        s = jnp.exp(w) / lam_a
         phi = jnp.sum(s, axis=-1, keepdims=True) - 1
-        dphi = jnp.sum(s / (1 + lam * s), axis=-1, keepdims=True)  # = -φ'(L) > 0
+        dphi = jnp.sum(s / (1 + lam_a * s), axis=-1, keepdims=True)  # = -φ'(L) > 0
         L = jnp.clip(L + phi / jnp.maximum(dphi, jnp.finfo(dt).tiny), lo, hi)
         return L, w, jnp.all(jnp.abs(phi) <= tol), it + 1
 
@@ -91,9 +91,9 @@ def cross_entropy_prox(x, labels, lam: float = 5.0, method: str = "newton", step
 
     w0 = jnp.full_like(c, jnp.inf)  # clipped to the upper bound on first use
     L, w, _, _ = jax.lax.while_loop(more, outer, (lo, w0, jnp.asarray(False), 0))
-    s = jnp.exp(_log_w(w, loglam + c - L, 3)) / lam
+    s = jnp.exp(_log_w(w, loglam + c - L, 3)) / lam_a
     s = s / jnp.sum(s, axis=-1, keepdims=True)
-    return x0 + lam * (oh - s)
+    return x0 + lam_a * (oh - s)
 
 
 def margin(x, labels):
@@ -109,8 +109,8 @@ def squared_error(x, target, lam: float | None = None):
     t = jnp.broadcast_to(t, jnp.broadcast_shapes(x.shape, t.shape))
     if lam is None:
         return t
-    lam = jnp.asarray(lam, x.dtype)
-    return (x + lam * t) / (1 + lam)
+    lam_a = jnp.asarray(lam, x.dtype)
+    return (x + lam_a * t) / (1 + lam_a)
 
 
 def binary_cross_entropy_prox(x, target, lam: float = 5.0, steps: int | None = None):
@@ -127,15 +127,15 @@ def binary_cross_entropy_prox(x, target, lam: float = 5.0, steps: int | None = N
     x0, t = as_floats(x, target)
     t = jnp.broadcast_to(t, x0.shape)
     dt = x0.dtype
-    lam = jnp.asarray(lam, dt)
+    lam_a = jnp.asarray(lam, dt)
     steps = (60 if jnp.finfo(dt).bits > 32 else 40) if steps is None else int(steps)
-    lo, hi = x0 + lam * (t - 1), x0 + lam * t
+    lo, hi = x0 + lam_a * (t - 1), x0 + lam_a * t
 
     def body(_, state):
         x, lo, hi, dx_old, dx = state
         s = jax.nn.sigmoid(x)
-        g = (x - x0) / lam + s - t
-        dg = 1 / lam + s * (1 - s)
+        g = (x - x0) / lam_a + s - t
+        dg = 1 / lam_a + s * (1 - s)
         lo = jnp.where(g < 0, x, lo)
         hi = jnp.where(g > 0, x, hi)
         step = g / dg
@@ -155,18 +155,18 @@ def huber_prox(x, target, lam: float = 5.0, delta: float = 1.0):
     element, closed form: with r0 = x0 - t, r = r0/(1 + λ) when |r0| ≤ δ(1 + λ), else
     r = r0 - λδ sign(r0) (the quadratic and the linear piece of the stationarity condition)."""
     x0, t = as_floats(x, target)
-    lam = jnp.asarray(lam, x0.dtype)
+    lam_a = jnp.asarray(lam, x0.dtype)
     r0 = x0 - t
-    r = jnp.where(jnp.abs(r0) <= delta * (1 + lam), r0 / (1 + lam), r0 - lam * delta * jnp.sign(r0))
+    r = jnp.where(jnp.abs(r0) <= delta * (1 + lam_a), r0 / (1 + lam_a), r0 - lam_a * delta * jnp.sign(r0))
     return t + r
 
 
 def l1_prox(x, target, lam: float = 5.0):
     """Proximal point of |x - t| per element: soft thresholding, r = sign(r0) max(|r0| - λ, 0)."""
     x0, t = as_floats(x, target)
-    lam = jnp.asarray(lam, x0.dtype)
+    lam_a = jnp.asarray(lam, x0.dtype)
     r0 = x0 - t
-    return t + jnp.sign(r0) * jnp.maximum(jnp.abs(r0) - lam, 0)
+    return t + jnp.sign(r0) * jnp.maximum(jnp.abs(r0) - lam_a, 0)
 
 
 # -- the same losses as differentiable values (the gradient baseline optimizes these) ----------------

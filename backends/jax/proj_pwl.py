@@ -267,7 +267,7 @@ def sum_staircase(*args, fn: Staircase, offset=0.0):
     return (*new, stair_eval(fn, off + sum(new[1:], new[0])))
 
 
-PRESETS: dict[str, Callable[..., Pieces]] = {
+PRESETS: dict[str, Callable[..., Pieces | Staircase]] = {
     "identity": identity,
     "relu": relu,
     "leaky_relu": leaky_relu,
@@ -358,8 +358,9 @@ def sum_pwl(*args, fn: Any = "relu"):
     """
     if len(args) < 2:
         raise TypeError("sum_pwl(*operands, target, fn=...) needs at least one operand and a target")
-    if isinstance(resolve(fn), Staircase):  # unbounded staircases: a search over levels
-        return sum_staircase(*args, fn=resolve(fn))
+    table = resolve(fn)
+    if isinstance(table, Staircase):  # unbounded staircases: a search over levels
+        return sum_staircase(*args, fn=table)
     args = as_floats(*args)
     dt = args[0].dtype
     shape = jnp.broadcast_shapes(*(x.shape for x in args))
@@ -369,19 +370,21 @@ def sum_pwl(*args, fn: Any = "relu"):
     S0 = ops[0]
     for x in ops[1:]:
         S0 = S0 + x
-    lo, hi, s, c = _table(resolve(fn), dt)
-    # the pieces are few and static: scan them in table order keeping the first of least cost
-    # (argmin's tie rule) with selects; a gather along the piece axis is several times slower
-    S = lo_k = hi_k = s_k = c_k = best = None
-    for k in range(lo.shape[-1]):
+    lo, hi, s, c = _table(table, dt)
+
+    def piece(k: int):
+        """Piece k's (S*, lo, hi, s, c, cost)."""
         lk, hk, sk, ck = lo[..., k], hi[..., k], s[..., k], c[..., k]
         Sk = jnp.clip((S0 + n * sk * (y0 - ck)) / (1 + n * sk * sk), lk, hk)
         dS = Sk - S0
         dy = sk * Sk + ck - y0
-        cost = dS * dS / n + dy * dy
-        if best is None:
-            S, lo_k, hi_k, s_k, c_k, best = Sk, lk, hk, sk, ck, cost
-            continue
+        return Sk, lk, hk, sk, ck, dS * dS / n + dy * dy
+
+    # the pieces are few and static: scan them in table order keeping the first of least cost
+    # (argmin's tie rule) with selects; a gather along the piece axis is several times slower
+    S, lo_k, hi_k, s_k, c_k, best = piece(0)
+    for k in range(1, lo.shape[-1]):
+        Sk, lk, hk, sk, ck, cost = piece(k)
         take = cost < best
         S, best = jnp.where(take, Sk, S), jnp.where(take, cost, best)
         lo_k, hi_k, s_k, c_k = (jnp.where(take, new_, old_) for new_, old_ in

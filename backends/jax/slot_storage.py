@@ -180,7 +180,8 @@ class EdgeMeans:
         p = (a.reshape(-1, K) @ b).reshape(a.shape[:-1] + (b.shape[-1],))
         y0 = target(lambda: p)
         mode = "bilinear" if fam.mode in ("bilinear", "bilinear_reset") else "linear"
-        ma, mb, y = dot_project_means(a, b, y0, tuple(fam.free), mode, opts.bilinear_iters, P=p)
+        free_a, free_b = fam.free  # two operands
+        ma, mb, y = dot_project_means(a, b, y0, (free_a, free_b), mode, opts.bilinear_iters, P=p)
         means = {0: ma, 1: mb}
         return tuple(means[i] for i in fam.free_idx) + (y,), y
 

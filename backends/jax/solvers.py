@@ -170,7 +170,7 @@ class Solver:
 
     def step(self, x, ctx, last=None):
         """T(x); over-relaxed unless ``last`` (a traced bool, or True) asks for the plain step."""
-        P = self.layout.project
+        P: Project = self.layout.project
         if self.omega != 1.0 and last is not True:
             import jax.numpy as jnp
             P = over_relaxed(P, self.omega if last is None else jnp.where(last, 1.0, self.omega))

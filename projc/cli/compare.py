@@ -389,7 +389,7 @@ def _check_input_size(graph: Graph, sizes, limit: int) -> None:
                 for v in graph.inputs if v.dtype != "str"}
     total = sum(bytes_of.values())
     if total > limit:
-        name = max(bytes_of, key=bytes_of.get)
+        name = max(bytes_of, key=lambda k: bytes_of[k])
         raise ProjcError(
             f"the random inputs would take {_bytes(total)} (input \"{name}\" of shape "
             f"{list(shapes[name])} alone {_bytes(bytes_of[name])}), above the {_bytes(limit)} "
@@ -397,7 +397,7 @@ def _check_input_size(graph: Graph, sizes, limit: int) -> None:
             "--load-inputs")
 
 
-def _bytes(count: int) -> str:
+def _bytes(count: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
         if count < 1024 or unit == "PiB":
             return f"{count:.4g} {unit}" if unit != "B" else f"{count} B"

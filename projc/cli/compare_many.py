@@ -22,6 +22,7 @@ import re
 import socket
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -170,9 +171,9 @@ def _compare(path: str, options: CompareOptions) -> list:
     from projc.frontend.importer import read_model
 
     source = read_model(path)
-    kwargs = dict(atol=options.atol, rtol=options.rtol, seed=options.seed, batch=options.batch,
-                  dims=options.dims, outputs=options.outputs,
-                  max_input_bytes=options.max_input_bytes, source=source)
+    kwargs: dict[str, Any] = dict(atol=options.atol, rtol=options.rtol, seed=options.seed,
+                                  batch=options.batch, dims=options.dims, outputs=options.outputs,
+                                  max_input_bytes=options.max_input_bytes, source=source)
     stored = [] if options.ignore_expected or options.save_expected else \
         [options.expected] if options.expected else goldens.beside(path)
     if not stored:
@@ -180,7 +181,8 @@ def _compare(path: str, options: CompareOptions) -> list:
                                       inputs_source=options.inputs_source, **kwargs)]
     reports = []
     for data_set in (d for where in stored for d in goldens.read_expected(where, source.proto)):
-        inputs, inputs_source = data_set.inputs, data_set.label
+        inputs = data_set.inputs
+        inputs_source: str | None = data_set.label
         if options.inputs is not None:
             inputs, inputs_source = options.inputs, options.inputs_source
         if inputs is None:

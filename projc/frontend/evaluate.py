@@ -73,7 +73,7 @@ def trace(opdef: OpDef, inputs: list[Value | None], params: dict,
           sizes: SymbolSizes) -> list[tuple[np.dtype, tuple[Dim, ...]]]:
     """(dtype, IR shape) of each output of the op, from abstract evaluation."""
     runtime = [v is not None and v.role != "const" for v in inputs]
-    symbolic = any(run and not v.is_static for run, v in zip(runtime, inputs))
+    symbolic = any(run and v is not None and not v.is_static for run, v in zip(runtime, inputs))
     trials = [_trace_once(opdef, inputs, params, sizes, runtime, t)
               for t in ((0, 1) if symbolic else (0,))]
     outputs = []
@@ -96,8 +96,9 @@ def _traceable_dtype(value: Value) -> np.dtype:
     return np.dtype(np.int32) if value.dtype == "str" else np_dtype(value.dtype)
 
 
-def _placeholder(value: Value) -> np.ndarray:
+def _placeholder(value: Value) -> np.ndarray | None:
     if value.dtype == "str":
+        assert value.data is not None, f"{value!r}: a string constant without its data"
         return np.zeros(value.data.shape, np.int32)
     return value.data
 

@@ -304,7 +304,7 @@ def check_supported(graph: onnx.GraphProto, opsets: dict[str, int], label: str) 
 class UnsupportedNode(NamedTuple):
     """A node projc cannot import: its index, name, op and opset, and why (one line)."""
 
-    index: int
+    node_index: int  # not ``index``, which would shadow tuple.index
     name: str
     op_type: str
     domain: str
@@ -357,7 +357,7 @@ def load_supported_part(model) -> tuple[Graph, list[UnsupportedNode]]:
     problems = unsupported_nodes(proto.graph, _import_opsets(model_opsets(proto)))
     if not problems:
         return from_onnx(proto, path=label), []
-    pruned, frontier = _without_nodes(proto, {p.index for p in problems})
+    pruned, frontier = _without_nodes(proto, {p.node_index for p in problems})
     if not pruned.graph.output:
         raise UnsupportedModelError(unsupported_message(problems, label))
     graph = from_onnx(pruned, path=label)
@@ -545,7 +545,7 @@ class _GraphBuilder:
 
     def _input_shape(self, vi) -> tuple[Dim, ...]:
         tensor = vi.type.tensor_type
-        shape = []
+        shape: list[Dim] = []
         for axis, dim in enumerate(tensor.shape.dim):
             if dim.HasField("dim_value"):
                 shape.append(int(dim.dim_value))
@@ -618,6 +618,7 @@ class _GraphBuilder:
         label = node_label(node, index)
         kind = kind_of(node.op_type, node.domain)
         opdef = lookup(kind, node_opset(node, self.opsets))
+        assert opdef is not None  # check_supported refused the nodes the registry lacks
         inputs = [self.values[name] if name else None for name in node.input]
         params = self._params(node, opdef)
         self._validate(label, node, opdef, inputs, params)
@@ -640,6 +641,7 @@ class _GraphBuilder:
         if stand_in is not None:
             kind, inputs, params = stand_in
             opdef = lookup(kind, 1)
+            assert opdef is not None  # a stand-in is one of projc's own ops
         inputs = self._static_inputs(label, kind, opdef, inputs, params)
         if inputs and inputs[0] is not None:
             check_recurrent_input(node.op_type, inputs[0].shape, int(params.get("layout") or 0),
@@ -802,6 +804,7 @@ def trainable_initializers(graph: onnx.GraphProto, opsets: dict[str, int]) -> se
     used = set()
     for node in graph.node:
         opdef = lookup(kind_of(node.op_type, node.domain), node_opset(node, opsets))
+        assert opdef is not None  # called on supported graphs (check_supported, load_supported_part)
         for index, name in enumerate(node.input):
             if name in names and index not in opdef.static and index not in opdef.frozen:
                 used.add(name)

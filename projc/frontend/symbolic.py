@@ -160,10 +160,10 @@ def _evaluate(kind: str, args: list, params: dict, input_shape=None):
         rank = data.ndim + len(axes)
         return np.expand_dims(data, tuple(sorted(normalize_axis(a, rank) for a in axes)))
     if kind == "Squeeze":
-        axes = args[1] if len(args) > 1 else None
-        if axes is None:
+        squeeze_axes = args[1] if len(args) > 1 else None
+        if squeeze_axes is None:
             return np.squeeze(data)
-        return np.squeeze(data, tuple(normalize_axis(a, data.ndim) for a in ints(axes)))
+        return np.squeeze(data, tuple(normalize_axis(a, data.ndim) for a in ints(squeeze_axes)))
     if kind == "Slice":
         return slice_(data, *args[1:])
     return None

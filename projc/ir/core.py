@@ -84,6 +84,13 @@ class Op:
     params: dict[str, Any] = field(default_factory=dict)
     annots: dict[str, Any] = field(default_factory=dict)
 
+    def operand(self, i: int) -> Value:
+        """Input ``i``, which must be present: an error when it is an omitted optional input."""
+        v = self.inputs[i]
+        if v is None:
+            raise ValueError(f"{self.kind}: input {i} is omitted")
+        return v
+
     def __repr__(self) -> str:
         return f"Op({self.kind}, {len(self.inputs)} in, {len(self.outputs)} out)"
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -26,7 +26,7 @@ class _Line:
     def __init__(self, text: str, lineno: int):
         self.text, self.pos, self.lineno = text, 0, lineno
 
-    def fail(self, what: str):
+    def fail(self, what: str) -> NoReturn:
         raise IRParseError(f"line {self.lineno}: {what}\n  {self.text}\n  {' ' * self.pos}^")
 
     def ws(self) -> None:
@@ -77,7 +77,7 @@ class _Line:
 
     def literal(self) -> Any:
         if self.eat("["):
-            items = []
+            items: list[Any] = []
             while not self.eat("]"):
                 if items:
                     self.expect(",")

@@ -30,8 +30,8 @@ def _structural_problems(graph: Graph) -> Iterable[tuple[Op | None, str]]:
             yield None, f"{v!r} is declared twice"
         defined.add(v)
     for op in graph.ops:
-        for i, v in enumerate(op.inputs):
-            if v is not None and v not in defined:
+        for i, operand in enumerate(op.inputs):
+            if operand is not None and operand not in defined:
                 yield op, f"operand {i} of {op.kind} is used before it is defined"
         for v in op.outputs:
             if v in defined:

@@ -116,6 +116,7 @@ def depthwise_conv(xh, wc, geo: ConvGeometry):
     for k, view in enumerate(shifted(xh, geo)):
         term = view[..., None] * wk[:, :, k]
         out = term if out is None else out + term
+    assert out is not None  # a kernel has at least one offset
     return jnp.reshape(out, out.shape[:-2] + (c * mult,))
 
 

@@ -7,6 +7,8 @@ input's own type otherwise; the variance is the mean of squared deviations (the 
 """
 from __future__ import annotations
 
+from typing import TypeGuard
+
 import jax.numpy as jnp
 from jax import lax
 
@@ -15,7 +17,7 @@ from .layout import normalize_axis
 from .registry import register
 
 
-def _known(dim) -> bool:
+def _known(dim) -> TypeGuard[int]:
     return isinstance(dim, int)
 
 

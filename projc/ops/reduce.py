@@ -2,6 +2,9 @@
 attribute, then as input) and Arg{Max,Min}."""
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import jax.numpy as jnp
 import numpy as np
 
@@ -31,7 +34,7 @@ def _log_sum_exp(x, axis, keepdims):
     return total if keepdims else jnp.squeeze(total, axis)
 
 
-_REDUCERS = {
+_REDUCERS: dict[str, Callable[..., Any]] = {
     "max": jnp.max, "min": jnp.min, "sum": jnp.sum, "mean": jnp.mean, "prod": jnp.prod,
     "l1": lambda x, axis, keepdims: jnp.sum(jnp.abs(x), axis=axis, keepdims=keepdims),
     "l2": lambda x, axis, keepdims: jnp.sqrt(jnp.sum(x * x, axis=axis, keepdims=keepdims)),

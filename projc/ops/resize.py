@@ -12,6 +12,9 @@ semantics on the converted nodes (the importer calls it after the conversion).
 """
 from __future__ import annotations
 
+from typing import cast
+
+import jax
 import jax.numpy as jnp
 import numpy as np
 import onnx
@@ -197,10 +200,10 @@ def _resize_axis(x, axis, size_out, scale, begin, end, *, mode, coordinate_mode,
         y = jnp.take(x, jnp.asarray(idx[:, 0]), axis=axis)
     else:
         compute = x if jnp.issubdtype(x.dtype, jnp.floating) else x.astype(jnp.float32)
-        y = sum(jnp.take(compute, jnp.asarray(idx[:, t]), axis=axis)
-                * jnp.asarray(np.reshape(weights[:, t], shape), compute.dtype)
-                for t in range(idx.shape[1]))
-        y = y.astype(x.dtype)
+        total = sum(jnp.take(compute, jnp.asarray(idx[:, t]), axis=axis)
+                    * jnp.asarray(np.reshape(weights[:, t], shape), compute.dtype)
+                    for t in range(idx.shape[1]))
+        y = cast(jax.Array, total).astype(x.dtype)  # an array: every output has at least one tap
     if outside is not None and outside.any():
         y = jnp.where(jnp.asarray(np.reshape(outside, shape)),
                       jnp.asarray(extrapolation_value, y.dtype), y)
@@ -324,6 +327,7 @@ def _legacy_nearest_mode(model: onnx.ModelProto, node: onnx.NodeProto) -> str:
                   if s < 1 and not float(1 / np.float32(s)).is_integer()]
     if not rounded_up:
         return "floor"
+    assert scales is not None  # rounded_up lists some of them
     if any(s > 1 for s in scales):
         raise UnsupportedModelError(
             f"{node.op_type} node \"{node.name or node.output[0]}\" (opset < 11, nearest) "

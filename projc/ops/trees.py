@@ -186,7 +186,7 @@ def check_tree_classifier(inputs, params) -> None:
     _check_common(inputs, params, "class", len(_labels(params)))
 
 
-_CLASSIFIER_ATTRS = {name: None for name in (
+_CLASSIFIER_ATTRS: dict[str, str | None] = {name: None for name in (
     "base_values", "class_ids", "class_nodeids", "class_treeids", "class_weights",
     "classlabels_int64s", "classlabels_strings", "nodes_falsenodeids", "nodes_featureids",
     "nodes_hitrates", "nodes_missing_value_tracks_true", "nodes_modes", "nodes_nodeids",
@@ -272,7 +272,7 @@ def check_tree_regressor(inputs, params) -> None:
     _check_common(inputs, params, "target", params.get("n_targets"))
 
 
-_REGRESSOR_ATTRS = {name: None for name in (
+_REGRESSOR_ATTRS: dict[str, str | None] = {name: None for name in (
     "base_values", "n_targets", "nodes_falsenodeids", "nodes_featureids", "nodes_hitrates",
     "nodes_missing_value_tracks_true", "nodes_modes", "nodes_nodeids", "nodes_treeids",
     "nodes_truenodeids", "nodes_values", "target_ids", "target_nodeids", "target_treeids",
@@ -328,7 +328,8 @@ def _members(modes, values) -> np.ndarray | None:
     """Each BRANCH_MEMBER node's set (NaN-delimited in membership_values, in node order)."""
     if 6 not in modes:
         return None
-    sets, current = [], []
+    sets: list[list[float]] = []
+    current: list[float] = []
     for v in list(values if values is not None else []) + [np.nan]:
         if np.isnan(v):
             sets.append(current)

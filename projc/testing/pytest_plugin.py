@@ -21,8 +21,12 @@ onnx), so a test session that does not use it is not slowed down.
 from __future__ import annotations
 
 import pathlib
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from projc.cli.compare_many import CompareOptions
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -85,8 +89,8 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
 class ModelFile(pytest.File):
     """An .onnx file found by --projc-models: one parity test."""
 
-    options = None
-    display = None  # the path as found from --projc-models (messages name it)
+    options: CompareOptions | None = None
+    display: str | None = None  # the path as found from --projc-models (messages name it)
 
     def collect(self):
         yield ParityItem.from_parent(self, name="parity")
@@ -103,7 +107,9 @@ class ParityItem(pytest.Item):
     def runtest(self) -> None:
         from projc.cli.compare_many import ERROR, FAILED, run_model
 
-        result = run_model(self.parent.display or str(self.path), self.parent.options)
+        parent = self.parent
+        assert isinstance(parent, ModelFile) and parent.options is not None  # set when collected
+        result = run_model(parent.display or str(self.path), parent.options)
         self.user_properties.append(("reference", result.reference))
         for note in result.notes:
             self.add_report_section("call", "projc note", note)

@@ -7,7 +7,8 @@ was drawn) is plain JSON, so a checkpoint can restore the exact batch sequence.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -31,7 +32,7 @@ class UpdateSchedule:
         self._rng = np.random.default_rng(seed)
         self.done, self.epoch, self.position = 0, 0, 0
         self._order: np.ndarray | None = None
-        self._epoch_rng_state = None
+        self._epoch_rng_state: Mapping[str, Any] | None = None  # the bit generator's at the epoch's start
 
     @property
     def epoch_ends(self) -> bool:

@@ -38,7 +38,7 @@ def enable() -> str | None:
     returns the directory in use, or None when the cache is off."""
     import jax
 
-    current = jax.config.jax_compilation_cache_dir
+    current = jax.config.jax_compilation_cache_dir  # type: ignore[attr-defined]  # set at runtime: not in jax's stubs
     if current:
         return current  # set already (by us, or by the user's own configuration): keep it
     path = cache_dir()

@@ -49,7 +49,8 @@ def save_checkpoint(folder: str, ckpt: Checkpoint) -> str:
     meta = {"format": FORMAT, "param_names": names, "schedule": ckpt.schedule,
             "counters": ckpt.counters, "fingerprint": ckpt.fingerprint,
             "solver_leaves": None if ckpt.solver_state is None else len(ckpt.solver_state)}
-    arrays = {f"param_{i}": np.asarray(ckpt.params[n]) for i, n in enumerate(names)}
+    # Any: np.savez's stub has allow_pickle: bool beside **kwds, which a dict of arrays would not fit
+    arrays: dict[str, Any] = {f"param_{i}": np.asarray(ckpt.params[n]) for i, n in enumerate(names)}
     for i, leaf in enumerate(ckpt.solver_state or ()):
         arrays[f"solver_{i}"] = np.asarray(leaf)
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)

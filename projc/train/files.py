@@ -78,7 +78,7 @@ def remove_stale_temps(folder: str) -> list[str]:
     if folder in _swept:
         return []
     _swept.add(folder)
-    removed = []
+    removed: list[str] = []
     try:
         names = os.listdir(folder)
     except OSError:
@@ -153,7 +153,7 @@ def _fsync_folder(folder: str) -> None:
 _live_temps: set[str] = set()
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None], *, what: str,
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object], *, what: str,
                  keep: str = "", make_folder: bool = True, fsync: bool = True) -> str:
     """Write ``path`` by ``write(file)`` into a temporary beside it, then a rename; returns the path.
 

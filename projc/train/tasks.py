@@ -191,6 +191,7 @@ class Task:
     def targets(self, y: np.ndarray) -> np.ndarray:
         """The compiled graph's label input for checked targets ``y``."""
         if self.onehot:
+            assert self.classes is not None  # a classification task knows its class count
             return np.eye(self.classes, dtype=np.float32)[y]
         return y
 
