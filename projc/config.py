@@ -407,7 +407,8 @@ class Config:
                     raise ProjcError(f"{name} must be a projc.config.{GROUPS[name].__name__}, got "
                                      f"{type(value).__name__}")
                 groups[name] = value
-                explicit |= {f.name for f in dataclasses.fields(value) if getattr(value, f.name) != f.default}
+                explicit |= {f.name for f in dataclasses.fields(GROUPS[name])
+                             if getattr(value, f.name) != f.default}
             elif name in owner:
                 changes[owner[name]][name] = value
                 explicit.add(name)

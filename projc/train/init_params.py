@@ -98,7 +98,8 @@ STAIRCASE_LEVELS = 6   # a staircase: spread over about this many levels (entrop
 
 def _chain(graph, users, z):
     """(ops, output value, staircase?) of the elementwise chain reading ``z``, up to the next layer."""
-    ops, v, stair = [], z, False
+    ops: list = []
+    v, stair = z, False
     while True:
         us = users.get(v, [])
         if len(us) != 1 or us[0][0].kind not in CHAIN_OPS or len(us[0][0].outputs) != 1:
@@ -181,8 +182,8 @@ def calibrated_params(source_graph, values: dict[str, np.ndarray], x, input_name
             scale, shift = _staircase_fit(zv, run, axis, bias is not None)
         params[w.hint] = (params[w.hint] * scale).astype(params[w.hint].dtype)
         if bias is not None:
-            b = params[bias.hint] * scale + shift
-            params[bias.hint] = b.astype(params[bias.hint].dtype)
+            shifted = params[bias.hint] * scale + shift
+            params[bias.hint] = shifted.astype(params[bias.hint].dtype)
     return params
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import sys
 import time
+from typing import Any
 
 PLAIN_EVERY = 30.0   # seconds between plain progress lines (not a terminal)
 SLOW_UPDATE = 30.0   # warn before training when one update is estimated to take longer
@@ -44,7 +45,7 @@ class Progress:
         self.t_first: float | None = None   # when the first update of this process ended
         self.first_seconds: float | None = None
         self.n_after_first = 0
-        self.bar = None
+        self.bar: Any = None  # a tqdm bar on a terminal
         self.bar_epoch: int | None = None
 
     # -- the rate ------------------------------------------------------------------------------
@@ -76,7 +77,7 @@ class Progress:
     def line(self, done: int, epoch: int, post: dict[str, str]) -> str:
         rate, left = self.seconds_per_update(), self.left(done)
         text = f"projc train: update {done}/{self.total} (epoch {epoch + 1}/{self.epochs})"
-        if rate is not None:
+        if rate is not None and left is not None:
             text += f", {rate:.3g} s/update, {duration(left)} left"
         elif self.first_seconds is not None:
             text += f", the first update (compilation included) took {duration(self.first_seconds)}"
@@ -96,7 +97,7 @@ class Progress:
             self.bar_epoch = epoch
         rate, left = self.seconds_per_update(), self.left(done)
         shown = dict(post)
-        if rate is not None:
+        if rate is not None and left is not None:
             shown["s/upd"] = f"{rate:.3g}"
             shown["run left"] = duration(left)
         self.bar.set_postfix(shown, refresh=False)
