@@ -62,6 +62,22 @@ def test_each_bundled_structure_gets_its_rule(name, rule):
     assert rule_for(Structure.of(_graph(name))).name == rule
 
 
+def test_a_regression_gets_its_rule_from_the_task_and_a_classifier_keeps_its_own():
+    """The task comes from the output and the targets: float targets on a dense model pick
+    alternating projections with weight decay; the same file on class ids would not."""
+    import numpy as np
+    tr = projc.compile(str(MODELS / "reg_diabetes.onnx"), y=np.linspace(-1, 1, 8, dtype=np.float32))
+    assert tr.task.kind == "regression" and tr.recipe.rule.name == "regression"
+    assert tr.config.method.solver == "ap" and tr.config.update.weight_decay == 0.05
+    tr = projc.compile(str(MODELS / "bce_cancer.onnx"), y=np.array([0, 1, 1, 0]))
+    assert tr.task.kind == "binary" and tr.recipe.rule.name == "dense"
+    tr = projc.compile(str(MODELS / "ae_digits.onnx"), target="input")
+    assert tr.task.kind == "reconstruction" and tr.recipe.rule.name == "reconstruction"
+    assert tr.update_scale == 1.0
+    tr = projc.compile(str(MODELS / "reg_diabetes.onnx"), solver="dr", y=np.linspace(-1, 1, 8, dtype=np.float32))
+    assert tr.config.update.weight_decay == 0.0 and "weight_decay" in tr.recipe.dropped  # tuned for ap
+
+
 def test_every_rule_names_its_benchmark_and_sets_only_recipe_options():
     from projc.config import field_owners
     from projc.train.recipe import RECIPE_OPTIONS, RULES

@@ -1,7 +1,7 @@
 """The recipe: the options that measured best for a model's structure, filled in where the user set
 nothing.
 
-    recipe = choose(config, source_graph)     # config: what the user set (Config.user_set())
+    recipe = choose(config, source_graph, task="regression")   # config: what the user set
     recipe.config                             # the resolved config a run uses
     recipe.line()                             # "recipe gated-recurrent: GRU/LSTM cells ...: ..."
 
@@ -46,9 +46,10 @@ class Structure:
     pair_copies: int = 0            # per sample: the products of the Convs with a moving input
     #                                 (output positions x Cout x Cin/group x kernel): the copies
     #                                 Douglas-Rachford keeps of each of their operands
+    task: str = "classification"    # projc.train.tasks.Task.kind (from the output and the targets)
 
     @classmethod
-    def of(cls, graph) -> Structure:
+    def of(cls, graph, task: str = "classification") -> Structure:
         import math
 
         ops: dict[str, int] = {}
@@ -68,7 +69,7 @@ class Structure:
             for out_v in op.outputs:
                 free[out_v] = moving
         n = sum(_size(v) for v in graph.params)
-        return cls(ops, free_convs, data_convs, n, pair)
+        return cls(ops, free_convs, data_convs, n, pair, task)
 
     def count(self, *kinds: str) -> int:
         return sum(self.ops.get(k, 0) for k in kinds)
@@ -113,6 +114,12 @@ BENCH = "benchmarks/recipes.py --models "
 SMALL_PAIRS = 32768
 
 RULES: tuple[Rule, ...] = (
+    Rule("reconstruction", "an output trained toward the input (an autoencoder)",
+         lambda s: s.task == "reconstruction",
+         {"solver": "dr", "update_scale": 1.0},
+         "a reconstruction: every output element has its own target, so the plain update (a stretched "
+         "one, as for pooled classifiers, diverged on ae_digits)",
+         BENCH + "ae_digits"),
     Rule("gated-recurrent", "a GRU or LSTM cell",
          lambda s: s.count(*GATED_OPS) > 0,
          {"solver": "dr", "batch": 64, "steps_per_update": 100, "lam": 2.0, "schedule": "cosine",
@@ -149,6 +156,12 @@ RULES: tuple[Rule, ...] = (
          "a staircase activation: its pieces are flat, so the start must spread the "
          "pre-activations over several steps (init scaled on one batch)",
          BENCH + "round_mlp,quant_mlp,staircase_mlp"),
+    Rule("regression", "a regression (float targets), no Conv or recurrent cell",
+         lambda s: s.task == "regression",
+         {"solver": "ap", "weight_decay": 0.05, "init": "file", "update_scale": 1.0},
+         "float targets: Douglas-Rachford fits the noise of a small training set within a few epochs; "
+         "alternating projections with weight decay hold the test fit",
+         BENCH + "reg_diabetes"),
     Rule("dense", "anything else",
          lambda s: True,
          {"solver": "dr", "init": "file", "update_scale": 1.0},
@@ -196,9 +209,10 @@ def rule_for(structure: Structure) -> Rule:
     return next(r for r in RULES if r.when(structure))
 
 
-def choose(config: Config, graph) -> Recipe:
-    """The recipe for ``graph`` (the imported source graph) under the options ``config`` set."""
-    structure = Structure.of(graph)
+def choose(config: Config, graph, task: str = "classification") -> Recipe:
+    """The recipe for ``graph`` (the imported source graph) training ``task`` (a
+    ``projc.train.tasks.Task.kind``) under the options ``config`` set."""
+    structure = Structure.of(graph, task)
     if config.compilation.recipe == "none":
         return Recipe(None, structure, config, given=config.user_set())
     rule = rule_for(structure)

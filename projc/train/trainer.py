@@ -174,19 +174,20 @@ class Trainer:
         self.model_path = self.source.label
         self.source_graph = from_onnx(self.source.proto, path=self.source.path or self.source.label)
         self.frozen = freeze_params(self.source_graph, config.compilation.freeze)
-        # the options the user left unset come from the recipe for this model's structure
-        self.recipe = choose(config, self.source_graph)
+        if len(self.source_graph.data_inputs) != 1:
+            data = self.source_graph.data_inputs
+            raise ProjcError(f"{self.model_path}: projc trains models with one data input, this one "
+                             f"has {len(data)} ({', '.join(v.hint for v in data)})")
+        # the task reads only options no recipe sets (loss, target)
+        self.outputs = probe_outputs(self.source_graph)
+        self.task = resolve_task(config.task.loss, config.dataset.target, self.outputs, y)
+        # the options the user left unset come from the recipe for this model's structure and task
+        self.recipe = choose(config, self.source_graph, self.task.kind)
         self.config = config = self.recipe.config
         task, method, comp = config.task, config.method, config.compilation
         self.entry = METHODS[method.solver]
         self.init = resolve_init(comp.init, self.source_graph)  # "auto" -> file | he
         self.default_init = resolve_init("auto", self.source_graph)  # what auto means without a recipe
-        if len(self.source_graph.data_inputs) != 1:
-            data = self.source_graph.data_inputs
-            raise ProjcError(f"{self.model_path}: projc trains models with one data input, this one "
-                             f"has {len(data)} ({', '.join(v.hint for v in data)})")
-        self.outputs = probe_outputs(self.source_graph)
-        self.task = resolve_task(task.loss, config.dataset.target, self.outputs, y)
         self.update_scale = resolve_update_scale(config.update.update_scale, self.source_graph,
                                                  self.entry.projection, self.task.out_shape)
         if self.entry.projection:
