@@ -55,13 +55,17 @@ MODELS = {
     "fcn_maxlogits_digits": ("digits", "--epochs 10"),
     "mlp_mnist": ("mnist5k", "--epochs 10"),
     "mbv2_digits": ("digits", "--epochs 10"),
+    "ln_mlp": ("digits", "--epochs 10"),
+    "tfm_digits": ("digits", "--epochs 10"),
+    "vit_digits": ("digits", "--epochs 10"),
     "reg_diabetes": ("diabetes", "--epochs 10"),
     "bce_cancer": ("cancer", "--epochs 10"),
     "ae_digits": ("digits", "--epochs 10"),
 }
 LOWER_IS_BETTER = {"ae_digits"}  # its metric is the test MSE
 ADAM_LRS = (1e-3, 1e-2)
-ACCURACY = re.compile(r"test (?:accuracy|r2|mse) (-?[0-9.]+) \(onnxruntime\)")  # the task's headline metric
+# the task's headline metric on the final line: accuracy, else R² (regression), else MSE (reconstruction)
+ACCURACY = re.compile(r"\b(?:accuracy|r2) (-?[0-9.]+) \(onnxruntime\)|\bmse (-?[0-9.]+) \(onnxruntime\)")
 
 
 def recipe_of(name: str) -> dict:
@@ -95,9 +99,9 @@ def run_one(name: str, seed: int, flags: str, nice: int) -> dict:
                 records = [json.loads(line) for line in f if line.strip()]
             key = next((k for k in ("test_accuracy", "test_r2", "test_mse") if any(k in r for r in records)), None)
             curve = [round(r[key], 4) for r in records if key in r]
-    m = ACCURACY.search(proc.stdout)
+    m = ACCURACY.search(proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else "")
     header = next((line for line in proc.stdout.splitlines() if line.startswith("projc train:")), "")
-    return {"model": name, "seed": seed, "flags": flags, "accuracy": float(m.group(1)) if m else None,
+    return {"model": name, "seed": seed, "flags": flags, "accuracy": float(m.group(1) or m.group(2)) if m else None,
             "seconds": round(seconds, 1), "curve": curve, "header": header,
             "error": None if m else (proc.stderr.strip().splitlines() or ["?"])[-1]}
 
