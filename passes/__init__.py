@@ -63,9 +63,14 @@ class Pass:
         raise NotImplementedError
 
     def options(self) -> str:
-        fields = dataclasses.fields(self) if dataclasses.is_dataclass(self) else ()
+        fields = _fields(self)
         opts = " ".join(f"{f.name}={_fmt_opt(getattr(self, f.name))}" for f in fields)
         return f"{self.name}{{{opts}}}" if opts else self.name
+
+
+def _fields(p: Pass | type[Pass]) -> tuple[dataclasses.Field, ...]:
+    """A pass's options (a registered pass is a dataclass: ``register_pass``)."""
+    return dataclasses.fields(p) if dataclasses.is_dataclass(p) else ()
 
 
 def _fmt_opt(v) -> str:
@@ -95,7 +100,7 @@ def make_pass(name: str, options: dict[str, str] | None = None) -> Pass:
     if name not in PASSES:
         raise PassError(f"unknown pass {name!r}; available: {', '.join(sorted(PASSES))}")
     cls = PASSES[name]
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in _fields(cls)}
     kwargs = {}
     for key, value in (options or {}).items():
         if key not in fields:

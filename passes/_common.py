@@ -2,14 +2,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import NamedTuple, TypeAlias
 
 import numpy as np
 
 from projc.ir import DTYPES, Graph, Op, Value
-from projc.ir.constraints import FAMILIES, FIXED, LOSSES, MOVES, infer_shape
+from projc.ir.constraints import FAMILIES, FIXED, LOSSES, MOVES, ShapeError, infer_shape
 
-Rule = Callable[["Rewriter", Op], "list[Value] | Value | None"]
+RuleResult: TypeAlias = "list[Value] | Value | None"  # the values replacing the op's outputs; None: no match
+Rule = Callable[["Rewriter", Op], RuleResult]
 
 
 class Lowering(NamedTuple):
@@ -17,7 +18,9 @@ class Lowering(NamedTuple):
     becomes and when it applies. A pass's table of these is the one place that says the op trains
     (``projc.passes.lowering_table``, ``projc ops --trainable``, the unsupported-op message)."""
 
-    rule: Rule | None  # None: matched as part of a pattern, or walked to from the outputs
+    # (rewriter, op), or (rewriter, op, options) for a pass that binds its options when it runs (split);
+    # None: matched as part of a pattern, or walked to from the outputs
+    rule: Callable[..., RuleResult] | None
     becomes: str
     note: str = ""
 
@@ -43,6 +46,8 @@ class Rewriter:
         params = dict(params or {})
         if shape is None:
             shape = infer_shape(kind, params, [v.shape for v in inputs])
+            if shape is None:
+                raise ShapeError(f"{kind}: a loss has no output value to emit")
         out = Value(dtype or inputs[0].dtype, tuple(shape), "tmp")
         annots = {"src": self.current.annots["src"]} if self.current and "src" in self.current.annots else {}
         self.emitted.append(Op(kind, list(inputs), [out], params, annots))
@@ -87,6 +92,16 @@ def rewrite(graph: Graph, rules: dict[str, Rule]) -> bool:
         new_ops.extend(rw.emitted)
     graph.ops = new_ops
     return changed
+
+
+def operands(op: Op) -> list[Value]:
+    """Every input of ``op``, each required (``Op.operand``: an error for an omitted one)."""
+    return [op.operand(i) for i in range(len(op.inputs))]
+
+
+def optional_input(op: Op, i: int) -> Value | None:
+    """Input ``i`` of ``op``; None when it is omitted or past the last input given."""
+    return op.inputs[i] if i < len(op.inputs) else None
 
 
 def const_data(v: Value | None) -> np.ndarray | None:

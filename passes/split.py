@@ -40,16 +40,28 @@ from __future__ import annotations
 
 import math
 import string
+from collections.abc import Callable, Sequence
 from typing import ClassVar
 
 import numpy as np
 
 from projc.errors import PassError
-from projc.ir import Graph, Op, Value, remove_dead_code
+from projc.ir import Dim, Graph, Op, Value, remove_dead_code
 from projc.ir.constraints import MEAN_METRICS
 
 from . import Pass, register_pass
-from ._common import Lowering, Rewriter, const_data, reshape_param, rewrite, src_of
+from ._common import (
+    Lowering,
+    Rewriter,
+    Rule,
+    RuleResult,
+    const_data,
+    operands,
+    optional_input,
+    reshape_param,
+    rewrite,
+    src_of,
+)
 
 MASK_BELOW = -1e4   # an additive constant at or below this (or -inf) masks its entry: exp gives 0
 SHIFTS = ("fixed", "max", "none")
@@ -72,6 +84,12 @@ def _smooth(rw: Rewriter, fn: str, *xs: Value, **params) -> Value:
     return rw.emit("sum_smooth", list(xs), {"fn": fn, **params})
 
 
+def _ints(dims: Sequence[Dim]) -> tuple[int, ...] | None:
+    """``dims`` when every one is a known integer, else None (one is symbolic, e.g. the batch)."""
+    out = tuple(d for d in dims if isinstance(d, int))
+    return out if len(out) == len(dims) else None
+
+
 def _static(op: Op, v: Value, axes) -> None:
     if any(not isinstance(v.shape[a], int) for a in axes):
         raise PassError(f"{op.kind} {src_of(op)}: axes {list(axes)} of {v.type_str()} include the "
@@ -80,7 +98,7 @@ def _static(op: Op, v: Value, axes) -> None:
 
 # -- softmax -------------------------------------------------------------------------------------
 
-def _mask_parts(rw: Rewriter, x: Value):
+def _mask_parts(rw: Rewriter, x: Value) -> tuple[Value, np.ndarray] | None:
     """(x without its mask, the additive constant M broadcast to x's shape) when x = x' + M with M a
     constant holding masked entries (<= MASK_BELOW), or Where(c, x', fill) with c and fill constant;
     else None."""
@@ -88,17 +106,18 @@ def _mask_parts(rw: Rewriter, x: Value):
     if producer is None:
         return None
     if producer.kind == "sum":
-        consts = [v for v in producer.inputs if const_data(v) is not None]
-        rest = [v for v in producer.inputs if const_data(v) is None]
+        ins = operands(producer)
+        consts = [v for v in ins if const_data(v) is not None]
+        rest = [v for v in ins if const_data(v) is None]
         if not consts or not rest:
             return None
-        m = sum(np.asarray(const_data(v), np.float64) for v in consts)
+        m = np.asarray(sum(np.asarray(const_data(v), np.float64) for v in consts))  # consts: not empty
         if not np.any(m <= MASK_BELOW):
             return None
         xe = rest[0] if len(rest) == 1 else rw.emit("sum", rest)
         return xe, m
     if producer.kind == "Where":
-        cond, a, b = producer.inputs
+        cond, a, b = producer.operand(0), producer.operand(1), producer.operand(2)
         c = const_data(cond)
         if c is None:
             return None
@@ -110,7 +129,7 @@ def _mask_parts(rw: Rewriter, x: Value):
     return None
 
 
-def _softmax_shift(rw: Rewriter, opts: _Options, x: Value, axes: list[int], extra=()):
+def _softmax_shift(rw: Rewriter, opts: _Options, x: Value, axes: list[int], extra=()) -> list[Value]:
     """The shift operand(s) of exp for the softmax of x over axes (per ``opts.shift``)."""
     if opts.shift == "none":
         return []
@@ -119,8 +138,8 @@ def _softmax_shift(rw: Rewriter, opts: _Options, x: Value, axes: list[int], extr
     return [rw.emit("shift", [x, *extra], {"axes": axes})]
 
 
-def _softmax_chain(rw: Rewriter, op: Op, opts: _Options, log: bool):
-    x = op.inputs[0]
+def _softmax_chain(rw: Rewriter, op: Op, opts: _Options, log: bool) -> Value:
+    x = op.operand(0)
     axis = int(op.params.get("axis", -1)) % x.rank
     if not isinstance(x.shape[axis], int):
         raise PassError(f"{op.kind} {src_of(op)}: a softmax over the batch axis is not supported for training")
@@ -138,7 +157,7 @@ def _softmax_chain(rw: Rewriter, op: Op, opts: _Options, log: bool):
     return rw.emit("mul", [e, _smooth(rw, "reciprocal", z)])
 
 
-def _masked_softmax(rw: Rewriter, op: Op, opts: _Options, x: Value, m: np.ndarray, axis: int):
+def _masked_softmax(rw: Rewriter, op: Op, opts: _Options, x: Value, m: np.ndarray, axis: int) -> Value:
     """Softmax of x + M over ``axis``, M a constant mask: the chain on the unmasked entries only
     (taken out, reduced per row by segment_sum, scattered back among exact zeros)."""
     shape = tuple(op.outputs[0].shape)
@@ -153,10 +172,10 @@ def _masked_softmax(rw: Rewriter, op: Op, opts: _Options, x: Value, m: np.ndarra
     mt = np.transpose(np.broadcast_to(m, (1,) * (n - m.ndim) + m.shape), perm)
     varying = [i for i in range(n) if mt.shape[i] != 1]
     j0 = min(varying[0] if varying else n - 1, n - 1)
-    if any(not isinstance(d, int) for d in tshape[j0:]):
+    block = _ints(tshape[j0:])
+    if block is None:
         raise PassError(f"Softmax {src_of(op)}: the mask varies along the batch axis (a mask computed "
                         "from the data); only a constant mask trains")
-    block = tuple(tshape[j0:])
     flat = np.broadcast_to(mt[(0,) * j0], block).reshape(-1)  # the leading axes have size 1
     keep = np.flatnonzero(flat > MASK_BELOW)
     rows = keep // block[-1]
@@ -206,8 +225,8 @@ def _unused_extra_outputs(rw: Rewriter, op: Op) -> bool:
     return all(not (v in rw.graph.outputs or any(v in o.inputs for o in rw.graph.ops)) for v in op.outputs[1:])
 
 
-def layer_norm(rw: Rewriter, op: Op, opts: _Options):
-    x, scale, bias = (op.inputs + [None, None])[:3]
+def layer_norm(rw: Rewriter, op: Op, opts: _Options) -> list[Value]:
+    x, scale, bias = op.operand(0), optional_input(op, 1), optional_input(op, 2)
     if not _unused_extra_outputs(rw, op):
         raise PassError(f"LayerNormalization {src_of(op)}: its Mean/InvStdDev outputs are not supported "
                         "for training")
@@ -217,8 +236,8 @@ def layer_norm(rw: Rewriter, op: Op, opts: _Options):
     return [_affine(rw, n, scale, bias)] + op.outputs[1:]
 
 
-def rms_norm(rw: Rewriter, op: Op, opts: _Options):
-    x, scale = op.inputs[:2]
+def rms_norm(rw: Rewriter, op: Op, opts: _Options) -> Value:
+    x, scale = op.operand(0), op.inputs[1]
     axes = list(range(int(op.params.get("axis", -1)) % x.rank, x.rank))
     _static(op, x, axes)
     v = rw.emit("mean_square", [x], {"axes": axes, "keepdims": 1, "metric": opts.mean_metric})
@@ -226,15 +245,18 @@ def rms_norm(rw: Rewriter, op: Op, opts: _Options):
     return _affine(rw, rw.emit("mul", [x, r]), scale, None)
 
 
-def _grouped_norm(rw: Rewriter, op: Op, opts: _Options, groups: int):
+def _grouped_norm(rw: Rewriter, op: Op, opts: _Options, groups: int | None) -> Value:
     """Group/Instance normalization: [N, C, *S] -> [N, G, C/G * prod(S)], normalized over the last
     axis, back to [N, C, *S], then scale and bias per channel (GroupNormalization-21; the deprecated
-    -18, scale per group, is refused at import by onnx's checker)."""
-    x, scale, bias = op.inputs[:3]
+    -18, scale per group, is refused at import by onnx's checker). ``groups`` None: one per channel."""
+    x, scale, bias = op.operand(0), op.operand(1), op.operand(2)
     c = x.shape[1]
-    if not isinstance(c, int) or any(not isinstance(d, int) for d in x.shape[2:]):
+    spatial = _ints(x.shape[2:])
+    if not isinstance(c, int) or spatial is None:
         raise PassError(f"{op.kind} {src_of(op)}: needs static channel and spatial dims")
-    grouped = (x.shape[0], groups, (c // groups) * math.prod(x.shape[2:]))
+    if groups is None:
+        groups = c
+    grouped = (x.shape[0], groups, (c // groups) * math.prod(spatial))
     g = rw.emit("reshape", [x], {"shape": reshape_param(grouped)}, shape=grouped)
     n = _normalized(rw, g, [2], float(op.params.get("epsilon", 1e-5)), opts.mean_metric)
     n = rw.emit("reshape", [n], {"shape": reshape_param(x.shape)}, shape=x.shape)
@@ -242,19 +264,19 @@ def _grouped_norm(rw: Rewriter, op: Op, opts: _Options, groups: int):
     return _affine(rw, n, rw.emit("reshape", [scale], {"shape": view}), rw.emit("reshape", [bias], {"shape": view}))
 
 
-def group_norm(rw: Rewriter, op: Op, opts: _Options):
+def group_norm(rw: Rewriter, op: Op, opts: _Options) -> Value:
     return _grouped_norm(rw, op, opts, int(op.params["num_groups"]))
 
 
-def instance_norm(rw: Rewriter, op: Op, opts: _Options):
-    return _grouped_norm(rw, op, opts, op.inputs[0].shape[1])
+def instance_norm(rw: Rewriter, op: Op, opts: _Options) -> Value:
+    return _grouped_norm(rw, op, opts, None)
 
 
 # -- elementwise functions, division, reductions -------------------------------------------------------
 
-def _elementwise(fn: str):
-    def rule(rw: Rewriter, op: Op, opts: _Options):
-        x = op.inputs[0]
+def _elementwise(fn: str) -> Callable[[Rewriter, Op, _Options], Value | None]:
+    def rule(rw: Rewriter, op: Op, opts: _Options) -> Value | None:
+        x = op.operand(0)
         return _smooth(rw, fn, x) if x.dtype.startswith("f") else None
     return rule
 
@@ -262,12 +284,12 @@ def _elementwise(fn: str):
 NAMED_POWERS = {2.0: "square", 0.5: "sqrt", -0.5: "rsqrt", -1.0: "reciprocal"}
 
 
-def power(rw: Rewriter, op: Op, opts: _Options):
-    x, e = op.inputs
-    c = const_data(e)
-    if c is None or c.size != 1 or not x.dtype.startswith("f"):
+def power(rw: Rewriter, op: Op, opts: _Options) -> Value:
+    x, e = op.operand(0), op.inputs[1]
+    data = const_data(e)
+    if data is None or data.size != 1 or not x.dtype.startswith("f"):
         raise PassError(f"Pow {src_of(op)}: training needs a constant scalar exponent")
-    c = float(np.asarray(c).reshape(()))
+    c = float(np.asarray(data).reshape(()))
     if c == 1.0:
         return x
     if c in NAMED_POWERS:
@@ -275,24 +297,25 @@ def power(rw: Rewriter, op: Op, opts: _Options):
     return _smooth(rw, "pow", x, exponent=c)
 
 
-def div(rw: Rewriter, op: Op, opts: _Options):
+def div(rw: Rewriter, op: Op, opts: _Options) -> Value | None:
     """a / b with b trained: a · (1 / b) (canonicalize has turned division by a constant into mul)."""
-    a, b = op.inputs
+    a, b = op.operand(0), op.operand(1)
     if not a.dtype.startswith("f"):
         return None
     return rw.emit("mul", [a, _smooth(rw, "reciprocal", b)], shape=op.outputs[0].shape)
 
 
-def reduce_sum(rw: Rewriter, op: Op, opts: _Options):
+def reduce_sum(rw: Rewriter, op: Op, opts: _Options) -> Value:
     from .lower import reduce_axes
 
     axes = reduce_axes(op)
     if axes is None:
         raise PassError(f"ReduceSum {src_of(op)}: training needs constant axes")
+    x = op.operand(0)
     if not axes:
-        return op.inputs[0]
-    _static(op, op.inputs[0], axes)
-    return rw.emit("reduce_sum", [op.inputs[0]], {"axes": axes, "keepdims": int(op.params.get("keepdims", 1))})
+        return x
+    _static(op, x, axes)
+    return rw.emit("reduce_sum", [x], {"axes": axes, "keepdims": int(op.params.get("keepdims", 1))})
 
 
 # -- Einsum: transposes and reshapes around one dot ----------------------------------------------------
@@ -311,7 +334,7 @@ def _reshaped(rw: Rewriter, v: Value, shape: tuple) -> Value:
         raise PassError(f"Einsum: {e}") from None
 
 
-def einsum(rw: Rewriter, op: Op, opts: _Options):
+def einsum(rw: Rewriter, op: Op, opts: _Options) -> Value:
     eq = str(op.params["equation"]).replace(" ", "")
     lhs, _, out = eq.partition("->")
     terms = lhs.split(",")
@@ -319,8 +342,8 @@ def einsum(rw: Rewriter, op: Op, opts: _Options):
     if bad or any(c not in string.ascii_letters for c in "".join(terms) + out):
         raise PassError(f"Einsum {src_of(op)}: training supports one or two operands with explicit "
                         f"output letters, no ellipsis, no repeated letter ({eq!r})")
-    dims = {c: d for t, v in zip(terms, op.inputs) for c, d in zip(t, v.shape)}
-    vals = list(op.inputs)
+    vals = operands(op)
+    dims = {c: d for t, v in zip(terms, vals) for c, d in zip(t, v.shape)}
     # letters in one operand only and not in the output are summed out first
     for i, t in enumerate(terms):
         others = "".join(terms[:i] + terms[i + 1:]) + out
@@ -356,10 +379,11 @@ def einsum(rw: Rewriter, op: Op, opts: _Options):
 
 # -- Attention (opset 23) ---------------------------------------------------------------------------
 
-def attention(rw: Rewriter, op: Op, opts: _Options):
+def attention(rw: Rewriter, op: Op, opts: _Options) -> list[Value]:
     """Attention without caches or softcap: per-head q·kᵀ·scale (+ a constant mask or causal), the
     softmax chain, ·v."""
-    q, k, v, mask = (op.inputs + [None] * 4)[:4]
+    q, k, v = op.operand(0), op.operand(1), op.operand(2)
+    mask = optional_input(op, 3)
     p = op.params
     if (len(op.inputs) > 4 and any(u is not None for u in op.inputs[4:])) or float(p.get("softcap", 0.0)):
         raise PassError(f"Attention {src_of(op)}: past key/value, nonpad lengths and softcap are not "
@@ -379,12 +403,19 @@ def attention(rw: Rewriter, op: Op, opts: _Options):
         raise PassError(f"Attention {src_of(op)}: grouped-query attention (kv heads != q heads) is not "
                         "supported for training")
     d = q.shape[-1]
-    scale = p.get("scale")
-    scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
+    given = p.get("scale")
+    if given is not None:
+        scale = float(given)
+    elif isinstance(d, int):
+        scale = 1.0 / math.sqrt(d)
+    else:
+        raise PassError(f"Attention {src_of(op)}: the head size {d!r} must be static (the default scale)")
     kt = rw.emit("transpose", [k], {"perm": [0, 1, 3, 2]})
     s = rw.emit("dot", [q, kt])
     s = rw.emit("mul", [s, _scalar(rw, scale, s, "scale")])
     tq, tk = s.shape[-2], s.shape[-1]
+    if not isinstance(tq, int) or not isinstance(tk, int):
+        raise PassError(f"Attention {src_of(op)}: the sequence lengths of {s.type_str()} must be static")
     m = np.zeros((tq, tk))
     if int(p.get("is_causal", 0)):
         m = np.where(np.tril(np.ones((tq, tk), bool), tk - tq), 0.0, -np.inf)
@@ -409,16 +440,18 @@ def attention(rw: Rewriter, op: Op, opts: _Options):
 
 def _heads(rw: Rewriter, x: Value, heads: int) -> Value:
     b, t, e = x.shape
+    if not isinstance(e, int):
+        raise PassError(f"Attention: the hidden size of {x.type_str()} must be static to split heads")
     shape = (b, t, heads, e // heads)
     x = rw.emit("reshape", [x], {"shape": reshape_param(shape)}, shape=shape)
     return rw.emit("transpose", [x], {"perm": [0, 2, 1, 3]})
 
 
-def softmax(rw, op, opts):
+def softmax(rw: Rewriter, op: Op, opts: _Options) -> Value:
     return _softmax_chain(rw, op, opts, log=False)
 
 
-def log_softmax(rw, op, opts):
+def log_softmax(rw: Rewriter, op: Op, opts: _Options) -> Value:
     return _softmax_chain(rw, op, opts, log=True)
 
 
@@ -463,8 +496,11 @@ class Split(Pass):
             raise PassError(f"split: mean_metric={self.mean_metric!r}; choose one of {', '.join(MEAN_METRICS)}")
         opts = _Options()
         opts.shift, opts.mean_metric = self.shift, self.mean_metric
-        table = {kind: (lambda rw, op, rule=low.rule: rule(rw, op, opts))
-                 for kind, low in LOWERINGS.items() if low.rule is not None}
+
+        def bind(rule: Callable[..., RuleResult]) -> Rule:
+            return lambda rw, op: rule(rw, op, opts)
+
+        table = {kind: bind(low.rule) for kind, low in LOWERINGS.items() if low.rule is not None}
         changed = rewrite(graph, table)
         if changed:  # a mask's sum or Where is left without uses: drop it before lower checks the ops
             remove_dead_code(graph)

@@ -18,8 +18,9 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -202,7 +203,7 @@ def _project_sum_pwl(fam: Family, full: dict, y0, opts: ProjOptions):
         return _project_activation(fam, full, y0, opts)
     table = pwl_preset(fam.op.params)
     if fam.fixed_idx:  # y = φ(c + Σ free): shift the piece table by the constant c, per element
-        c = sum((full[i] for i in fam.fixed_idx), 0.0)
+        c = cast(jax.Array, sum((full[i] for i in fam.fixed_idx), 0.0))  # fixed_idx not empty: an array
         ce = c[..., None]
         lo, hi, sl, ic = (jnp.asarray(f, c.dtype) for f in table)
         table = P.Pieces(lo - ce, hi - ce, jnp.broadcast_to(sl, ce.shape[:-1] + sl.shape), ic + sl * ce)
@@ -220,7 +221,7 @@ def _project_over_axes(fam: Family, a, y0, project):
     at = jnp.transpose(a, perm)
     kshape = at.shape[:len(keep)]
     a2, y = project(at.reshape(kshape + (-1,)), y0.reshape(kshape))
-    a2 = jnp.transpose(a2.reshape(at.shape), np.argsort(perm))
+    a2 = jnp.transpose(a2.reshape(at.shape), np.argsort(perm).tolist())
     return (a2,), y.reshape(y0.shape)
 
 
@@ -309,13 +310,13 @@ def _materialized(fam: Family, factor_linear: bool):
 
 def _dot_copies(fam: Family, factor_linear: bool):
     # a linear dot with data on the left: slot[..., m, :] = G[m, :] + alpha[..., m] c[..., :] exactly
-    factorable = fam.mode == "linear" and fam.free == [False, True] and fam.op.inputs[1].rank == 2
+    factorable = fam.mode == "linear" and fam.free == [False, True] and fam.op.operand(1).rank == 2
     return FACTORED if factor_linear and factorable else MATERIALIZED
 
 
 def _dot_consensus(fam: Family, factor_linear: bool):
     # a batch of dots (b with batch dims, e.g. attention's q.k^T and p.v): the same GEMMs, batched
-    return BATCHED_EDGE_MEANS if fam.op.inputs[1].rank > 2 else EDGE_MEANS
+    return BATCHED_EDGE_MEANS if fam.op.operand(1).rank > 2 else EDGE_MEANS
 
 
 def _conv_consensus(fam: Family, factor_linear: bool):

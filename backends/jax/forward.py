@@ -22,7 +22,7 @@ graphs without float64 run exactly as before, bit for bit.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,7 +89,7 @@ class Interpreter:
         return env
 
 
-def op_forward(op: Op, *xs, overrides: dict[str, Any] | None = None):
+def op_forward(op: Op, *xs, overrides: Mapping[str, Any] | None = None):
     """The registered JAX forward of one op, with some attributes replaced (``overrides``)."""
     opdef = lookup_by_params(op.kind, op.params)
     if opdef is None:

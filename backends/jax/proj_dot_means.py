@@ -22,8 +22,11 @@ from projc.errors import ProjcError
 
 from .proj_bilinear import default_iters, root_parts
 
+# (sg, ts, al, amin, Us, Vs, ys): the root's parts per output element, as _coeffs_all takes them
+CoeffParts = tuple[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array, jax.Array, jax.Array]
 
-def _coeff_parts(nx, nw, p, y0, iters):
+
+def _coeff_parts(nx, nw, p, y0, iters) -> CoeffParts:
     nx, nw, p, y0 = jnp.broadcast_arrays(nx, nw, p, y0)
     dt = nx.dtype
     iters = default_iters(dt) if iters is None else int(iters)
@@ -35,7 +38,7 @@ def _coeff_parts(nx, nw, p, y0, iters):
     return sg, ts, al, amin, Us, Vs, ys
 
 
-def _coeffs_nonfloor(sg, ts, al):
+def _coeffs_nonfloor(sg, ts, al) -> tuple[jax.Array, jax.Array]:
     """(ca, cb) of branches (1) |t| <= ½ and (2) |t| > ½: a = (a0 + t b0)/(1 - t²), with the
     cancellation-free 1 - |t| = α."""
     inv = 1 / (al * (2 - al))
@@ -43,7 +46,7 @@ def _coeffs_nonfloor(sg, ts, al):
     return inv, cb
 
 
-def _coeffs_all(sg, ts, al, amin, Us, Vs, ys, n):
+def _coeffs_all(sg, ts, al, amin, Us, Vs, ys, n) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """(ca, cb, cea, ceb) in every branch, (3) α at its floor included."""
     q = 2 - al
     inv, cb_np = _coeffs_nonfloor(sg, ts, al)

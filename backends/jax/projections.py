@@ -18,7 +18,9 @@ their domains and poles), proj_bilinear (bilinear, bilinear_root), proj_losses (
 from __future__ import annotations
 
 import builtins
+from collections.abc import Callable
 from functools import partial
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -198,7 +200,7 @@ def max(a, target, axis: int = -1):  # noqa: A001 - mirrors the op name
 
 
 # name -> projection, for the backend's emitter (losses take (x, labels) and return one array)
-REGISTRY = {
+REGISTRY: dict[str, Callable[..., Any]] = {
     "identity": identity,
     "sum": sum,
     "sum_reduce": sum_reduce,

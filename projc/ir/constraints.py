@@ -437,6 +437,8 @@ def _type_rule(decl: ConstraintOp) -> Callable:
             shape = decl.shape(op.params, [v.shape for v in op.inputs])
         except ShapeError as e:
             return str(e)
+        if shape is None:  # only a loss has no output shape, and a loss returned above
+            return f"{op.kind}: no output shape"
         got = op.outputs[0].shape
         if len(shape) != len(got) or any(a != b and not (a == "?" or b == "?") for a, b in zip(shape, got)):
             return f"output shape {_fmt(got)} differs from the inferred {_fmt(shape)}"

@@ -8,6 +8,8 @@ zero outputs and a forward that returns ``()``.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -95,7 +97,7 @@ def _fake_quant(s, scale, zero_point, qmin, qmax):
     return sc * (jnp.clip(jnp.round(s / sc) + zero_point, qmin, qmax) - zero_point)
 
 
-_STAIR_FWD = {  # the sum_pwl fns beyond ReLU's kin (issue 11)
+_STAIR_FWD: dict[str, Callable[..., Any]] = {  # the sum_pwl fns beyond ReLU's kin (issue 11)
     "hardsigmoid": lambda s, alpha, beta, **_: jnp.clip(s * jnp.asarray(alpha, jnp.result_type(s)) + beta, 0, 1),
     "relu6": lambda s, **_: jnp.clip(s, 0, 6),
     "round": lambda s, **_: jnp.round(s),  # half to even, as ONNX Round
