@@ -6,11 +6,12 @@
 Each run is the command a user types, ``projc train MODEL --epochs 10 --seed S`` and nothing else
 (``cnn_digits``: ``--updates 60``), in its own process; the score is onnxruntime's test accuracy
 on the exported file (the task models: R² for ``reg_diabetes``, MSE for ``ae_digits``, where lower
-is better; the "accuracy" fields of the JSON hold that metric), the time the run's wall time (compilation included). Adam runs the same file
-from the same start and batches (the recipe's batch and init, ``--solver adam --lr LR``) at lr 1e-3
-and 1e-2; the table gives the better lr's mean. ``--extra`` adds flags to the projection runs (to
-measure a rule's alternative); ``--resume`` skips runs the JSON already holds. Prints a table
-(mean [min-max] over the seeds, the gap to Adam), writes JSON after every run.
+is better; the "accuracy" fields of the JSON hold that metric), the time the run's wall time
+(compilation included). Adam runs the same file from the same start and batches (the recipe's batch
+and init, ``--solver adam --lr LR``) at lr 1e-3 and 1e-2; the table gives the better lr's mean.
+``--extra`` adds flags to the projection runs (to measure a rule's alternative); ``--resume`` skips
+runs the JSON already holds. Prints a table (mean [min-max] over the seeds, the gap to Adam),
+writes JSON after every run.
 """
 from __future__ import annotations
 

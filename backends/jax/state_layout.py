@@ -17,7 +17,7 @@ object holds only what its graph fixes, and never changes after ``__init__``.
 """
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import jax
 import jax.numpy as jnp
@@ -82,7 +82,8 @@ class StepContext:
 
     @classmethod
     def tree_unflatten(cls, shapes, children):
-        return cls(*children, shapes)
+        params, inputs, fixed = children
+        return cls(params, inputs, fixed, shapes)
 
 
 def free_values(graph: Graph, producer: dict[Value, Op]) -> dict[Value, bool]:
@@ -143,13 +144,15 @@ class StateLayout:
 
     def _family(self, index: int, op: Op, factor_linear: bool) -> Family:
         rule = RULES[op.kind]
-        free = [self.free[v] and i not in rule.fixed_operands for i, v in enumerate(op.inputs)]
+        operands = [op.operand(i) for i in range(len(op.inputs))]  # a family's inputs are all present
+        free = [self.free[v] and i not in rule.fixed_operands for i, v in enumerate(operands)]
         if any(free) and (op.annots.get("set") is None or op.annots.get("layer") is None):
             raise ProjcError(f"{op.kind} op (src={op.annots.get('src', '?')!r}) has no set/layer "
                              f"annotation: run the schedule pass first (compile_for_training does; "
                              f"schedule{{strict=false}} for a graph that is not bipartite)")
-        fam = Family(f"f{index}", op, op.annots.get("set"), op.annots.get("layer"), free,
-                     sources=[self.sources[v] for v in op.inputs])
+        # present whenever an operand is free (checked above); a family with none is never projected
+        fam = Family(f"f{index}", op, cast(str, op.annots.get("set")), cast(int, op.annots.get("layer")), free,
+                     sources=[self.sources[v] for v in operands])
         if rule.mode is not None:
             fam.mode = rule.mode(fam)
         fam.storage = self.choose_storage(rule, fam, factor_linear)
@@ -227,9 +230,9 @@ class StateLayout:
             lambda pi: {id(v): x for v, x in self.interp.values(self._leaf(*pi), everything).items()}, spec)
         shapes = ValueShapes(tuple((v, tuple(abstract[id(v)].shape), abstract[id(v)].dtype)
                                    for v in self.graph.values() if id(v) in abstract))
-        wanted = [f.op.inputs[i] for f in self.families for i in f.fixed_idx]
+        wanted = [f.op.operand(i) for f in self.families for i in f.fixed_idx]
         env = self.interp.values(self._leaf(params, inputs), wanted)
-        fixed = {f.key: {i: env[f.op.inputs[i]] for i in f.fixed_idx} for f in self.families}
+        fixed = {f.key: {i: env[f.op.operand(i)] for i in f.fixed_idx} for f in self.families}
         return StepContext(params, inputs, fixed, shapes)
 
     # -- state ----------------------------------------------------------------------------------------
@@ -260,7 +263,7 @@ class StateLayout:
             if out not in acc:
                 continue
             ws, w = acc[out]
-            ins = list(op.inputs)
+            ins = [op.operand(i) for i in range(len(op.inputs))]
             prim = [jax.ShapeDtypeStruct(*ctx.shapes[u]) for u in ins]
 
             def transpose(op=op, prim=prim):
@@ -363,7 +366,7 @@ class StateLayout:
             slots = list(new_state[fam.key])
             for j, i in enumerate(fam.free_idx):
                 if i in idx:
-                    slots[j] = fam.storage.copy_forward(fam, i, env[fam.op.inputs[i]], ctx)
+                    slots[j] = fam.storage.copy_forward(fam, i, env[fam.op.operand(i)], ctx)
             new_state[fam.key] = tuple(slots)
         return new_state
 
@@ -392,7 +395,7 @@ class StateLayout:
         return num / max(den, 1)
 
     def logits_value(self) -> Value:
-        return self.loss.op.inputs[0]
+        return self.loss.op.operand(0)
 
     def forward_logits(self, params: dict[str, Any], inputs: dict[str, Any]):
         """The compiled forward: the loss's input (logits) from params and data."""

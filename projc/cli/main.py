@@ -313,7 +313,7 @@ def cmd_compare(args) -> int:
     seconds = time.perf_counter() - start
     compare_many.write_reports(results, options, seconds, json_path=args.json,
                                junit_path=args.junit_xml)
-    if single and result.status == compare_many.ERROR:
+    if single and result.status == compare_many.ERROR and result.error is not None:
         raise result.error
     if single:
         report = result.reports[0]
@@ -391,7 +391,8 @@ def load_npz(path: str) -> dict:
     except Exception as e:  # noqa: BLE001 - zip, zlib, numpy errors: the user's file is damaged
         reason = e.strerror if isinstance(e, OSError) and e.strerror else \
             (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise ProjcError(f"{path}: cannot read inputs ({reason}); expected an .npz keyed by ONNX input names")
+        raise ProjcError(f"{path}: cannot read inputs ({reason}); expected an .npz keyed by ONNX input "
+                         f"names") from None
     empty = [k for k, a in arrays.items() if a.size == 0]
     if empty:
         raise ProjcError(f"{path}: input {empty[0]!r} has shape {list(arrays[empty[0]].shape)}, no elements; "

@@ -13,10 +13,14 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from projc.config import Config
 from projc.errors import DivergenceError
 from projc.train.batches import UpdateSchedule
+
+if TYPE_CHECKING:
+    from projc.train.history import HistoryLog
 
 
 def _print_warning(message: str | None) -> None:
@@ -61,7 +65,7 @@ class TrainingRun:
         per_epoch = -(-n // batch)
         self.total = run.updates if run.updates is not None else per_epoch * (run.epochs or run.DEFAULT_EPOCHS)
         self.schedule = UpdateSchedule(n, batch, self.total, run.seed)
-        self.log = None
+        self.log: HistoryLog | None = None
         self.seconds_before = 0.0
         self.t_start = time.perf_counter()
         self.last_residual = None
@@ -102,7 +106,7 @@ class TrainingRun:
             return params, trainer.init_state(params), None, None
         from projc.train.checkpoint import checkpoint_path, load_checkpoint
 
-        folder = self.config.run.checkpoint
+        folder = self._checkpoint_folder()
         path = checkpoint_path(folder)
         if not os.path.lexists(path):
             self.note(f"{folder}: no checkpoint yet, so --resume starts a fresh run (its checkpoints "
@@ -121,7 +125,7 @@ class TrainingRun:
         from projc.errors import ProjcError
         from projc.train.checkpoint import DAMAGED_HINT, check_fingerprint, check_position
 
-        check_fingerprint(self.config.run.checkpoint, ckpt.fingerprint, self.fingerprint())
+        check_fingerprint(self._checkpoint_folder(), ckpt.fingerprint, self.fingerprint())
         try:
             check_position(ckpt)
         except ProjcError as e:
@@ -248,6 +252,11 @@ class TrainingRun:
             self._fp = fp
         return self._fp
 
+    def _checkpoint_folder(self) -> str:
+        folder = self.config.run.checkpoint
+        assert folder is not None, "checkpoints and --resume need run.checkpoint (the config checks it)"
+        return folder
+
     def _save(self, params: dict, state) -> None:
         import numpy as np
 
@@ -258,4 +267,4 @@ class TrainingRun:
                           schedule=self.schedule.state(),
                           counters={"seconds": self.seconds(), "initial_loss": self.watch.initial_loss},
                           fingerprint=self.fingerprint())
-        save_checkpoint(self.config.run.checkpoint, ckpt)
+        save_checkpoint(self._checkpoint_folder(), ckpt)

@@ -415,8 +415,9 @@ class Trainer:
         if x.ndim < 1 or len(x) == 0:
             raise DataError(f"x must be a non-empty batch of shape {shape_txt} for input "
                             f"{self.input_name!r}, got {list(x.shape)}")
-        known = all(d is not None for d in per)
-        want = math.prod(per) if known else None
+        fixed = [d for d in per if d is not None]
+        known = len(fixed) == len(per)
+        want = math.prod(fixed) if known else None
         have = math.prod(x.shape[1:])
         if tuple(x.shape[1:]) != tuple(per):
             if known and have == want:
