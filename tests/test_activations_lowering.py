@@ -184,7 +184,7 @@ def test_short_training_lowers_loss(name, layout, solver, tmp_path):
     x = rng.normal(size=(64, 6)).astype(np.float32)
     y = (x[:, 0] > 0).astype(np.int64) + (x[:, 1] > 0.5)
     trainer = projc.compile(str(path), solver=solver, layout=layout, steps_per_update=10)
-    params = trainer.init_params()
+    params = trainer.init_params(x)  # a batch: the staircase recipe calibrates the init on it
     before = trainer.evaluate(params, x, y)["loss"]
     state = trainer.init_state(params)
     for _ in range(3):
