@@ -15,11 +15,9 @@ Same exporter settings and checks as ``export_cnn.py`` (TorchScript exporter, op
 onnx.checker, onnxruntime equals torch at batch 1 and 7).
 """
 import os
-import warnings
 
-import onnx
 import torch
-from export_torch import check_against_onnxruntime, export_cli  # models/ is the script's folder
+from export_torch import export_checked, export_cli  # models/ is the script's folder
 from torch import nn
 
 
@@ -66,22 +64,9 @@ def export(name, out_dir):
     torch.manual_seed(seed)
     model = cls().eval()
     path = os.path.join(out_dir, f"{name}.onnx")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(
-            model, (torch.randn(2, 1, 8, 8),), path,
-            dynamo=False, opset_version=17,
-            input_names=["x"], output_names=[output],
-            dynamic_axes={"x": {0: "batch"}, output: {0: "batch"}},
-            training=torch.onnx.TrainingMode.EVAL,
-        )
-    m = onnx.load(path)
-    onnx.checker.check_model(m, full_check=True)
+    m = export_checked(name, model, path, (1, 8, 8), output, expected, seed)
     ops = {n.op_type for n in m.graph.node}
-    if not expected <= ops:
-        raise SystemExit(f"{name}: exported graph lacks {sorted(expected - ops)} (ops: {sorted(ops)})")
     groups = sorted({a.i for n in m.graph.node for a in n.attribute if a.name == "group"})
-    check_against_onnxruntime(path, model, (1, 8, 8), seed)
     print(f"{name}: wrote {path} ({' '.join(sorted(ops))}; conv groups {groups}), onnxruntime matches "
           "torch at batch 1 and 7")
 

@@ -17,11 +17,10 @@ Same exporter settings and checks as ``export_torch.py`` (TorchScript exporter, 
 onnx.checker, onnxruntime equals torch at batch 1 and 7).
 """
 import os
-import warnings
 
 import onnx
 import torch
-from export_torch import check_against_onnxruntime, export_cli  # models/ is the script's folder
+from export_torch import export_checked, export_cli  # models/ is the script's folder
 from torch import nn
 
 
@@ -71,22 +70,10 @@ def export(name, out_dir):
     torch.manual_seed(seed)
     model = cls().eval()
     path = os.path.join(out_dir, f"{name}.onnx")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(
-            model, (torch.randn(2, *in_shape),), path,
-            dynamo=False, opset_version=17,
-            input_names=["x"], output_names=[out_name],
-            dynamic_axes={"x": {0: "batch"}, out_name: {0: "batch"}},
-        )
-    m = onnx.load(path)
-    onnx.checker.check_model(m, full_check=True)
+    m = export_checked(name, model, path, in_shape, out_name, expected, seed)
     ops = {n.op_type for n in m.graph.node}
-    if not expected <= ops:
-        raise SystemExit(f"{name}: exported graph lacks {sorted(expected - ops)} (ops: {sorted(ops)})")
     modes = sorted({onnx.helper.get_attribute_value(a).decode() for n in m.graph.node if n.op_type == "Resize"
                     for a in n.attribute if a.name == "mode"})
-    check_against_onnxruntime(path, model, in_shape, seed)
     print(f"{name}: wrote {path} ({' '.join(sorted(ops))}{'; Resize ' + ', '.join(modes) if modes else ''}), "
           "onnxruntime matches torch at batch 1 and 7")
 

@@ -117,6 +117,27 @@ def export(name, out_dir):
     print(f"{name}: wrote {path}, onnxruntime matches torch at batch 1 and 7")
 
 
+def export_checked(name, model, path, in_shape, output, expected_ops, seed):
+    """Export ``model`` (TorchScript exporter, opset 17, dynamic batch) to ``path``, check it with
+    onnx's full checker, require the op types ``expected_ops``, and compare it with torch
+    (``check_against_onnxruntime``). Returns the loaded ModelProto."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            model, (torch.randn(2, *in_shape),), path,
+            dynamo=False, opset_version=17,
+            input_names=["x"], output_names=[output],
+            dynamic_axes={"x": {0: "batch"}, output: {0: "batch"}},
+        )
+    m = onnx.load(path)
+    onnx.checker.check_model(m, full_check=True)
+    ops = {n.op_type for n in m.graph.node}
+    if not expected_ops <= ops:
+        raise SystemExit(f"{name}: exported graph lacks {sorted(expected_ops - ops)} (ops: {sorted(ops)})")
+    check_against_onnxruntime(path, model, in_shape, seed)
+    return m
+
+
 def check_against_onnxruntime(path, model, in_shape, seed):
     """The exported file and the torch module agree at batch sizes 1 and 7 (random inputs)."""
     sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])

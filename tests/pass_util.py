@@ -114,3 +114,9 @@ def jit_update(layout, solver, steps: int, **kw):
         new, _, stats = update(params, (), inputs)
         return new, stats
     return run
+
+
+def rel_diff(a, b) -> float:
+    """Largest |a - b| relative to the largest |b|: the tolerance measure of the layout tests."""
+    a, b = np.asarray(a), np.asarray(b)
+    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-300))

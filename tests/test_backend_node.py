@@ -37,7 +37,7 @@ import pytest
 from onnx import numpy_helper
 
 from projc.backends.jax.forward import run_forward
-from projc.frontend.importer import from_onnx, model_opsets, node_opset
+from projc.frontend.importer import compile_time_inputs, from_onnx, model_opsets, node_opset
 from projc.ops import MIN_OPSET, kind_of, lookup
 
 DATA_DIR = os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data")
@@ -177,31 +177,6 @@ def selected_cases() -> list[Case]:
     return [c for c in all_cases() if is_selected(c.model)]
 
 
-def static_input_names(model: onnx.ModelProto) -> set[str]:
-    """Graph inputs that a compile-time operand (Reshape's shape, Pad's pads, ...) is computed
-    from, following producers back (but not through Shape/Size, which read only the shape)."""
-    opsets = import_opsets(model)
-    graph_inputs = {i.name for i in model.graph.input}
-    producers = {out: node for node in model.graph.node for out in node.output}
-    pending = []
-    for node in model.graph.node:
-        opdef = lookup(kind_of(node.op_type, node.domain), node_opset(node, opsets))
-        if opdef is not None:
-            pending += [node.input[i] for i in opdef.static if i < len(node.input)]
-    names, seen = set(), set()
-    while pending:
-        name = pending.pop()
-        if not name or name in seen:
-            continue
-        seen.add(name)
-        if name in graph_inputs:
-            names.add(name)
-        node = producers.get(name)
-        if node is not None and node.op_type not in ("Shape", "Size"):
-            pending += list(node.input)
-    return names
-
-
 def tolerance(case: Case, dtype: np.dtype) -> tuple[float, float]:
     """(rtol, atol) for an output of ``dtype`` of ``case``."""
     if case.id in ROUNDED_EXPECTATIONS:
@@ -217,7 +192,7 @@ def run_case(case: Case) -> None:
     """Import and evaluate every data set of ``case``; raise AssertionError on a mismatch."""
     inputs_names = [i.name for i in case.model.graph.input
                     if i.name not in {t.name for t in case.model.graph.initializer}]
-    static = static_input_names(case.model)
+    static = compile_time_inputs(case.model)  # the importer's own walk
     for inputs, expected in case.datasets():
         feed = dict(zip(inputs_names, inputs))
         with contextlib.redirect_stderr(io.StringIO()):  # the importer's opset upgrade note

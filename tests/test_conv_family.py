@@ -12,7 +12,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
-from pass_util import evaluate, jit_update, op_counts, save_onnx
+from pass_util import evaluate, jit_update, op_counts, rel_diff, save_onnx
 from projc.backends.jax.conv import ConvOps, conv_project_means
 from projc.backends.jax.layout_consensus import ConsensusLayout
 from projc.backends.jax.layout_copies import CopiesLayout
@@ -27,11 +27,6 @@ from projc.passes import compile_for_training, training_pipeline
 def x64():
     with jax.enable_x64(True):
         yield
-
-
-def _rel(a, b):
-    a, b = np.asarray(a), np.asarray(b)
-    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-300))
 
 
 # (op, attrs, input channels, weight shape, input spatial): strides, pads, dilations, groups, transposes
@@ -174,8 +169,8 @@ def test_conv_family_trains_like_the_patches_lowering(x64, tmp_path, case, layou
     p_old, s_old = _run(old, lay(old), solver, 5, 2, x, y)
     init = _params(new)
     for k in p_new:
-        assert _rel(p_new[k], p_old[k]) < 1e-8, (k, _rel(p_new[k], p_old[k]))
-    assert max(_rel(p_new[k], init[k]) for k in init) > 1e-2
+        assert rel_diff(p_new[k], p_old[k]) < 1e-8, (k, rel_diff(p_new[k], p_old[k]))
+    assert max(rel_diff(p_new[k], init[k]) for k in init) > 1e-2
 
 
 @pytest.mark.parametrize("case", ["grouped", "depthwise", "transpose", "transpose_grouped"])
@@ -192,8 +187,8 @@ def test_conv_family_consensus_equals_copies(x64, tmp_path, case, solver):
     p_cop, _ = _run(g, CopiesLayout(g), solver, 5, 2, x, y)
     init = _params(g)
     for k in p_con:
-        assert _rel(p_con[k], p_cop[k]) < 1e-8, (k, _rel(p_con[k], p_cop[k]))
-    assert max(_rel(p_con[k], init[k]) for k in init) > 1e-2
+        assert rel_diff(p_con[k], p_cop[k]) < 1e-8, (k, rel_diff(p_con[k], p_cop[k]))
+    assert max(rel_diff(p_con[k], init[k]) for k in init) > 1e-2
 
 
 # -- the hybrid layout: DR with the conv families as edge means -------------------------------------

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import RES_IR, scheduled
-from pass_util import jit_update
+from pass_util import jit_update, rel_diff
 from projc.backends.jax import projections as P
 from projc.backends.jax.layout_consensus import ConsensusLayout
 from projc.backends.jax.layout_copies import CopiesLayout
@@ -34,11 +34,6 @@ PER_FAMILY_RTOL = 1e-9
 def x64():
     with jax.enable_x64(True):
         yield
-
-
-def _rel(a, b):
-    a, b = np.asarray(a), np.asarray(b)
-    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-300))
 
 
 # -- the root solve with early exit -----------------------------------------------------------------
@@ -174,10 +169,10 @@ def _per_family_check(g, key_seq):
         ep, en = edge_means(cop, xp, ctx_p), edge_means(con, xn, ctx_n)
         for fam in con.families:
             for got, ref in zip(en[fam.key], ep[fam.key]):
-                assert _rel(got, ref) < PER_FAMILY_RTOL, (key, fam.kind)
+                assert rel_diff(got, ref) < PER_FAMILY_RTOL, (key, fam.kind)
         tp, tn = means(cop, xp, ctx_p), means(con, xn, ctx_n)
         for v in tp:
-            assert _rel(tn[v][0], tp[v][0]) < PER_FAMILY_RTOL, (key, v)
+            assert rel_diff(tn[v][0], tp[v][0]) < PER_FAMILY_RTOL, (key, v)
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -207,8 +202,8 @@ def test_ap_cp_same_parameters_in_both_layouts(model, solver):
     p_con, s_con = _run(g, ConsensusLayout(g, solver=solver), solver, steps=6, updates=3, B=B)
     init = _params(g)
     for k in p_cop:
-        assert _rel(p_con[k], p_cop[k]) < RTOL, (k, _rel(p_con[k], p_cop[k]))
-    assert max(_rel(p_cop[k], init[k]) for k in init) > 1e-2  # the updates moved the parameters
+        assert rel_diff(p_con[k], p_cop[k]) < RTOL, (k, rel_diff(p_con[k], p_cop[k]))
+    assert max(rel_diff(p_cop[k], init[k]) for k in init) > 1e-2  # the updates moved the parameters
     np.testing.assert_allclose(float(s_con["residual"]), float(s_cop["residual"]), rtol=1e-3)
 
 
@@ -263,7 +258,7 @@ def test_layout_ops_and_elementwise_families_match_copies(solver, op):
     p_cop, _ = _run(g, CopiesLayout(g), solver, steps=5, updates=2, B=5)
     p_con, _ = _run(g, ConsensusLayout(g, solver=solver), solver, steps=5, updates=2, B=5)
     for k in p_cop:
-        assert _rel(p_con[k], p_cop[k]) < RTOL, k
+        assert rel_diff(p_con[k], p_cop[k]) < RTOL, k
     _per_family_check(g, CopiesLayout(g).layer_sets)
 
 
@@ -326,7 +321,7 @@ def test_cp_on_non_bipartite_graph():
     p_cop, _ = _run(g, CopiesLayout(g), "cp", steps=5, updates=2, B=6)
     p_con, _ = _run(g, ConsensusLayout(g, solver="cp"), "cp", steps=5, updates=2, B=6)
     for k in p_cop:
-        assert _rel(p_con[k], p_cop[k]) < RTOL, k
+        assert rel_diff(p_con[k], p_cop[k]) < RTOL, k
     ir = RES_IR.replace("%SKIP", "%d").replace(
         "  %s:", "  param %v2: f32[4,4]\n  %d: f32[B,4] = dot %h, %v2  {proj=\"bilinear\"}\n  %s:")
     ir = ir.replace("  param %v2: f32[4,4]\n", "").replace("  param %v: f32[4,3]\n",
