@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from projc.backends.jax import proj_smooth_fast as PF
 from projc.backends.jax import projections as P
 
 VEC = 16
@@ -38,6 +39,9 @@ def cases(B: int, dt, rng):
 
     def smooth(fn):
         return lambda a, b, y: P.sum_smooth(a, b, y, fn=fn)
+
+    def grid_free(fn):   # what training runs for these fns (families.py): proj_smooth_fast
+        return lambda a, b, y: PF.sum_smooth(a, b, y, fn=fn)
 
     def pwl(fn):
         return lambda a, b, y: P.sum_pwl(a, b, y, fn=fn)
@@ -56,7 +60,9 @@ def cases(B: int, dt, rng):
         "sum_pwl fake_quant u8 (n=2)": ("2 scalars", pwl(P.fake_quant(1 / 16, 0, 0, 255)), three()),
         "sum_pwl hardsigmoid (n=2)": ("2 scalars", pwl(P.hardsigmoid()), three()),
         **{f"sum_smooth {fn} (n=2)": ("2 scalars", smooth(fn), (arr(B, scale=3), arr(B, scale=3), arr(B)))
-           for fn in ("tanh", "sigmoid", "silu", "gelu", "hardswish")},
+           for fn in ("tanh", "sigmoid", "exp", "silu", "gelu", "hardswish")},
+        **{f"sum_smooth {fn} grid-free (n=2)": ("2 scalars", grid_free(fn), (arr(B, scale=3), arr(B, scale=3), arr(B)))
+           for fn in ("tanh", "sigmoid", "exp")},
         f"linear (n={VEC})": (f"vector {VEC}", P.linear, (arr(B, VEC), arr(B, VEC), arr(B, scale=4.0))),
         f"bilinear (n={VEC})": (f"vector {VEC}", P.bilinear, (arr(B, VEC), arr(B, VEC), arr(B, scale=4.0))),
         f"max (n={VEC})": (f"vector {VEC}", P.max, (arr(B, VEC), arr(B))),

@@ -186,14 +186,22 @@ def pwl_preset(params: dict):
     return P.PRESETS[fn]()
 
 
+def activation_projection(kind: str, params: dict):
+    """The projection training runs for a sum_smooth / sum_pwl family: (a_1..a_n, y0, offset=) ->
+    (a_1', ..., a_n', y'). exp, square, sqrt, rsqrt, reciprocal, sigmoid, tanh and 1 - sigmoid take
+    the grid-free path to the same point (proj_smooth_fast: the split pass puts the first five on
+    every softmax and normalization, the last three are every RNN, GRU and LSTM gate). The memory
+    plan (projc/train/plan.py) traces this too."""
+    if kind == "sum_smooth" and params["fn"] in FAST_FNS:
+        return lambda *args, offset=0.0: sum_smooth_fast(*args, fn=params["fn"], offset=offset)
+    return lambda *args, offset=0.0: P.sum_activation(kind, params, *args, offset=offset)
+
+
 def _project_activation(fam: Family, full: dict, y0, opts: ProjOptions):
-    """sum_smooth, and sum_pwl staircases / hard activations: constant operands enter as an offset.
-    exp, square, sqrt, rsqrt and reciprocal take the grid-free path to the same point
-    (proj_smooth_fast: the split pass puts them on every softmax and normalization)."""
+    """sum_smooth, and sum_pwl staircases / hard activations: constant operands enter as an offset."""
     offset = sum((full[i] for i in fam.fixed_idx), 0.0)
-    if fam.kind == "sum_smooth" and fam.op.params["fn"] in FAST_FNS:
-        res = sum_smooth_fast(*[full[i] for i in fam.free_idx], y0, fn=fam.op.params["fn"], offset=offset)
-        return tuple(res[:-1]), res[-1]
+    res = activation_projection(fam.kind, fam.op.params)(*[full[i] for i in fam.free_idx], y0, offset=offset)
+    return tuple(res[:-1]), res[-1]
     res = P.sum_activation(fam.kind, fam.op.params, *[full[i] for i in fam.free_idx], y0, offset=offset)
     return tuple(res[:-1]), res[-1]
 

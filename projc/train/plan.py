@@ -165,19 +165,21 @@ def _frozen(params: dict) -> tuple:
 @functools.cache
 def search_points(kind: str, params: tuple) -> int:
     """The most values one element's projection holds at once (its candidate grid), read from the
-    jaxpr of the family's projection traced on one element: it follows ``proj_smooth`` as it
-    changes. 0 for a family the backend projects otherwise."""
+    jaxpr of the projection training runs for the family, traced on one element: it follows
+    ``proj_smooth`` and ``proj_smooth_fast`` as they change. 0 for a family the backend projects
+    otherwise."""
     import jax
     import jax.numpy as jnp
 
     from projc.backends.jax import projections as P
+    from projc.backends.jax.families import activation_projection
 
     options = dict(params)
     if not P.activation_handles(kind, options):
         return 0
     one = jax.ShapeDtypeStruct((1,), jnp.float32)
     try:
-        jaxpr = jax.make_jaxpr(lambda a, y: P.sum_activation(kind, options, a, y))(one, one)
+        jaxpr = jax.make_jaxpr(activation_projection(kind, options))(one, one)
     except Exception:  # noqa: BLE001 - a params form the trace cannot take: assume a grid
         return DEFAULT_SEARCH_POINTS
     return _largest(jaxpr.jaxpr)
