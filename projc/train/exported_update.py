@@ -31,6 +31,7 @@ import hashlib
 import json
 import os
 import tempfile
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -141,6 +142,20 @@ def write_atomically(path: str, data: bytes) -> bool:
     return True
 
 
+class Clock:
+    """Times calls into a {phase: seconds} dict."""
+
+    def __init__(self, seconds: dict[str, float]):
+        self.seconds = seconds
+
+    def __call__(self, phase: str, fn: Callable[[], Any]) -> Any:
+        start = time.perf_counter()
+        try:
+            return fn()
+        finally:
+            self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
+
+
 class ExportedUpdate:
     """An update ``(params, state, batch, progress) -> (params, state, stats)`` that is exported
     once per argument signature and stored under ``directory``; ``fallback`` (the plain jitted
@@ -156,6 +171,7 @@ class ExportedUpdate:
         self.loaded = 0
         self.exported = 0
         self.fallbacks: list[str] = []
+        self.seconds: dict[str, float] = {}  # phase -> seconds spent preparing the update
         self._functions: dict[str, Callable] = {}  # argument signature -> the function to call
 
     def __call__(self, params, state, batch, progress):
@@ -180,26 +196,29 @@ class ExportedUpdate:
         return os.path.join(self.directory, hashlib.sha256(text.encode()).hexdigest() + ".bin")
 
     def _function(self, specs, treedef, sig: str) -> Callable:
-        """The jitted call of the stored module for this signature: loaded, else exported and stored
-        (then read back, so this run compiles what a repeated run loads), else the fallback."""
+        """The compiled call of the stored module for this signature: loaded, else exported and
+        stored (then read back, so this run compiles what a repeated run loads), else the fallback.
+        ``seconds`` adds up each phase (for benchmarks; it changes nothing computed)."""
         import jax
 
-        path = self.entry_path(sig)
-        exported = self._load(path, specs)
+        clock = Clock(self.seconds)
+        path = clock("key", lambda: self.entry_path(sig))
+        exported = clock("read", lambda: self._load(path, specs))
         if exported is not None:
             self.loaded += 1
         else:
             try:
-                payload = self._export(specs, treedef)
+                payload = clock("export", lambda: self._export(specs, treedef))
             except Exception as err:  # noqa: BLE001 - not exportable: today's path, same results
                 self.fallbacks.append(f"{type(err).__name__}: {str(err)[:200]}")
                 return self.fallback
-            write_atomically(path, pack(payload))
+            clock("write", lambda: write_atomically(path, pack(payload)))
             exported = jax.export.deserialize(bytearray(payload))
             self.exported += 1
         # compiled once for the abstract signature: a plain jit of ``exported.call`` would lower and
         # compile again when the arguments turn from numpy arrays into committed device arrays
-        return jax.jit(exported.call).lower(*specs).compile()
+        lowered = clock("lower", lambda: jax.jit(exported.call).lower(*specs))
+        return clock("compile", lowered.compile)  # XLA, or JAX's persistent cache
 
     def _export(self, specs, treedef) -> bytes:
         """Trace and lower the update on ``specs`` with the state as its flat leaves; serialized."""
