@@ -13,10 +13,11 @@ The entry's key is a hash of everything that determines the traced computation: 
 bytes, the full resolved config, the task and update scale the Trainer derived from them, the
 arguments' tree structure, shapes and dtypes, the JAX/jaxlib versions, backend and numeric flags,
 and the source of projc itself (every ``.py`` file of projc, projc.backends and projc.passes), so an
-edited checkout never loads a stale update. An entry carries a sha256 of its payload: a truncated or
-corrupt file, one that does not deserialize, or one whose signature does not match is ignored and
-rewritten; a write that fails leaves the run as it was. Writes are atomic (a temporary file in the
-same directory, then ``os.replace``).
+edited checkout never loads a stale update (the digest is taken once per process, when the first
+cached Trainer is built and the traced code has just been imported). An entry carries a sha256 of
+its payload: a truncated or corrupt file, one that does not deserialize, or one whose signature
+does not match is ignored and rewritten; a write that fails leaves the run as it was. Writes are
+atomic (a temporary file in the same directory, then ``os.replace``).
 
 Where export does not apply the Trainer keeps today's path, silently: data parallelism (the jit
 carries shardings over a device mesh, which this store does not key or reproduce), and any update

@@ -235,8 +235,9 @@ class Trainer:
             return None
         import os
 
-        from projc.train.exported_update import SUBDIR, ExportedUpdate, model_key
+        from projc.train.exported_update import SUBDIR, ExportedUpdate, model_key, source_digest
 
+        source_digest()  # now, with the traced code just imported: an edit after it is not in this run
         def key() -> str:
             return model_key(self.source.proto.SerializeToString(deterministic=True), self.config,
                              self.task, self.update_scale)
