@@ -39,12 +39,23 @@ t1 = time.perf_counter()
 data = load_data("mnist5k" if "mnist" in model else "digits", seed=0, input_shape=tr.input_shape)
 x, y = data.x_train[:256], data.y_train[:256]
 p = tr.init_params()
+plan_s, plan = [0.0], tr.memory_plan
+def timed_plan(batch):  # the memory plan's share of the first update (its abstract trace)
+    start = time.perf_counter()
+    try:
+        return plan(batch)
+    finally:
+        plan_s[0] += time.perf_counter() - start
+tr.memory_plan = timed_plan
 t2 = time.perf_counter()
 q, _, _ = tr.update(p, tr.init_state(p), x, y)
 t3 = time.perf_counter()
 digest = hashlib.sha256(b"".join(np.asarray(q[k]).tobytes() for k in sorted(q))).hexdigest()
+ex = tr.exported_update
+phases = {"plan": plan_s[0], **(ex.seconds if ex else {})}
 print(json.dumps({"import_compile_s": t1 - t0, "first_update_s": t3 - t2, "params_sha256": digest,
-                  "cache_dir": tr.cache_dir}))
+                  "cache_dir": tr.cache_dir, "phases": phases,
+                  "exported": ex and {"loaded": ex.loaded, "exported": ex.exported, "fallbacks": ex.fallbacks}}))
 """
 
 
@@ -68,7 +79,7 @@ def main(argv=None) -> None:
     for model in args.models.split(","):
         path = os.path.join(ROOT, "models", f"{model}.onnx")
         for solver in args.solvers.split(","):
-            first, second, off, same = [], [], [], True
+            first, second, off, same, loaded, phases, first_phases = [], [], [], True, True, [], []
             for _ in range(args.repeats):
                 with tempfile.TemporaryDirectory() as d:
                     a = run(path, solver, args.steps, d)
@@ -78,18 +89,31 @@ def main(argv=None) -> None:
                 second.append(b["first_update_s"])
                 off.append(c["first_update_s"])
                 same &= a["params_sha256"] == b["params_sha256"] == c["params_sha256"]
+                loaded &= b["exported"] is not None and b["exported"]["loaded"] == 1
                 print(f"{model} {solver}: first run {a['first_update_s']:.2f} s, second {b['first_update_s']:.2f} s, "
                       f"no cache {c['first_update_s']:.2f} s", flush=True)
+                for name, r in (("first", a), ("second", b)):
+                    print(f"  {name} run's phases: " + ", ".join(f"{k} {v:.3f}" for k, v in r["phases"].items())
+                          + f"; the rest (run, dispatch) {r['first_update_s'] - sum(r['phases'].values()):.3f}")
+                phases.append(b["phases"])
+                first_phases.append(a["phases"])
             ratios = [s / f for s, f in zip(second, first)]
+            # what the cache can remove: the first update less its own run (the phases' sum)
+            prep_ratios = [sum(b.values()) / sum(a.values()) for a, b in zip(first_phases, phases)]
             rows.append({"model": model, "solver": solver, "first_run_s": statistics.median(first),
                          "second_run_s": statistics.median(second), "no_cache_s": statistics.median(off),
                          "second_over_first": statistics.median(ratios), "ratios": ratios,
-                         "bit_identical": same})
+                         "bit_identical": same, "second_run_loaded_the_export": loaded,
+                         "second_run_phases": phases, "first_run_phases": first_phases,
+                         "preparation_second_over_first": statistics.median(prep_ratios)})
     end = os.getloadavg()
     print(format_table(["model", "solver", "first update, first run s", "first update, second run s",
-                        "no cache s", "second / first (median)", "params bit-identical"],
+                        "no cache s", "second / first (median)", "preparation second / first",
+                        "params bit-identical", "export loaded"],
                        [[r["model"], r["solver"], r["first_run_s"], r["second_run_s"], r["no_cache_s"],
-                         r["second_over_first"], r["bit_identical"]] for r in rows]))
+                         r["second_over_first"], r["preparation_second_over_first"], r["bit_identical"],
+                         r["second_run_loaded_the_export"]]
+                        for r in rows]))
     print(f"load average (1 min) at start {load[0]:.2f}, at end {end[0]:.2f}; {os.cpu_count()} CPUs")
     print("wrote", write_json("compile_cache", {"steps": args.steps, "repeats": args.repeats, "load_start": load,
                                                 "load_end": end, "rows": rows}, args.json))

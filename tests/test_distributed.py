@@ -61,10 +61,11 @@ def child_equivalence(solver: str, layout: str) -> dict:
 
     steps, updates, batch = 5, 3, 64
     _, base = _train(solver, layout, None, steps, updates, batch)
-    out = {"layout": None, "diff": {}, "sharding": {}}
+    out = {"layout": None, "diff": {}, "sharding": {}, "plain_jit": {}}
     for n in (2, 4):
         tr, p = _train(solver, layout, n, steps, updates, batch)
         out["diff"][n] = _rel_diff(p, base)
+        out["plain_jit"][n] = tr.exported_update is None  # data parallel: no exported update
         out["sharding"][n] = sorted({f"replicated={v.sharding.is_fully_replicated}/"
                                      f"{len(v.sharding.device_set)}" for v in p.values()})
         out["layout"] = type(tr.layout).__name__
@@ -118,6 +119,7 @@ def test_devices_give_one_device_weights(solver, layout, expect):
     for n in ("2", "4"):
         assert res["diff"][n] <= RTOL, (n, res["diff"])
         assert res["sharding"][n] == [f"replicated=True/{n}"]
+        assert res["plain_jit"][n]
     if solver == "ap":
         hlo = res["hlo"]
         assert hlo["ops"] > 0 and hlo["other_collectives"] == 0

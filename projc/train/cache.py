@@ -5,7 +5,10 @@ family's projection per layer set); JAX can keep the compiled executables on dis
 program (the lowered HLO, without source locations), the JAX/XLA versions, the backend and its
 flags, so a second identical ``projc train`` (or any ``projc.compile`` of the same model and
 options in a new process) skips compilation. ``enable()`` turns that on for the process; the
-Trainer calls it unless ``Config.compilation.cache`` is False (``projc train --no-cache``).
+Trainer calls it unless ``Config.compilation.cache`` is False (``projc train --no-cache``). The
+same directory's ``exported/`` folder keeps each update traced and lowered (``jax.export``,
+``projc.train.exported_update``), so a repeated run skips tracing and lowering as well; it is off
+whenever this cache is.
 
 Where: ``$PROJC_CACHE_DIR`` when set (``off`` or empty: no cache), else ``$XDG_CACHE_HOME/projc/jax``
 (``~/.cache/projc/jax``). The location changes where compiled code is kept, never what is computed:

@@ -222,9 +222,26 @@ class Trainer:
         # (params, state) replicated, the batch sharded, progress replicated; outputs replicated
         shardings = self.parallel.jit_shardings(2, 1, n_outputs=3, n_replicated_after=1) if self.parallel else {}
         self._update = jax.jit(self.method.update, **shardings)
+        self.exported_update = self._exported_update()  # None: no cache, or data parallel
         layout, name = self.layout, self.input_name
         self._forward = jax.jit(lambda p, xb: layout.forward_logits(p, {name: xb}))
         self._planned: dict[int, Any] = {}  # global batch -> memory plan checked (projc.train.plan)
+
+    def _exported_update(self):
+        """The update exported to the cache and loaded from it on a repeated run
+        (``projc.train.exported_update``); None without a cache or under data parallelism, where
+        the jitted update runs as it is."""
+        if self.cache_dir is None or self.parallel is not None:
+            return None
+        import os
+
+        from projc.train.exported_update import SUBDIR, ExportedUpdate, model_key, source_digest
+
+        source_digest()  # now, with the traced code just imported: an edit after it is not in this run
+        def key() -> str:
+            return model_key(self.source.proto.SerializeToString(deterministic=True), self.config,
+                             self.task, self.update_scale)
+        return ExportedUpdate(self.method.update, self._update, os.path.join(self.cache_dir, SUBDIR), key)
 
     # -- public API ------------------------------------------------------------------------
     def init_params(self, x=None) -> dict[str, np.ndarray]:
@@ -297,7 +314,8 @@ class Trainer:
         """The jitted update; XLA running out of memory anyway (the plan is an estimate) is a
         MemoryPlanError too, not a runtime traceback."""
         try:
-            return self._update(params, state, batch, np.float32(progress))
+            update = self.exported_update or self._update
+            return update(params, state, batch, np.float32(progress))
         except Exception as err:  # jax.errors.JaxRuntimeError and kin
             if "RESOURCE_EXHAUSTED" not in str(err) and not isinstance(err, MemoryError):
                 raise
