@@ -32,6 +32,7 @@ SOLVER_BOUND = frozenset({"layout", "steps_per_update", "relaxation", "anderson"
 
 STAIRCASE_OPS = ("Round", "Floor", "Ceil", "QuantizeLinear")
 GATED_OPS = ("GRU", "LSTM")
+ATTENTION_OPS = ("Softmax", "Attention")
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,7 @@ class Structure:
         if self.free_input_convs or self.data_convs:
             parts.append(f"{self.free_input_convs + self.data_convs} Conv ({self.free_input_convs} with "
                          f"a moving input)")
-        for kinds, name in ((GATED_OPS, "gated recurrent"), (("RNN",), "RNN"),
+        for kinds, name in ((GATED_OPS, "gated recurrent"), (("RNN",), "RNN"), (ATTENTION_OPS, "attention"),
                             (STAIRCASE_OPS, "staircase"), (("Sign",), "Sign")):
             if self.count(*kinds):
                 parts.append(f"{self.count(*kinds)} {name}")
@@ -145,6 +146,12 @@ RULES: tuple[Rule, ...] = (
          "both in every product, cyclic projections keep consensus means (with Anderson "
          "acceleration and a stretched update)",
          BENCH + "cnn2_digits,fcn_maxlogits_digits,gap_digits,maxlogits_digits"),
+    Rule("attention", "a Softmax or Attention (a transformer block), no Conv whose input moves",
+         lambda s: s.count(*ATTENTION_OPS) > 0,
+         {"solver": "dr", "batch": 32, "steps_per_update": 100, "init": "file", "update_scale": 1.0},
+         "attention: the split softmax and LayerNorm chains make a deep graph that 50 steps do not "
+         "settle, so twice the steps and more, smaller updates",
+         BENCH + "tfm_digits,vit_digits"),
     Rule("conv-data", "a Conv of the data only",
          lambda s: s.data_convs > 0,
          {"solver": "dr", "init": "he", "update_scale": 2.0},
