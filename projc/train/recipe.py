@@ -148,9 +148,10 @@ RULES: tuple[Rule, ...] = (
          BENCH + "cnn2_digits,fcn_maxlogits_digits,gap_digits,maxlogits_digits"),
     Rule("attention", "a Softmax or Attention (a transformer block), no Conv whose input moves",
          lambda s: s.count(*ATTENTION_OPS) > 0,
-         {"solver": "dr", "batch": 32, "steps_per_update": 100, "init": "file", "update_scale": 1.0},
+         {"solver": "dr", "batch": 32, "steps_per_update": 100, "schedule": "cosine", "init": "file",
+          "update_scale": 1.0},
          "attention: the split softmax and LayerNorm chains make a deep graph that 50 steps do not "
-         "settle, so twice the steps and more, smaller updates",
+         "settle: twice the steps, more and smaller updates, and a decaying step",
          BENCH + "tfm_digits,vit_digits"),
     Rule("conv-data", "a Conv of the data only",
          lambda s: s.data_convs > 0,
