@@ -57,9 +57,9 @@ def test_cli_flags_given_are_the_explicit_options():
                                         ("cnn_digits", "conv-data"), ("cnn2_digits", "conv-pairs"),
                                         ("lenet_digits", "conv-pairs-small"),
                                         ("fcn_maxlogits_digits", "conv-pairs"),
-                                        # a Softmax makes attention, before a Conv of the data
+                                        # a Softmax makes attention; a Conv of the data before it
                                         # (vit_digits' patch embedding); a LayerNorm alone stays dense
-                                        ("tfm_digits", "attention"), ("vit_digits", "attention"),
+                                        ("tfm_digits", "attention"), ("vit_digits", "conv-data"),
                                         ("gpt_text", "attention"), ("ln_mlp", "dense"),
                                         ("relu_attn_digits", "dense")])
 def test_each_bundled_structure_gets_its_rule(name, rule):
