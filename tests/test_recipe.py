@@ -56,7 +56,12 @@ def test_cli_flags_given_are_the_explicit_options():
                                         ("staircase_mlp", "staircase"), ("quant_mlp", "staircase"),
                                         ("cnn_digits", "conv-data"), ("cnn2_digits", "conv-pairs"),
                                         ("lenet_digits", "conv-pairs-small"),
-                                        ("fcn_maxlogits_digits", "conv-pairs")])
+                                        ("fcn_maxlogits_digits", "conv-pairs"),
+                                        # a Softmax makes attention; a Conv of the data before it
+                                        # (vit_digits' patch embedding); a LayerNorm alone stays dense
+                                        ("tfm_digits", "attention"), ("vit_digits", "conv-data"),
+                                        ("gpt_text", "attention"), ("ln_mlp", "dense"),
+                                        ("relu_attn_digits", "dense")])
 def test_each_bundled_structure_gets_its_rule(name, rule):
     from projc.train.recipe import Structure, rule_for
     assert rule_for(Structure.of(_graph(name))).name == rule

@@ -32,6 +32,7 @@ SOLVER_BOUND = frozenset({"layout", "steps_per_update", "relaxation", "anderson"
 
 STAIRCASE_OPS = ("Round", "Floor", "Ceil", "QuantizeLinear")
 GATED_OPS = ("GRU", "LSTM")
+ATTENTION_OPS = ("Softmax", "Attention")
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,7 @@ class Structure:
         if self.free_input_convs or self.data_convs:
             parts.append(f"{self.free_input_convs + self.data_convs} Conv ({self.free_input_convs} with "
                          f"a moving input)")
-        for kinds, name in ((GATED_OPS, "gated recurrent"), (("RNN",), "RNN"),
+        for kinds, name in ((GATED_OPS, "gated recurrent"), (("RNN",), "RNN"), (ATTENTION_OPS, "attention"),
                             (STAIRCASE_OPS, "staircase"), (("Sign",), "Sign")):
             if self.count(*kinds):
                 parts.append(f"{self.count(*kinds)} {name}")
@@ -150,6 +151,15 @@ RULES: tuple[Rule, ...] = (
          {"solver": "dr", "init": "he", "update_scale": 2.0},
          "one Conv of the data: a pooled loss corrects few of its copies, so the update is stretched",
          BENCH + "cnn_digits"),
+    # no Conv: vit_digits (a Conv of the data, then attention) trained worse under this rule than
+    # under conv-data (docs/transformers.md)
+    Rule("attention", "a Softmax or Attention (a transformer block), no Conv",
+         lambda s: s.count(*ATTENTION_OPS) > 0 and s.count("Conv") == 0,
+         {"solver": "dr", "batch": 32, "steps_per_update": 100, "schedule": "cosine", "init": "file",
+          "update_scale": 1.0},
+         "attention: the split softmax and LayerNorm chains make a deep graph that 50 steps do not "
+         "settle: twice the steps, more and smaller updates, and a decaying step",
+         BENCH + "tfm_digits"),
     Rule("staircase", "Round, Floor, Ceil or fake quantization",
          lambda s: s.count(*STAIRCASE_OPS) > 0,
          {"solver": "dr", "init": "data"},
