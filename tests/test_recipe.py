@@ -57,11 +57,12 @@ def test_cli_flags_given_are_the_explicit_options():
                                         ("cnn_digits", "conv-data"), ("cnn2_digits", "conv-pairs"),
                                         ("lenet_digits", "conv-pairs-small"),
                                         ("fcn_maxlogits_digits", "conv-pairs"),
-                                        # a Softmax makes attention; a Conv of the data before it
-                                        # (vit_digits' patch embedding); a LayerNorm alone stays dense
+                                        # a Softmax read by a MatMul makes attention; a Conv of the
+                                        # data before it (vit_digits' patch embedding) wins; a
+                                        # LayerNorm alone, or a classifier's output Softmax, stays dense
                                         ("tfm_digits", "attention"), ("vit_digits", "conv-data"),
                                         ("gpt_text", "attention"), ("ln_mlp", "dense"),
-                                        ("relu_attn_digits", "dense")])
+                                        ("relu_attn_digits", "dense"), ("sklearn_mlp", "dense")])
 def test_each_bundled_structure_gets_its_rule(name, rule):
     from projc.train.recipe import Structure, rule_for
     assert rule_for(Structure.of(_graph(name))).name == rule
