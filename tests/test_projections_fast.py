@@ -78,7 +78,7 @@ def test_two_falling_intervals(fn):
         breaks = PF._breaks(fn, jnp.asarray(S0), jnp.asarray(y0), 400)
     both = np.asarray(breaks[0][2]) & np.asarray(breaks[1][2])
     assert both.sum() >= 3 * 41, (fn, both.sum())   # g falls on two intervals for most targets here
-    for (a1, a2, _), (b1, b2, _) in zip(breaks, breaks[1:]):
+    for (a1, a2, _), (b1, _, _) in zip(breaks, breaks[1:]):
         assert np.all(np.asarray(a1)[both] < np.asarray(a2)[both])
         assert np.all(np.asarray(a2)[both] < np.asarray(b1)[both])
     grid, fast = _solve_both(fn, S0, y0, n, np.abs(S0), jnp.float64)
