@@ -31,7 +31,6 @@ import functools
 import hashlib
 import json
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
@@ -127,19 +126,14 @@ def unpack(data: bytes) -> bytes | None:
 
 
 def write_atomically(path: str, data: bytes) -> bool:
-    """Write ``data`` to ``path`` through a temporary file in its folder; False when that fails."""
+    """Write ``data`` to ``path`` by the project's atomic write (``projc.train.files``); False when
+    that fails: an unwritable cache lets the run go on, and the next one exports again."""
+    from projc.errors import ProjcError
+    from projc.train.files import atomic_write
     try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
-    except OSError:
-        return False  # an unwritable cache: the run goes on, the next one exports again
+        atomic_write(path, lambda fh: fh.write(data), what="the exported update", fsync=False)
+    except ProjcError:
+        return False
     return True
 
 
