@@ -239,6 +239,10 @@ class MethodConfig(Group):
                          "τ: a parameter read by k > 1 families (tied across the steps of a "
                          "recurrence) moves by 1/(1 + τ (k - 1)) of its consumers' mean correction "
                          "per update (0: off; docs/recipes.md)")
+    read_scale: float = option(0.0, interval(0, 4, lo_closed=True, hi_closed=True),
+                               "ρ: a parameter read r times per sample (a conv weight at each output "
+                               "position) moves r^ρ times its copies' mean correction per update (0: "
+                               "the mean; 1: their sum per sample, as a gradient weights it)")
     factor_linear: bool = option(True, boolean(),
                                  "materialize the slots of dot families with a data operand (copies "
                                  "layout; by default they are kept in an exact factored form)")

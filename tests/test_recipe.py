@@ -60,7 +60,7 @@ def test_cli_flags_given_are_the_explicit_options():
                                         # a Softmax read by a MatMul makes attention; a Conv of the
                                         # data before it (vit_digits' patch embedding) wins; a
                                         # LayerNorm alone, or a classifier's output Softmax, stays dense
-                                        ("tfm_digits", "attention"), ("vit_digits", "conv-data"),
+                                        ("tfm_digits", "attention"), ("vit_digits", "conv-attention"),
                                         ("gpt_text", "attention"), ("ln_mlp", "dense"),
                                         ("relu_attn_digits", "dense"), ("sklearn_mlp", "dense")])
 def test_each_bundled_structure_gets_its_rule(name, rule):
@@ -166,7 +166,7 @@ def test_data_init_spreads_a_staircase_over_its_levels_and_relu_layers_to_unit_v
 
 def test_tied_step_damps_only_parameters_read_by_several_families():
     import jax.numpy as jnp
-    tr = projc.compile(str(MODELS / "rnn_digits.onnx"), steps_per_update=1, tied=1.0)
+    tr = projc.compile(str(MODELS / "rnn_digits.onnx"), steps_per_update=1, tied=1.0, read_scale=0.0)
     lay = tr.layout
     p = {k: jnp.asarray(v) for k, v in tr.init_params().items()}
 
@@ -182,6 +182,58 @@ def test_tied_step_damps_only_parameters_read_by_several_families():
         move = np.asarray(out[v]) - np.asarray(p[v.hint])
         assert np.allclose(np.asarray(plain[v]) - np.asarray(p[v.hint]), 1.0, atol=1e-5)
         assert np.allclose(move, 1.0 if v.hint.startswith("fc") else 1.0 / (1 + 1.0 * 3), atol=1e-5), v.hint
+
+
+def _ctx_for(layout, params, x):
+    return layout.make_ctx(params, {"x": x, "y": np.zeros(len(x), np.int32)})
+
+
+@pytest.mark.parametrize("model,solver,x_shape,expected", [
+    # a 3x3 conv with pads 1 on 8x8: each weight and bias element is read at all 8·8 output positions
+    ("cnn_digits", "dr", (1, 8, 8), {"conv.weight": 64, "conv.bias": 64, "fc.weight": 1, "fc.bias": 1}),
+    ("cnn_digits", "cp", (1, 8, 8), {"conv.weight": 64, "conv.bias": 64, "fc.weight": 1, "fc.bias": 1}),
+    # an RNN over 8 steps: the input weights and biases at every step, the recurrent weights at 7
+    # (the first step reads the zero initial state, folded away)
+    ("rnn_digits", "dr", (8, 8), {"onnx::RNN_40": 8, "onnx::RNN_41": 7, "onnx::RNN_42": 8, "fc.weight": 1}),
+])
+def test_reads_per_sample_count_each_parameters_uses_through_moves(model, solver, x_shape, expected):
+    import jax.numpy as jnp
+    tr = projc.compile(str(MODELS / f"{model}.onnx"), solver=solver, steps_per_update=1)
+    lay = tr.layout
+    p = {k: jnp.asarray(v) for k, v in tr.init_params().items()}
+    for batch in (1, 5):     # per sample: the same at any batch
+        reads = {v.hint: c for v, c in lay.reads_per_sample(_ctx_for(lay, p, np.zeros((batch,) + x_shape,
+                                                                                     np.float32))).items()}
+        for name, count in expected.items():
+            assert reads[name].shape == p[name].shape
+            assert np.all(reads[name] == count), (name, np.unique(reads[name]))
+
+
+def _moves_when_every_copy_asks_plus_one(read_scale: float) -> dict[str, np.ndarray]:
+    import jax.numpy as jnp
+    tr = projc.compile(str(MODELS / "cnn_digits.onnx"), steps_per_update=1, read_scale=read_scale)
+    lay = tr.layout
+    p = {k: jnp.asarray(v) for k, v in tr.init_params().items()}
+    ctx = _ctx_for(lay, p, np.zeros((4, 1, 8, 8), np.float32))
+    acc = {v: (jnp.asarray(np.asarray(p[v.hint]) + 1.0), np.ones(p[v.hint].shape)) for v in lay.params}
+    out = lay._readout_values(acc, ctx)
+    return {v.hint: np.asarray(out[v]) - np.asarray(p[v.hint]) for v in lay.params}
+
+
+def test_read_scale_multiplies_a_parameters_move_by_its_reads_per_sample():
+    rho = 0.5
+    for name, move in _moves_when_every_copy_asks_plus_one(rho).items():
+        assert np.allclose(move, 64 ** rho if name.startswith("conv") else 1.0, rtol=1e-5), name
+    for name, move in _moves_when_every_copy_asks_plus_one(0.0).items():   # off: the plain mean
+        assert np.allclose(move, 1.0, rtol=1e-6), name
+
+
+def test_the_conv_data_rule_sets_read_scale_and_a_keyword_wins():
+    cnn, mlp = str(MODELS / "cnn_digits.onnx"), str(MODELS / "mlp_digits.onnx")
+    tr = projc.compile(cnn, steps_per_update=1)
+    assert tr.recipe.rule.name == "conv-data" and tr.layout.read_scale == 1.0 and tr.update_scale == 1.0
+    assert projc.compile(cnn, steps_per_update=1, read_scale=0.0).layout.read_scale == 0.0
+    assert projc.compile(mlp, steps_per_update=1).layout.read_scale == 0.0
 
 
 # -- progress and the slow-update warning -------------------------------------------------------------------

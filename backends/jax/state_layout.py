@@ -29,7 +29,7 @@ from projc.ir.constraints import FIXED
 
 from .families import MOVES, RULES, Family, ProjOptions
 from .forward import Interpreter, op_forward
-from .slot_storage import static_tuple
+from .slot_storage import _out_shape, static_eval, static_tuple
 
 
 class Layout(Protocol):
@@ -110,13 +110,30 @@ def value_sources(graph: Graph, producer: dict[Value, Op], free: dict[Value, boo
     return src
 
 
+def _slot_counts(expand, value_shape) -> np.ndarray:
+    """How many slots ``expand`` (value -> slots) copies each element of the value into."""
+    shape, dtype = value_shape
+    spec = jax.ShapeDtypeStruct(tuple(shape), dtype)
+    slot = jax.eval_shape(expand, spec)
+    transpose = jax.linear_transpose(expand, spec)
+    return static_eval(lambda: transpose(jnp.ones(slot.shape, slot.dtype))[0])
+
+
+def _moved_back(op: Op, counts, in_shapes) -> tuple:
+    """Per-element counts on a move's output summed back onto its inputs (the move's transpose)."""
+    specs = [jax.ShapeDtypeStruct(*s) for s in in_shapes]
+    linear = MOVES[op.kind].linear_overrides
+    transpose = jax.linear_transpose(lambda *xs: op_forward(op, *xs, overrides=linear), *specs)
+    return static_tuple(lambda: transpose(jnp.asarray(counts)))
+
+
 class StateLayout:
     """The shared implementation; subclasses set ``name`` (and may refine the overwrite forms)."""
 
     name = "?"
 
     def __init__(self, graph: Graph, *, factor_linear: bool = True, bilinear_iters: int | None = None,
-                 tied: float = 0.0):
+                 tied: float = 0.0, read_scale: float = 0.0):
         unknown = [op.kind for op in graph.ops if op.kind not in RULES and op.kind not in MOVES
                    and op.kind not in FIXED]
         if unknown:
@@ -124,6 +141,7 @@ class StateLayout:
                              f"{', '.join(sorted(set(unknown)))} (run compile_for_training first)")
         self.graph = graph
         self.tied = float(tied)
+        self.read_scale = float(read_scale)
         self.opts = ProjOptions(bilinear_iters)
         self.interp = Interpreter(graph, cast=False)
         self.params: list[Value] = list(graph.params)
@@ -296,24 +314,60 @@ class StateLayout:
         return {p: self.consumer_mean(acc, p, lambda p=p: ctx.params[p.hint]) for p in self.params}
 
     def _readout_values(self, acc, ctx: StepContext) -> dict[Value, Any]:
-        """The parameters an update returns: each the mean over its consumer edges. With ``tied``
-        τ > 0 a parameter read by k > 1 families (weight tying: every step of a recurrence reads
-        the same weights and biases) moves by (mean − start) / (1 + τ (k − 1)): each of its k uses
-        asks for the correction its own constraint needs, and the shared value applies it at all k
-        of them (docs/recipes.md, "Tied parameters"). Parameters read once are unchanged."""
+        """The parameters an update returns: each the mean over its consumer edges, its move from the
+        start scaled for parameters read many times (docs/recipes.md, "Shared parameters"):
+
+        - ``tied`` τ > 0: a parameter read by k > 1 families (every step of a recurrence reads the
+          same weights) moves (mean − start) / (1 + τ (k − 1)): each use asks for the correction its
+          own constraint needs, and the shared value applies it at all k of them;
+        - ``read_scale`` ρ > 0: a parameter read r times per sample (a conv weight at every output
+          position) moves r^ρ (mean − start). The mean over its copies weights each use 1/r, where a
+          gradient sums the uses; with ρ = 1 the move is the per-sample sum of its copies'
+          corrections. Under a pooled loss only a few copies are corrected, and the mean leaves a
+          conv's filters nearly where they started.
+
+        Parameters read once per sample by one family are unchanged by both."""
         values = self._param_values(acc, ctx)
-        tau = self.tied
-        if tau <= 0:
+        if self.tied <= 0 and self.read_scale <= 0:
             return values
+        reads = self.reads_per_sample(ctx) if self.read_scale > 0 else {}
         for p in self.params:
             if p not in acc:
                 continue
-            w = acc[p][1]  # the number of consumer edges per element (static)
-            if not np.any(w > 1):
-                continue
-            old = ctx.params[p.hint]
-            values[p] = old + (values[p] - old) / (1.0 + tau * np.maximum(w - 1, 0))
+            factor = np.ones(acc[p][1].shape)
+            if self.tied > 0:  # acc[p][1]: the number of consumer edges per element (static)
+                factor = factor / (1.0 + self.tied * np.maximum(acc[p][1] - 1, 0))
+            if p in reads:
+                factor = factor * np.maximum(reads[p], 1.0) ** self.read_scale
+            if np.any(factor != 1):
+                old = ctx.params[p.hint]
+                values[p] = old + (values[p] - old) * factor.astype(np.float32)
         return values
+
+    def reads_per_sample(self, ctx: StepContext) -> dict[Value, np.ndarray]:
+        """{parameter: how many slots read each of its elements per sample}, summed over the families
+        that read it and seen through moves (a reshape, a slice, a broadcast). Depends on shapes only:
+        evaluated at trace time, a constant of the compiled step."""
+        reads: dict[Value, np.ndarray] = {}
+
+        def add(v, count):
+            reads[v] = reads[v] + count if v in reads else count
+
+        for fam in self.families:
+            out_shape = _out_shape(fam, ctx)
+            for i in fam.free_idx:
+                v = fam.op.operand(i)
+                if any(isinstance(s, Value) for s in self.sources[v]):  # it carries a parameter
+                    add(v, _slot_counts(fam.rule.slot_map(fam, i, out_shape), ctx.shapes[v]))
+        for op in reversed(self.moves):
+            out = op.outputs[0]
+            if out in reads:
+                ins = [op.operand(i) for i in range(len(op.inputs))]
+                for u, c in zip(ins, _moved_back(op, reads[out], [ctx.shapes[u] for u in ins])):
+                    if self.free[u]:
+                        add(u, c)
+        batch = ctx.shapes[self.graph.data_inputs[0]][0][0]
+        return {p: reads[p] / batch for p in self.params if p in reads}
 
     # -- projections -----------------------------------------------------------------------------------
     def output_forms(self, key) -> dict[str, str]:

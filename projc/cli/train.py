@@ -234,7 +234,8 @@ def warn(message: str | None) -> None:
 # How the run's header names an option that differs from its default (others: "name value").
 HEADER_FORMS = {"update_scale": "update scale {:g}", "schedule": "{} schedule", "weight_decay": "weight decay {:g}",
                 "freeze": "frozen {}", "repair": "no repair", "train_batchnorm": "trained BatchNorm",
-                "recipe": "recipe {}", "tied": "tied step 1/(1+{:g}(k-1))"}
+                "recipe": "recipe {}", "tied": "tied step 1/(1+{:g}(k-1))",
+                "read_scale": "read scale r^{:g}"}
 SHOWN_FIRST = ("solver", "steps_per_update", "lr", "init", "update_scale")
 
 

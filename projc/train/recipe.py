@@ -25,10 +25,11 @@ from projc.config import Config
 # the options a rule may set (the CLI marks them "or the recipe's")
 RECIPE_OPTIONS = frozenset({"solver", "layout", "steps_per_update", "relaxation", "anderson", "inertia",
                             "omega", "batch", "lam", "update_scale", "schedule", "weight_decay", "init",
-                            "tied"})
+                            "tied", "read_scale"})
 # tuned for the rule's solver: dropped when the user chooses another solver
 SOLVER_BOUND = frozenset({"layout", "steps_per_update", "relaxation", "anderson", "inertia", "omega",
-                          "lam", "update_scale", "schedule", "weight_decay", "tied"})
+                          "lam", "update_scale", "schedule", "weight_decay", "tied",
+                          "read_scale"})
 
 STAIRCASE_OPS = ("Round", "Floor", "Ceil", "QuantizeLinear")
 GATED_OPS = ("GRU", "LSTM")
@@ -140,8 +141,9 @@ RULES: tuple[Rule, ...] = (
          BENCH + "gru_digits,lstm_digits"),
     Rule("recurrent", "an RNN cell",
          lambda s: s.count("RNN") > 0,
-         {"solver": "dr", "batch": 64, "init": "file", "update_scale": 1.0},
-         "an unrolled RNN: more, smaller updates",
+         {"solver": "dr", "batch": 64, "init": "file", "update_scale": 1.0, "read_scale": 0.5},
+         "an unrolled RNN: more, smaller updates; a weight read at every step moves by its copies' "
+         "mean correction times the square root of its reads per sample",
          BENCH + "rnn_digits,rnn_tanh_digits"),
     Rule("conv-pairs-small", f"a Conv whose input moves, at most {SMALL_PAIRS} products per sample",
          lambda s: s.free_input_convs > 0 and s.pair_copies <= SMALL_PAIRS,
@@ -156,10 +158,17 @@ RULES: tuple[Rule, ...] = (
          "both in every product, cyclic projections keep consensus means (with Anderson "
          "acceleration and a stretched update)",
          BENCH + "cnn2_digits,fcn_maxlogits_digits,gap_digits,maxlogits_digits"),
+    Rule("conv-attention", "a Conv of the data feeding attention (a vision transformer's patches)",
+         lambda s: s.data_convs > 0 and s.attention > 0,
+         {"solver": "dr", "init": "he", "update_scale": 2.0},
+         "patch tokens from a Conv of the data, then attention: the stretched update of a conv model; "
+         "no read scale, since attention corrects every patch's copy",
+         BENCH + "vit_digits"),
     Rule("conv-data", "a Conv of the data only",
          lambda s: s.data_convs > 0,
-         {"solver": "dr", "init": "he", "update_scale": 2.0},
-         "one Conv of the data: a pooled loss corrects few of its copies, so the update is stretched",
+         {"solver": "dr", "init": "he", "update_scale": 1.0, "read_scale": 1.0},
+         "one Conv of the data: a pooled loss corrects few of a filter's copies (one output position of "
+         "many), so each filter moves by the sum of its copies' corrections per sample, not their mean",
          BENCH + "cnn_digits"),
     # no Conv: vit_digits (a Conv of the data, then attention) trained worse under this rule than
     # under conv-data (docs/transformers.md)

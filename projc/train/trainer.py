@@ -101,23 +101,25 @@ def freeze_params(graph, names) -> list[str]:
     return names
 
 
-def make_state_layout(name: str, solver: str, graph, *, factor_linear: bool = True, tied: float = 0.0):
+def make_state_layout(name: str, solver: str, graph, *, factor_linear: bool = True, tied: float = 0.0,
+                      read_scale: float = 0.0):
     """The state layout ``name`` for ``solver``: ``auto`` takes consensus where it is exact (AP, CP
     on this graph), copies otherwise; ``hybrid``: copies with the conv families as edge means."""
     from projc.backends.jax.layout_consensus import EXACT_SOLVERS, ConsensusLayout
     from projc.backends.jax.layout_copies import CopiesLayout
 
+    shared = {"tied": tied, "read_scale": read_scale}
     if name == "hybrid":
         from projc.backends.jax.layout_hybrid import HybridLayout
-        return HybridLayout(graph, factor_linear=factor_linear)
+        return HybridLayout(graph, factor_linear=factor_linear, **shared)
     if name == "copies" or (name == "auto" and solver not in EXACT_SOLVERS):
-        return CopiesLayout(graph, factor_linear=factor_linear, tied=tied)
+        return CopiesLayout(graph, factor_linear=factor_linear, **shared)
     if name == "auto":
         try:
-            return ConsensusLayout(graph, solver=solver, tied=tied)
+            return ConsensusLayout(graph, solver=solver, **shared)
         except ProjcError:  # not exact for this graph: copies is
-            return CopiesLayout(graph, factor_linear=factor_linear, tied=tied)
-    return ConsensusLayout(graph, solver=solver, tied=tied)
+            return CopiesLayout(graph, factor_linear=factor_linear, **shared)
+    return ConsensusLayout(graph, solver=solver, **shared)
 
 
 def resolve_update_scale(update_scale: float | str, source_graph, projection: bool,
@@ -195,7 +197,8 @@ class Trainer:
                                               ce_method=task.ce_method, repair=comp.repair,
                                               train_batchnorm=comp.train_batchnorm, delta=task.huber_delta)
             self.layout = make_state_layout(method.layout, method.solver, self.graph,
-                                            factor_linear=method.factor_linear, tied=method.tied)
+                                            factor_linear=method.factor_linear, tied=method.tied,
+                                            read_scale=method.read_scale)
         else:  # a gradient method: the imported graph's own forward, nothing lowered
             from projc.backends.jax.forward import GraphForward
 
