@@ -135,9 +135,10 @@ RULES: tuple[Rule, ...] = (
     Rule("gated-recurrent", "a GRU or LSTM cell",
          lambda s: s.count(*GATED_OPS) > 0,
          {"solver": "dr", "batch": 64, "steps_per_update": 100, "lam": 2.0, "schedule": "cosine",
-          "init": "file", "update_scale": 1.0},
+          "init": "file", "update_scale": 1.0, "read_scale": 0.5},
          "GRU/LSTM cells: a gate product passes on a small part of each pull, so more steps per "
-         "update, a gentler loss prox and a decaying step",
+         "update, a gentler loss prox and a decaying step; a weight read at every step moves by its "
+         "copies' mean correction times the square root of its reads per sample",
          BENCH + "gru_digits,lstm_digits"),
     Rule("recurrent", "an RNN cell",
          lambda s: s.count("RNN") > 0,
@@ -147,9 +148,9 @@ RULES: tuple[Rule, ...] = (
          BENCH + "rnn_digits,rnn_tanh_digits"),
     Rule("conv-pairs-small", f"a Conv whose input moves, at most {SMALL_PAIRS} products per sample",
          lambda s: s.free_input_convs > 0 and s.pair_copies <= SMALL_PAIRS,
-         {"solver": "dr", "batch": 64, "init": "he", "update_scale": 2.0},
+         {"solver": "dr", "batch": 64, "init": "he", "update_scale": 1.0, "read_scale": 1.0},
          "convolutions whose both operands move, small enough for Douglas-Rachford's copies of "
-         "every product",
+         "every product; each filter moves by the sum of its copies' corrections per sample",
          BENCH + "lenet_digits"),
     Rule("conv-pairs", "a Conv whose input moves (a conv after a conv)",
          lambda s: s.free_input_convs > 0,
