@@ -119,12 +119,17 @@ def _slot_counts(expand, value_shape) -> np.ndarray:
     return static_eval(lambda: transpose(jnp.ones(slot.shape, slot.dtype))[0])
 
 
-def _moved_back(op: Op, counts, in_shapes) -> tuple:
-    """Per-element counts on a move's output summed back onto its inputs (the move's transpose)."""
+def _move_transpose(op: Op, in_shapes):
+    """The transpose of a move (a linear map of its inputs), from output-shaped to input-shaped."""
     specs = [jax.ShapeDtypeStruct(*s) for s in in_shapes]
     linear = MOVES[op.kind].linear_overrides
-    transpose = jax.linear_transpose(lambda *xs: op_forward(op, *xs, overrides=linear), *specs)
-    return static_tuple(lambda: transpose(jnp.asarray(counts)))
+    return jax.linear_transpose(lambda *xs: op_forward(op, *xs, overrides=linear), *specs)
+
+
+def _moved_back(op: Op, counts, in_shapes) -> tuple:
+    """Static per-element numbers on a move's output (copy counts, weights) summed back onto its
+    inputs: they depend on shapes only, so they are constants of the compiled step."""
+    return static_tuple(lambda: _move_transpose(op, in_shapes)(jnp.asarray(counts)))
 
 
 class StateLayout:
@@ -282,17 +287,10 @@ class StateLayout:
                 continue
             ws, w = acc[out]
             ins = [op.operand(i) for i in range(len(op.inputs))]
-            prim = [jax.ShapeDtypeStruct(*ctx.shapes[u]) for u in ins]
-
-            def transpose(op=op, prim=prim):
-                linear = MOVES[op.kind].linear_overrides
-                return jax.linear_transpose(
-                    lambda *xs: op_forward(op, *xs, overrides=linear), *prim)
-            t = transpose()
-            # the copy counts and weights depend on shapes only: constants of the compiled step
-            cnts = static_tuple(lambda ws=ws: transpose()(jnp.ones(ws.shape, ws.dtype)))
-            wws = static_tuple(lambda w=w: transpose()(jnp.asarray(w)))
-            wss = t(ws)
+            shapes = [ctx.shapes[u] for u in ins]
+            cnts = _moved_back(op, np.ones(ws.shape, ws.dtype), shapes)
+            wws = _moved_back(op, w, shapes)
+            wss = _move_transpose(op, shapes)(ws)
             for u, c, a, b in zip(ins, cnts, wss, wws):
                 if self.free[u]:
                     d = np.maximum(c, 1)
@@ -341,7 +339,7 @@ class StateLayout:
                 factor = factor * np.maximum(reads[p], 1.0) ** self.read_scale
             if np.any(factor != 1):
                 old = ctx.params[p.hint]
-                values[p] = old + (values[p] - old) * factor.astype(np.float32)
+                values[p] = old + (values[p] - old) * factor.astype(values[p].dtype)
         return values
 
     def reads_per_sample(self, ctx: StepContext) -> dict[Value, np.ndarray]:
