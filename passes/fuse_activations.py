@@ -7,6 +7,8 @@
     0.5 · x · (1 + Tanh(√(2/π) · (x + 0.044715 · x³)))           -> sum_smooth[gelu_tanh](x)
     DequantizeLinear(QuantizeLinear(x, s, z), s, z) (per tensor) -> sum_pwl[fake_quant, scale=s, zero_point=z](x)
     sum_pwl[fake_quant](sum_pwl[relu](x)) with qmin == zero_point -> sum_pwl[fake_quant](x)   # clamps at 0 anyway
+    mul(sum_pwl[round](mul(sum_pwl[clip, lo, hi](x), c)), 1/c)   -> sum_pwl[fake_quant, scale=1/c,
+        qmin=lo·c, qmax=hi·c](x)   # c a power of two, lo·c and hi·c integers: equal bit for bit
     sum_pwl|sum_smooth[f](sum(a, b), c) -> sum_pwl|sum_smooth[f](a, b, c)   # f(a+b+c); sums are associative
     sum(sum(a, b), c)                   -> sum(a, b, c)                    # broadcast is associative too
 
@@ -250,6 +252,56 @@ def _absorb_relu(graph: Graph) -> bool:
     return changed
 
 
+def _scaled_operand(graph: Graph, producers, users, op: Op | None) -> tuple[Op, float] | None:
+    """(the producer of v, c) for ``mul(v, c)`` / ``mul(c, v)`` with a scalar c and v used once."""
+    if op is None or op.kind != "mul" or len(op.inputs) != 2:
+        return None
+    for i in (0, 1):
+        c, v = _scalar(op.inputs[i]), op.inputs[1 - i]
+        if c is not None and v is not None and v in producers and _single_use(graph, users, v):
+            return producers[v], float(c)
+    return None
+
+
+def _stair_of_clip(graph: Graph, producers, users, op: Op) -> tuple[dict, list[Op]] | None:
+    """(fake_quant params, the absorbed ops) when ``op`` is ``mul(round(mul(clip(x, lo, hi), c)), d)``
+    and equals that staircase bit for bit: c = 1/d a power of two (x·c == x/d exactly), lo·c and hi·c
+    integers (round commutes with the clamp)."""
+    outer = _scaled_operand(graph, producers, users, op)
+    if outer is None or outer[0].kind != "sum_pwl" or outer[0].params.get("fn") != "round":
+        return None
+    rnd, d = outer
+    src = rnd.inputs[0] if len(rnd.inputs) == 1 and _single_use(graph, users, rnd.inputs[0]) else None
+    inner = _scaled_operand(graph, producers, users, producers.get(src) if src is not None else None)
+    if inner is None or inner[0].kind != "sum_pwl" or inner[0].params.get("fn") != "clip":
+        return None
+    clip, c = inner
+    lo, hi = clip.params.get("lo"), clip.params.get("hi")
+    lo, hi = -np.inf if lo is None else lo * c, np.inf if hi is None else hi * c
+    if not (c > 0 and np.frexp(c)[0] == 0.5 and c * d == 1.0):
+        return None
+    if any(np.isfinite(b) and b != np.round(b) for b in (lo, hi)):
+        return None
+    params = {"fn": "fake_quant", "scale": float(d), "zero_point": 0.0, "qmin": float(lo), "qmax": float(hi)}
+    return params, [rnd, producers[src], clip]
+
+
+def _fuse_clipped_rounds(graph: Graph) -> bool:
+    """The clamp-scale-round-unscale staircase users write (module docstring) -> one fake_quant."""
+    producers, users = graph.producers(), graph.users()
+    changed = False
+    for op in list(graph.ops):
+        match = _stair_of_clip(graph, producers, users, op) if op in graph.ops else None
+        if match is None:
+            continue
+        params, absorbed = match
+        op.kind, op.params, op.inputs = "sum_pwl", params, list(absorbed[-1].inputs)
+        for dead in absorbed:
+            graph.ops.remove(dead)
+        changed = True
+    return changed
+
+
 def lower_activations(graph: Graph) -> bool:
     """The first three rule groups of the module docstring (the SiLU and Q/DQ patterns first)."""
     producers, users = graph.producers(), graph.users()
@@ -266,6 +318,7 @@ def lower_activations(graph: Graph) -> bool:
                               "DequantizeLinear": _fake_quant_rule(producers, users, dead)})
     graph.ops = [op for op in graph.ops if op not in dead]  # the absorbed Sigmoid / QuantizeLinear / GELU parts
     changed |= rewrite(graph, {kind: low.rule for kind, low in LOWERINGS.items() if low.rule})
+    changed |= _fuse_clipped_rounds(graph)
     return _absorb_relu(graph) or changed
 
 

@@ -157,6 +157,10 @@ def _ce_methods() -> Sequence[str]:
     return ("newton", "fixed-point")
 
 
+def _staircase_modes() -> Sequence[str]:
+    return ("exact", "ramp")
+
+
 # -- declaring an option -----------------------------------------------------------------------------
 
 # How an option enters a checkpoint's fingerprint: always, only when it differs from its default
@@ -243,6 +247,11 @@ class MethodConfig(Group):
                                "ρ: a parameter read r times per sample (a conv weight at each output "
                                "position) moves r^ρ times its copies' mean correction per update (0: "
                                "the mean; 1: their sum per sample, as a gradient weights it)")
+    staircase: str = option("exact", one_of(_staircase_modes),
+                            "how a staircase (Round, Floor, Ceil, fake quantization) bounded on a side "
+                            "projects: exact (onto its graph) or ramp (onto the line through its levels' "
+                            "middles, clipped at its end levels: a straight-through relaxation; the "
+                            "exported model keeps the staircase)")
     factor_linear: bool = option(True, boolean(),
                                  "materialize the slots of dot families with a data operand (copies "
                                  "layout; by default they are kept in an exact factored form)")

@@ -167,6 +167,62 @@ def test_staircase_on_the_onnx_graph_and_optimal_up_to_the_margin(name):
                 GAPS[key] = max(GAPS.get(key, -np.inf), (ours[i] - best) / (slack + 1e-300))
 
 
+# the ramps of bounded staircases (and floor/ceil ones, for the middle offset), as IR params
+RAMPS = {
+    "fake_quant_u8": ({"fn": "fake_quant", "scale": 0.25, "zero_point": 3, "qmin": 0, "qmax": 255}, 0.0),
+    "fake_quant_i8": ({"fn": "fake_quant", "scale": 0.1, "zero_point": 0, "qmin": -128, "qmax": 127}, 0.0),
+    "half_steps": ({"fn": "fake_quant", "scale": 0.5, "zero_point": 0, "qmin": 0, "qmax": 4}, 0.0),
+}
+
+
+@pytest.mark.parametrize("name", sorted(RAMPS))
+def test_staircase_ramp_against_a_brute_force_oracle(name):
+    """staircase="ramp" projects onto the line through the levels' middles clipped at the end levels,
+    as a dense search over S of (S - S0)²/n + (ramp(S) - y0)² finds it; the ramp meets every level
+    at its piece's middle."""
+    from oracle_1d import oracle
+    params, _ = RAMPS[name]
+    stc = PS.pwl_fn(params)
+    lo, hi = stc.scale * (stc.kmin - stc.zero_point), stc.scale * (stc.kmax - stc.zero_point)
+    ramp = lambda S: np.clip(S, lo, hi)  # noqa: E731 - round: the middles are the levels themselves
+    levels = np.arange(stc.kmin, stc.kmax + 1)
+    mids = stc.scale * (levels - stc.zero_point)
+    np.testing.assert_allclose(np.asarray(PW.pwl_eval(PW.stair_ramp(stc), jnp.asarray(mids))),
+                               np.asarray(P.stair_eval(stc, jnp.asarray(mids))), rtol=1e-6, atol=1e-6)
+    rng = np.random.default_rng(11)
+    B = 300
+    S0 = rng.normal(size=B) * (hi - lo) * 0.7 + (hi + lo) / 2
+    y0 = rng.normal(size=B) * (hi - lo) * 0.7 + (hi + lo) / 2
+    off = rng.normal(size=B)
+    with jax.enable_x64(True):
+        for n in (1, 2, 3):
+            ops = [jnp.asarray((S0 - off) / n)] * n
+            *a, y = (np.asarray(v) for v in P.sum_activation("sum_pwl", params, *ops, jnp.asarray(y0),
+                                                             offset=jnp.asarray(off), staircase="ramp"))
+            S = off + sum(a[1:], a[0])
+            np.testing.assert_allclose(y, ramp(S), atol=1e-12)
+            ours = (S - S0) ** 2 / n + (y - y0) ** 2
+            best, _ = oracle(ramp, S0, y0, np.full(B, n), [(np.full(B, -np.inf), np.full(B, np.inf))])
+            assert np.all(ours <= best + 1e-9 * (1 + best)), (name, n, np.max(ours - best))
+            key = f"sum_pwl ramp {name}"
+            GAPS[key] = max(GAPS.get(key, -np.inf), float(np.max(ours - best)))
+
+
+def test_stair_ramp_middles_and_unbounded():
+    """floor's ramp is x - ½ (the middle of [j, j + 1] maps to j), ceil's x + ½; a staircase without
+    an end level has no ramp (it would be the identity), so "ramp" leaves its exact projection."""
+    for mode, shift in (("floor", -0.5), ("ceil", 0.5), ("round", 0.0)):
+        st = P.staircase(mode, 2.0, 0.0, -3, 5)
+        x = jnp.asarray([-100.0, -1.3, 0.0, 2.2, 100.0])
+        want = np.clip(np.asarray(x) + 2.0 * shift, -6.0, 10.0)
+        np.testing.assert_allclose(np.asarray(PW.pwl_eval(PW.stair_ramp(st), x)), want)
+        assert PW.stair_ramp(P.staircase(mode)) is None
+    ops, y0 = jnp.asarray([0.3, 1.6]), jnp.asarray([2.0, 0.0])
+    for a, b in zip(P.sum_activation("sum_pwl", {"fn": "round"}, ops, y0, staircase="ramp"),
+                    P.sum_activation("sum_pwl", {"fn": "round"}, ops, y0)):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+
+
 def test_staircase_margin_at_a_tie():
     """round at S = 0.5 evaluates to 0 (half to even): a point (0.5, 0) stays put; a target of 1
     moves the sum past the tie by the margin, never onto it (which the forward would give 0)."""

@@ -234,6 +234,19 @@ def test_the_conv_data_rule_sets_read_scale_and_a_keyword_wins():
     assert tr.recipe.rule.name == "conv-data" and tr.layout.read_scale == 1.0 and tr.update_scale == 1.0
     assert projc.compile(cnn, steps_per_update=1, read_scale=0.0).layout.read_scale == 0.0
     assert projc.compile(mlp, steps_per_update=1).layout.read_scale == 0.0
+    tr = projc.compile(str(MODELS / "cnn2_digits.onnx"), steps_per_update=1)
+    assert tr.recipe.rule.name == "conv-pairs" and tr.layout.read_scale == 1.0 and tr.update_scale == 1.0
+
+
+def test_the_staircase_rule_projects_onto_ramps_and_a_keyword_wins():
+    stair, mlp = str(MODELS / "staircase_mlp.onnx"), str(MODELS / "mlp_digits.onnx")
+    tr = projc.compile(stair, steps_per_update=1)
+    assert tr.recipe.rule.name == "staircase" and tr.layout.opts.staircase == "ramp"
+    assert ("staircase", "ramp", "recipe") in tr.recipe.table()
+    assert projc.compile(stair, steps_per_update=1, staircase="exact").layout.opts.staircase == "exact"
+    assert projc.compile(mlp, steps_per_update=1).layout.opts.staircase == "exact"
+    with pytest.raises(ProjcError, match="staircase"):
+        projc.compile(stair, staircase="smooth")
 
 
 # -- progress and the slow-update warning -------------------------------------------------------------------

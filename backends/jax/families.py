@@ -42,6 +42,7 @@ class ProjOptions:
     """Options of the projections that are not op params (constant for a layout)."""
 
     bilinear_iters: int | None = None
+    staircase: str = "exact"         # "ramp": bounded staircases project onto their ramp (pwl.stair_ramp)
 
 
 @dataclass(eq=False)
@@ -186,7 +187,7 @@ def pwl_preset(params: dict):
     return P.PRESETS[fn]()
 
 
-def activation_projection(kind: str, params: dict):
+def activation_projection(kind: str, params: dict, staircase: str = "exact"):
     """The projection training runs for a sum_smooth / sum_pwl family: (a_1..a_n, y0, offset=) ->
     (a_1', ..., a_n', y'). exp, square, sqrt, rsqrt, reciprocal, sigmoid, tanh and 1 - sigmoid take
     the grid-free path to the same point (proj_smooth_fast: the split pass puts the first five on
@@ -194,15 +195,14 @@ def activation_projection(kind: str, params: dict):
     plan (projc/train/plan.py) traces this too."""
     if kind == "sum_smooth" and params["fn"] in FAST_FNS:
         return lambda *args, offset=0.0: sum_smooth_fast(*args, fn=params["fn"], offset=offset)
-    return lambda *args, offset=0.0: P.sum_activation(kind, params, *args, offset=offset)
+    return lambda *args, offset=0.0: P.sum_activation(kind, params, *args, offset=offset, staircase=staircase)
 
 
 def _project_activation(fam: Family, full: dict, y0, opts: ProjOptions):
     """sum_smooth, and sum_pwl staircases / hard activations: constant operands enter as an offset."""
     offset = sum((full[i] for i in fam.fixed_idx), 0.0)
-    res = activation_projection(fam.kind, fam.op.params)(*[full[i] for i in fam.free_idx], y0, offset=offset)
-    return tuple(res[:-1]), res[-1]
-    res = P.sum_activation(fam.kind, fam.op.params, *[full[i] for i in fam.free_idx], y0, offset=offset)
+    project = activation_projection(fam.kind, fam.op.params, opts.staircase)
+    res = project(*[full[i] for i in fam.free_idx], y0, offset=offset)
     return tuple(res[:-1]), res[-1]
 
 

@@ -33,9 +33,9 @@ class HybridLayout(StateLayout):
     name = "hybrid"
 
     def __init__(self, graph: Graph, *, factor_linear: bool = True, bilinear_iters: int | None = None,
-                 tied: float = 0.0, read_scale: float = 0.0):
+                 tied: float = 0.0, read_scale: float = 0.0, staircase: str = "exact"):
         super().__init__(graph, factor_linear=factor_linear, bilinear_iters=bilinear_iters, tied=tied,
-                         read_scale=read_scale)
+                         read_scale=read_scale, staircase=staircase)
 
     def choose_storage(self, rule, fam, factor_linear: bool):
         layout = "consensus" if fam.kind in MEANS_KINDS else "copies"

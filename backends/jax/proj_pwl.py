@@ -186,6 +186,28 @@ def fake_quant(scale: float, zero_point: float = 0.0, qmin: float = 0.0, qmax: f
     return staircase("round", scale, zero_point, qmin, qmax)
 
 
+def stair_ramp(st: Staircase) -> Pieces | None:
+    """The straight-through relaxation of a staircase bounded on at least one side: the line through
+    the middle of every level's piece, clipped at the end levels, φ(x) = clip(x - scale·m,
+    scale·jmin, scale·jmax) with m the middle of a piece's sides (0 round, ½ floor, -½ ceil). None
+    when both ends are unbounded: the ramp would be the identity and the unit would train as linear.
+
+    Projecting onto it instead of the staircase passes a correction of the output back to the sum
+    (the exact projection keeps the sum on its flat piece unless the target crosses a level's
+    middle, so the layer before a staircase barely trains; docs/design-notes.md)."""
+    jmin, jmax = st.kmin - st.zero_point, st.kmax - st.zero_point
+    if not (math.isfinite(jmin) or math.isfinite(jmax)):
+        return None
+    mid = st.scale * sum(_STAIR_SIDES[st.mode]) / 2
+    lo, hi = st.scale * jmin, st.scale * jmax
+    rows = [(lo + mid, hi + mid, 1.0, -mid)]
+    if math.isfinite(lo):
+        rows.append((-_INF, lo + mid, 0.0, lo))
+    if math.isfinite(hi):
+        rows.append((hi + mid, _INF, 0.0, hi))
+    return pieces(rows)
+
+
 STAIR_MARGIN = 1e-6  # the least distance, in steps, from a jump at which a moved sum lands (see stair_margin)
 
 

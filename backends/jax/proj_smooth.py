@@ -429,15 +429,19 @@ def pwl_fn(params: dict):
     return pwl.resolve(fn)
 
 
-def sum_activation(kind: str, params: dict, *args, offset=0.0):
+def sum_activation(kind: str, params: dict, *args, offset=0.0, staircase: str = "exact"):
     """Project a sum_smooth / sum_pwl family given its IR params: (*free operands, target) in,
-    (*free operands', y') out, with `offset` the sum of its constant operands (never moved)."""
+    (*free operands', y') out, with `offset` the sum of its constant operands (never moved).
+    ``staircase="ramp"``: a staircase bounded on a side projects onto its ramp (pwl.stair_ramp)."""
     if kind == "sum_smooth":
         return sum_smooth(*args, fn=params["fn"], alpha=params.get("alpha", 1.0), offset=offset,
                           exponent=params.get("exponent", 1.0))
     fn = pwl_fn(params)
     if isinstance(fn, pwl.Staircase):
-        return pwl.sum_staircase(*args, fn=fn, offset=offset)
+        ramp = pwl.stair_ramp(fn) if staircase == "ramp" else None
+        if ramp is None:
+            return pwl.sum_staircase(*args, fn=fn, offset=offset)
+        fn = ramp
     # a piece table: fold the constant into the first operand (the sum and n are unchanged)
     first, *rest = args
     res = pwl.sum_pwl(first + offset, *rest, fn=fn)

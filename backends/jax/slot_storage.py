@@ -43,7 +43,7 @@ def static_tuple(fn) -> tuple:
         return tuple(np.asarray(x) for x in fn())
 
 
-def _out_shape(fam: Family, ctx) -> tuple:
+def family_out_shape(fam: Family, ctx) -> tuple:
     """The shape the family's slots broadcast to: its output's (a loss: its logits')."""
     return ctx.shapes[fam.out if fam.out is not None else fam.op.inputs[0]][0]
 
@@ -57,13 +57,13 @@ class Materialized:
         return tuple(self.copy_forward(fam, i, env[fam.op.inputs[i]], ctx) for i in fam.free_idx)
 
     def copy_forward(self, fam: Family, i: int, value, ctx):
-        return fam.rule.slot_map(fam, i, _out_shape(fam, ctx))(value)
+        return fam.rule.slot_map(fam, i, family_out_shape(fam, ctx))(value)
 
     def full(self, fam: Family, slots, ctx) -> dict:
         """operand index -> slot-shaped array (fixed operands expanded; a loss's labels as they are)."""
         fixed = ctx.fixed[fam.key]
         it = iter(slots)
-        out_shape = _out_shape(fam, ctx)
+        out_shape = family_out_shape(fam, ctx)
         full = {}
         for i, free in enumerate(fam.free):
             if free:
@@ -79,7 +79,7 @@ class Materialized:
 
     def edge_mean(self, fam: Family, i: int, j: int, slots, ctx):
         v_shape, dtype = ctx.shapes[fam.op.inputs[i]]
-        expand = fam.rule.slot_map(fam, i, _out_shape(fam, ctx))
+        expand = fam.rule.slot_map(fam, i, family_out_shape(fam, ctx))
         transpose = jax.linear_transpose(expand, jax.ShapeDtypeStruct(tuple(v_shape), dtype))
         slot = slots[j]
         (ws,) = transpose(slot)
@@ -108,7 +108,7 @@ class Factored(Materialized):
     factored = True
 
     def copy_forward(self, fam: Family, i: int, value, ctx):
-        return (value.T, jnp.zeros(_out_shape(fam, ctx), value.dtype))
+        return (value.T, jnp.zeros(family_out_shape(fam, ctx), value.dtype))
 
     def _parts(self, fam: Family, slots, ctx):
         g, alpha = slots[0]

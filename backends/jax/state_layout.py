@@ -29,7 +29,7 @@ from projc.ir.constraints import FIXED
 
 from .families import MOVES, RULES, Family, ProjOptions
 from .forward import Interpreter, op_forward
-from .slot_storage import _out_shape, static_eval, static_tuple
+from .slot_storage import family_out_shape, static_eval, static_tuple
 
 
 class Layout(Protocol):
@@ -138,7 +138,7 @@ class StateLayout:
     name = "?"
 
     def __init__(self, graph: Graph, *, factor_linear: bool = True, bilinear_iters: int | None = None,
-                 tied: float = 0.0, read_scale: float = 0.0):
+                 tied: float = 0.0, read_scale: float = 0.0, staircase: str = "exact"):
         unknown = [op.kind for op in graph.ops if op.kind not in RULES and op.kind not in MOVES
                    and op.kind not in FIXED]
         if unknown:
@@ -147,7 +147,7 @@ class StateLayout:
         self.graph = graph
         self.tied = float(tied)
         self.read_scale = float(read_scale)
-        self.opts = ProjOptions(bilinear_iters)
+        self.opts = ProjOptions(bilinear_iters, staircase)
         self.interp = Interpreter(graph, cast=False)
         self.params: list[Value] = list(graph.params)
         self.param_names = [v.hint for v in self.params]
@@ -352,7 +352,7 @@ class StateLayout:
             reads[v] = reads[v] + count if v in reads else count
 
         for fam in self.families:
-            out_shape = _out_shape(fam, ctx)
+            out_shape = family_out_shape(fam, ctx)
             for i in fam.free_idx:
                 v = fam.op.operand(i)
                 if any(isinstance(s, Value) for s in self.sources[v]):  # it carries a parameter

@@ -25,7 +25,7 @@ from projc.config import Config
 # the options a rule may set (the CLI marks them "or the recipe's")
 RECIPE_OPTIONS = frozenset({"solver", "layout", "steps_per_update", "relaxation", "anderson", "inertia",
                             "omega", "batch", "lam", "update_scale", "schedule", "weight_decay", "init",
-                            "tied", "read_scale"})
+                            "tied", "read_scale", "staircase"})
 # tuned for the rule's solver: dropped when the user chooses another solver
 SOLVER_BOUND = frozenset({"layout", "steps_per_update", "relaxation", "anderson", "inertia", "omega",
                           "lam", "update_scale", "schedule", "weight_decay", "tied",
@@ -154,10 +154,11 @@ RULES: tuple[Rule, ...] = (
          BENCH + "lenet_digits"),
     Rule("conv-pairs", "a Conv whose input moves (a conv after a conv)",
          lambda s: s.free_input_convs > 0,
-         {"solver": "cp", "batch": 32, "init": "he", "update_scale": 1.5, "anderson": 1},
+         {"solver": "cp", "batch": 32, "init": "he", "update_scale": 1.0, "anderson": 1,
+          "read_scale": 1.0},
          "a Conv whose input moves has two free operands: Douglas-Rachford would keep a copy of "
          "both in every product, cyclic projections keep consensus means (with Anderson "
-         "acceleration and a stretched update)",
+         "acceleration); each filter moves by the sum of its copies' corrections per sample",
          BENCH + "cnn2_digits,fcn_maxlogits_digits,gap_digits,maxlogits_digits"),
     Rule("conv-attention", "a Conv of the data feeding attention (a vision transformer's patches)",
          lambda s: s.data_convs > 0 and s.attention > 0,
@@ -182,9 +183,10 @@ RULES: tuple[Rule, ...] = (
          BENCH + "tfm_digits"),
     Rule("staircase", "Round, Floor, Ceil or fake quantization",
          lambda s: s.count(*STAIRCASE_OPS) > 0,
-         {"solver": "dr", "init": "data"},
+         {"solver": "dr", "init": "data", "staircase": "ramp"},
          "a staircase activation: its pieces are flat, so the start must spread the "
-         "pre-activations over several steps (init scaled on one batch)",
+         "pre-activations over several steps (init scaled on one batch), and a bounded staircase "
+         "projects onto its ramp, which passes corrections back to the layer before it",
          BENCH + "round_mlp,quant_mlp,staircase_mlp"),
     Rule("regression", "a regression (float targets), no Conv or recurrent cell",
          lambda s: s.task == "regression",

@@ -102,13 +102,13 @@ def freeze_params(graph, names) -> list[str]:
 
 
 def make_state_layout(name: str, solver: str, graph, *, factor_linear: bool = True, tied: float = 0.0,
-                      read_scale: float = 0.0):
+                      read_scale: float = 0.0, staircase: str = "exact"):
     """The state layout ``name`` for ``solver``: ``auto`` takes consensus where it is exact (AP, CP
     on this graph), copies otherwise; ``hybrid``: copies with the conv families as edge means."""
     from projc.backends.jax.layout_consensus import EXACT_SOLVERS, ConsensusLayout
     from projc.backends.jax.layout_copies import CopiesLayout
 
-    shared = {"tied": tied, "read_scale": read_scale}
+    shared = {"tied": tied, "read_scale": read_scale, "staircase": staircase}
     if name == "hybrid":
         from projc.backends.jax.layout_hybrid import HybridLayout
         return HybridLayout(graph, factor_linear=factor_linear, **shared)
@@ -198,7 +198,8 @@ class Trainer:
                                               train_batchnorm=comp.train_batchnorm, delta=task.huber_delta)
             self.layout = make_state_layout(method.layout, method.solver, self.graph,
                                             factor_linear=method.factor_linear, tied=method.tied,
-                                            read_scale=method.read_scale)
+                                            read_scale=method.read_scale,
+                                            staircase=method.staircase)
         else:  # a gradient method: the imported graph's own forward, nothing lowered
             from projc.backends.jax.forward import GraphForward
 
