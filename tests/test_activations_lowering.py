@@ -122,6 +122,23 @@ def test_forward_and_lowering_match_onnxruntime(name, tmp_path):
     np.testing.assert_allclose(ir_out, want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("lo, hi, c", [(0.0, 2.0, 2.0), (-1.0, 1.0, 4.0), (-4.0, 6.0, 0.5), (0.0, 6.0, 1.0)])
+def test_fused_fake_quant_equals_the_chain_bit_for_bit(lo, hi, c):
+    """What the fusion relies on: fake_quant(x; scale 1/c, levels lo·c..hi·c) == round(clip(x, lo,
+    hi)·c)/c in float32 at every tie, level, bound and in between, as numpy (half to even) computes it."""
+    import jax.numpy as jnp
+
+    from projc.ops import constraint as C
+    k = np.arange(-40, 41, dtype=np.float32)
+    ties = (k + 0.5) / np.float32(c)
+    x = np.concatenate([ties, k / np.float32(c), np.nextafter(ties, np.float32(np.inf)),
+                        np.nextafter(ties, np.float32(-np.inf)),
+                        np.random.default_rng(0).normal(size=4000).astype(np.float32) * 4]).astype(np.float32)
+    chain = np.round(np.clip(x, np.float32(lo), np.float32(hi)) * np.float32(c)) / np.float32(c)
+    fused = np.asarray(C.pwl(jnp.asarray(x), "fake_quant", scale=1.0 / c, zero_point=0.0, qmin=lo * c, qmax=hi * c))
+    assert np.array_equal(fused, chain.astype(np.float32))
+
+
 @pytest.mark.parametrize("lo, hi, c", [(0.0, 2.0, 3.0), (0.0, 2.3, 2.0)], ids=["thirds", "bound_off_level"])
 def test_clipped_round_fuses_only_when_exact(lo, hi, c, tmp_path):
     """A scale that is not a power of two (x·3 and x/(1/3) round differently) or a bound between

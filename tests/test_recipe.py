@@ -54,9 +54,10 @@ def test_cli_flags_given_are_the_explicit_options():
 @pytest.mark.parametrize("name, rule", [("mlp_digits", "dense"), ("gru_digits", "gated-recurrent"),
                                         ("lstm_digits", "gated-recurrent"), ("rnn_digits", "recurrent"),
                                         ("staircase_mlp", "staircase"), ("quant_mlp", "staircase"),
-                                        ("cnn_digits", "conv-data"), ("cnn2_digits", "conv-pairs"),
+                                        ("cnn_digits", "conv-data"), ("cnn2_digits", "conv-pairs-max"),
                                         ("lenet_digits", "conv-pairs-small"),
-                                        ("fcn_maxlogits_digits", "conv-pairs"),
+                                        ("fcn_maxlogits_digits", "conv-pairs-max"),
+                                        ("gap_digits", "conv-pairs"), ("mbv2_digits", "conv-pairs"),
                                         # a Softmax read by a MatMul makes attention; a Conv of the
                                         # data before it (vit_digits' patch embedding) wins; a
                                         # LayerNorm alone, or a classifier's output Softmax, stays dense
@@ -235,7 +236,9 @@ def test_the_conv_data_rule_sets_read_scale_and_a_keyword_wins():
     assert projc.compile(cnn, steps_per_update=1, read_scale=0.0).layout.read_scale == 0.0
     assert projc.compile(mlp, steps_per_update=1).layout.read_scale == 0.0
     tr = projc.compile(str(MODELS / "cnn2_digits.onnx"), steps_per_update=1)
-    assert tr.recipe.rule.name == "conv-pairs" and tr.layout.read_scale == 1.0 and tr.update_scale == 1.0
+    assert tr.recipe.rule.name == "conv-pairs-max" and tr.layout.read_scale == 1.0 and tr.update_scale == 1.0
+    tr = projc.compile(str(MODELS / "gap_digits.onnx"), steps_per_update=1)  # an average pool: none
+    assert tr.recipe.rule.name == "conv-pairs" and tr.layout.read_scale == 0.0 and tr.update_scale == 1.5
 
 
 def test_the_staircase_rule_projects_onto_ramps_and_a_keyword_wins():

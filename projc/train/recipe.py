@@ -33,6 +33,8 @@ SOLVER_BOUND = frozenset({"layout", "steps_per_update", "relaxation", "anderson"
 
 STAIRCASE_OPS = ("Round", "Floor", "Ceil", "QuantizeLinear")
 GATED_OPS = ("GRU", "LSTM")
+MAX_POOLS = ("MaxPool", "GlobalMaxPool", "ReduceMax")
+MEAN_POOLS = ("AveragePool", "GlobalAveragePool", "ReduceMean")
 
 
 @dataclass(frozen=True)
@@ -152,14 +154,22 @@ RULES: tuple[Rule, ...] = (
          "convolutions whose both operands move, small enough for Douglas-Rachford's copies of "
          "every product; each filter moves by the sum of its copies' corrections per sample",
          BENCH + "lenet_digits"),
-    Rule("conv-pairs", "a Conv whose input moves (a conv after a conv)",
-         lambda s: s.free_input_convs > 0,
+    Rule("conv-pairs-max", "a Conv whose input moves, pooled by maxima only",
+         lambda s: s.free_input_convs > 0 and s.count(*MAX_POOLS) > 0 and s.count(*MEAN_POOLS) == 0,
          {"solver": "cp", "batch": 32, "init": "he", "update_scale": 1.0, "anderson": 1,
           "read_scale": 1.0},
+         "a Conv whose input moves has two free operands: cyclic projections keep consensus means "
+         "(with Anderson acceleration); a max corrects one position's copy of a filter per sample, "
+         "so each filter moves by the sum of its copies' corrections per sample",
+         BENCH + "cnn2_digits,fcn_maxlogits_digits,maxlogits_digits"),
+    Rule("conv-pairs", "a Conv whose input moves (a conv after a conv)",
+         lambda s: s.free_input_convs > 0,
+         {"solver": "cp", "batch": 32, "init": "he", "update_scale": 1.5, "anderson": 1},
          "a Conv whose input moves has two free operands: Douglas-Rachford would keep a copy of "
          "both in every product, cyclic projections keep consensus means (with Anderson "
-         "acceleration); each filter moves by the sum of its copies' corrections per sample",
-         BENCH + "cnn2_digits,fcn_maxlogits_digits,gap_digits,maxlogits_digits"),
+         "acceleration and a stretched update); an average pool corrects every position's copy, "
+         "so no read scale",
+         BENCH + "gap_digits,mbv2_digits"),
     Rule("conv-attention", "a Conv of the data feeding attention (a vision transformer's patches)",
          lambda s: s.data_convs > 0 and s.attention > 0,
          {"solver": "dr", "init": "he", "update_scale": 2.0},
