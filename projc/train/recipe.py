@@ -186,7 +186,7 @@ RULES: tuple[Rule, ...] = (
     # under conv-data (docs/transformers.md)
     Rule("attention", "softmax attention (an Attention, or a Softmax read by a MatMul), no Conv",
          lambda s: s.attention > 0 and s.count("Conv") == 0,
-         {"solver": "dr", "batch": 32, "steps_per_update": 100, "schedule": "cosine", "init": "file",
+         {"solver": "dr", "batch": 16, "steps_per_update": 100, "schedule": "cosine", "init": "file",
           "update_scale": 1.0},
          "attention: the split softmax and LayerNorm chains make a deep graph that 50 steps do not "
          "settle: twice the steps, more and smaller updates, and a decaying step",
