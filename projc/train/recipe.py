@@ -172,9 +172,10 @@ RULES: tuple[Rule, ...] = (
          BENCH + "gap_digits,mbv2_digits"),
     Rule("conv-attention", "a Conv of the data feeding attention (a vision transformer's patches)",
          lambda s: s.data_convs > 0 and s.attention > 0,
-         {"solver": "dr", "init": "he", "update_scale": 2.0},
-         "patch tokens from a Conv of the data, then attention: the stretched update of a conv model; "
-         "no read scale, since attention corrects every patch's copy",
+         {"solver": "dr", "batch": 64, "init": "he", "update_scale": 2.0},
+         "patch tokens from a Conv of the data, then attention: the stretched update of a conv model "
+         "and smaller batches (an epoch costs the same, with more updates); no read scale, since "
+         "attention corrects every patch's copy",
          BENCH + "vit_digits"),
     Rule("conv-data", "a Conv of the data only",
          lambda s: s.data_convs > 0,
