@@ -289,17 +289,15 @@ def _stair_of_clip(graph: Graph, producers, users, op: Op) -> tuple[dict, list[O
 def _fuse_clipped_rounds(graph: Graph) -> bool:
     """The clamp-scale-round-unscale staircase users write (module docstring) -> one fake_quant."""
     producers, users = graph.producers(), graph.users()
-    changed = False
-    for op in list(graph.ops):
-        match = _stair_of_clip(graph, producers, users, op) if op in graph.ops else None
-        if match is None:
-            continue
-        params, absorbed = match
-        op.kind, op.params, op.inputs = "sum_pwl", params, list(absorbed[-1].inputs)
-        for dead in absorbed:
-            graph.ops.remove(dead)
-        changed = True
-    return changed
+    dead: set[Op] = set()
+    for op in graph.ops:
+        match = None if op in dead else _stair_of_clip(graph, producers, users, op)
+        if match is not None:
+            params, absorbed = match
+            op.kind, op.params, op.inputs = "sum_pwl", params, list(absorbed[-1].inputs)
+            dead.update(absorbed)
+    graph.ops = [op for op in graph.ops if op not in dead]
+    return bool(dead)
 
 
 def lower_activations(graph: Graph) -> bool:

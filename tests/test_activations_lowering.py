@@ -33,6 +33,14 @@ def _mlp_with(act_nodes, opset=17, extra_inits=()):
     return model
 
 
+def _lowered_logits(train, x):
+    """What the lowered IR computes for the loss's input (the logits) on x."""
+    (lossop,) = [op for op in train.ops if op.kind == "cross_entropy"]
+    train.outputs = [lossop.inputs[0]]
+    (out,) = evaluate(train, {"x": x, "y": np.zeros(len(x), np.int64)})
+    return out
+
+
 def _qdq(scale, zp, dtype=np.uint8):
     zp_t = numpy_helper.from_array(np.array(zp, dtype), "zp")
     sc_t = numpy_helper.from_array(np.array(scale, np.float32), "sc")
@@ -116,9 +124,7 @@ def test_forward_and_lowering_match_onnxruntime(name, tmp_path):
     (act,) = [op for op in train.ops if op.kind == family]
     assert act.params["fn"] == fn and len(act.inputs) == 2  # the dot and the bias
     # the lowered IR computes the same logits (the loss's input)
-    (lossop,) = [op for op in train.ops if op.kind == "cross_entropy"]
-    train.outputs = [lossop.inputs[0]]
-    (ir_out,) = evaluate(train, {"x": x, "y": np.zeros(9, np.int64)})
+    ir_out = _lowered_logits(train, x)
     np.testing.assert_allclose(ir_out, want, rtol=1e-5, atol=1e-5)
 
 
@@ -150,9 +156,7 @@ def test_clipped_round_fuses_only_when_exact(lo, hi, c, tmp_path):
     train = compile_for_training(load_model(str(path)))
     fns = sorted(op.params["fn"] for op in train.ops if op.kind == "sum_pwl")
     assert fns == ["clip", "round"], fns
-    (lossop,) = [op for op in train.ops if op.kind == "cross_entropy"]
-    train.outputs = [lossop.inputs[0]]
-    (ir_out,) = evaluate(train, {"x": x, "y": np.zeros(9, np.int64)})
+    ir_out = _lowered_logits(train, x)
     np.testing.assert_allclose(ir_out, want, rtol=1e-5, atol=1e-5)
 
 
@@ -208,9 +212,7 @@ def test_torch_gelu_opset17_lowers_to_one_family(approximate, tmp_path):
     (act,) = [op for op in train.ops if op.kind == "sum_smooth"]
     assert act.params["fn"] == ("gelu_tanh" if approximate == "tanh" else "gelu") and len(act.inputs) == 2
     assert all(op.kind[:1].islower() for op in train.ops)
-    (lossop,) = [op for op in train.ops if op.kind == "cross_entropy"]
-    train.outputs = [lossop.inputs[0]]
-    (ir_out,) = evaluate(train, {"x": x, "y": np.zeros(9, np.int64)})
+    ir_out = _lowered_logits(train, x)
     np.testing.assert_allclose(ir_out, want, rtol=1e-5, atol=1e-5)
 
 

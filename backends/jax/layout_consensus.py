@@ -40,13 +40,13 @@ class ConsensusLayout(StateLayout):
 
     name = "consensus"
 
-    def __init__(self, graph: Graph, *, solver: str | None = None, bilinear_iters: int | None = None,
-                 tied: float = 0.0, read_scale: float = 0.0, staircase: str = "exact"):
+    def __init__(self, graph: Graph, *, solver: str | None = None, **options):
+        """``options``: StateLayout's (bilinear_iters, tied, read_scale, staircase); no dot slots, so
+        no factor_linear."""
         if solver is not None and solver not in EXACT_SOLVERS:
             raise ProjcError(f"layout 'consensus' is exact only for ap and cp, not {solver}; "
                              f"use layout='copies' (or 'auto')")
-        super().__init__(graph, factor_linear=False, bilinear_iters=bilinear_iters, tied=tied,
-                         read_scale=read_scale, staircase=staircase)
+        super().__init__(graph, factor_linear=False, **options)
         self.solver = solver
         self.dots = [f for f in self.families if isinstance(f.storage, EdgeMeans)]
         plans: dict[Any, dict] = {}    # set key -> {dot key: form the overwrite reads it in}

@@ -20,8 +20,6 @@ also keeps the dense dots as means.
 """
 from __future__ import annotations
 
-from projc.ir import Graph
-
 from .state_layout import StateLayout
 
 MEANS_KINDS = ("conv",)  # the families kept as edge means
@@ -31,11 +29,6 @@ class HybridLayout(StateLayout):
     """Copies for every family but the convolutions (edge means). See the module docstring."""
 
     name = "hybrid"
-
-    def __init__(self, graph: Graph, *, factor_linear: bool = True, bilinear_iters: int | None = None,
-                 tied: float = 0.0, read_scale: float = 0.0, staircase: str = "exact"):
-        super().__init__(graph, factor_linear=factor_linear, bilinear_iters=bilinear_iters, tied=tied,
-                         read_scale=read_scale, staircase=staircase)
 
     def choose_storage(self, rule, fam, factor_linear: bool):
         layout = "consensus" if fam.kind in MEANS_KINDS else "copies"
