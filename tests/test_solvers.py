@@ -430,3 +430,50 @@ def test_schedule_scales_the_step_and_decays_to_zero():
         np.testing.assert_allclose(moves[0.5], 0.5 * full, rtol=1e-4, atol=1e-6)
         with pytest.raises(ProjcError, match="progress"):
             tr.update(p0, tr.init_state(p0), x, y, progress=-1.0)
+
+def _planes_iterates(it, steps, grow_at=None):
+    lay = PlanesLayout()
+    s = Solver(lay, "ap")
+    ctx = lay.make_ctx({"v": V0["v"].astype(np.float64)}, {})
+    carry, out = it(s.step).init(lay.init_state(ctx)), []
+    for k in range(steps):
+        if k == grow_at:
+            carry["r"] = jnp.asarray(0.0, jnp.float64)   # the residual "grew": the safeguard fires
+        carry, _ = it(s.step).advance(carry, ctx)
+        out.append(np.asarray(carry["x"]["v"]))
+    return np.stack(out)
+
+
+@pytest.mark.parametrize("grow_at", [None, 4])
+def test_anderson_memory_one_fast_path_matches_the_ring_buffer(grow_at):
+    from projc.backends.jax.solvers import anderson, anderson1
+
+    with jax.enable_x64(True):   # in float32 the near-parallel residuals' 2x2 system amplifies rounding
+        fast = _planes_iterates(anderson1, 12, grow_at)
+        slow = _planes_iterates(lambda step: anderson(step, 1), 12, grow_at)
+    assert fast.dtype == np.float64
+    np.testing.assert_allclose(fast, slow, rtol=1e-10, atol=1e-12)
+    assert np.abs(np.diff(slow, axis=0)).max() > 1e-3   # the iterates do move
+
+
+def test_anderson_memory_one_fast_path_matches_on_a_model_update(monkeypatch, digits):
+    import os
+
+    import projc
+    from projc.backends.jax import solvers
+
+    model = os.path.join(os.path.dirname(__file__), "..", "models", "mlp_digits.onnx")
+
+    def update():
+        tr = projc.compile(model, solver="cp", steps_per_update=10, anderson=1, cache=False)
+        p = tr.init_params()
+        x, y = digits.x_train[:64], digits.y_train[:64]
+        return tr.update(p, tr.init_state(p), x, y)[0], p
+
+    fast, p0 = update()
+    monkeypatch.setattr(solvers, "anderson1", lambda step: solvers.anderson(step, 1))
+    slow, _ = update()
+    for k in p0:
+        moved = np.abs(np.asarray(slow[k]) - np.asarray(p0[k])).max()
+        assert moved > 0
+        np.testing.assert_allclose(np.asarray(fast[k]), np.asarray(slow[k]), atol=1e-4 * max(moved, 1e-3))

@@ -261,9 +261,48 @@ def anderson(step: Step, memory: int, reg: float = 1e-6) -> Iteration:
     return Iteration(init, advance, _current)
 
 
+def anderson1(step: Step, reg: float = 1e-6) -> Iteration:
+    """``anderson(step, 1)`` without the history arrays: the one earlier pair is carried as it is
+    (T(x), its residual, whether it is valid), so a step makes one residual pass, one fused pass of
+    two dot products and one combination, where the ring buffers cost two writes and two reads of
+    the stacked histories (2x a plain CP step on mlp_mnist). Same weights, same safeguard."""
+    def init(x):
+        import jax.numpy as jnp
+        dtype = _leaves(x)[0].dtype
+        return {"x": x, "g": x, "f": combine((0.0, x)), "valid": jnp.asarray(False),
+                "r": jnp.asarray(jnp.inf, dtype)}
+
+    def advance(carry, ctx, last=None):
+        import jax
+        import jax.numpy as jnp
+        x = carry["x"]
+        tx = step(x, ctx, last)
+        f = combine((1.0, tx), (-1.0, x))
+        r = sum(jnp.vdot(a, a) for a in _leaves(f))
+        c = sum(jnp.vdot(a, b) for a, b in zip(_leaves(f), _leaves(carry["f"])))
+        grew = r > carry["r"]
+        valid = jnp.stack([jnp.asarray(True), carry["valid"] & ~grew])
+        gram = jnp.stack([jnp.stack([r, c]), jnp.stack([c, carry["r"]])])
+        alpha = anderson_weights(gram, valid, reg)
+        use_plain = grew | (r <= 0) | ~jnp.all(jnp.isfinite(alpha))
+        if last is not None:
+            use_plain = use_plain | last
+        nxt = jax.tree_util.tree_map(lambda a, g: jnp.where(use_plain, a, alpha[0] * a + alpha[1] * g),
+                                     tx, carry["g"])
+        return {"x": nxt, "g": tx, "f": f, "valid": jnp.asarray(True), "r": r}, (x, tx)
+    return Iteration(init, advance, _current)
+
+
+def _leaves(tree):
+    import jax
+    return jax.tree_util.tree_leaves(tree)
+
+
 def make_iteration(solver: Solver, *, inertia: float = 0.0, anderson_memory: int = 0) -> Iteration:
     """The solver's step wrapped by the chosen acceleration (at most one of inertia, Anderson)."""
     check_acceleration(solver.name, solver.omega, inertia, anderson_memory)
+    if anderson_memory == 1:
+        return anderson1(solver.step)
     if anderson_memory:
         return anderson(solver.step, anderson_memory)
     if inertia:
