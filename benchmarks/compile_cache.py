@@ -6,7 +6,8 @@
 For each (model, solver): ``--repeats`` pairs of fresh processes, each pair on a new empty cache
 directory (``PROJC_CACHE_DIR``): the first process compiles and stores the update, the second loads
 it. Each process times ``projc.compile`` (import, passes, layout) and the first ``update`` (trace,
-lower, compile or load, run) on one digits minibatch, and also a third process with
+lower, compile or load, run) on one digits minibatch of 256 (solver ``recipe``: what ``projc train
+MODEL`` runs, the recipe's solver, options and batch, ``--steps`` unused), and also a third process with
 ``PROJC_CACHE_DIR=off`` (no cache at all). Reported: medians of the first update's seconds and the
 ratio second run / first run from the same pairs, and whether the parameters of all runs are
 bit-identical.
@@ -33,11 +34,15 @@ import numpy as np
 import projc
 from projc.train.data import load_data
 model, solver, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
-kw = {} if solver == "adam" else {"steps_per_update": steps}
-tr = projc.compile(model, solver=solver, **kw)
+if solver == "recipe":  # what `projc train MODEL` runs: the recipe's solver, steps and batch
+    tr = projc.compile(model)
+    batch = tr.config.dataset.batch
+else:
+    tr = projc.compile(model, solver=solver, **({} if solver == "adam" else {"steps_per_update": steps}))
+    batch = 256
 t1 = time.perf_counter()
 data = load_data("mnist5k" if "mnist" in model else "digits", seed=0, input_shape=tr.input_shape)
-x, y = data.x_train[:256], data.y_train[:256]
+x, y = data.x_train[:batch], data.y_train[:batch]
 p = tr.init_params()
 plan_s, plan = [0.0], tr.memory_plan
 def timed_plan(batch):  # the memory plan's share of the first update (its abstract trace)
@@ -53,7 +58,7 @@ t3 = time.perf_counter()
 digest = hashlib.sha256(b"".join(np.asarray(q[k]).tobytes() for k in sorted(q))).hexdigest()
 ex = tr.exported_update
 phases = {"plan": plan_s[0], **(ex.seconds if ex else {})}
-print(json.dumps({"import_compile_s": t1 - t0, "first_update_s": t3 - t2, "params_sha256": digest,
+print(json.dumps({"batch": batch, "import_compile_s": t1 - t0, "first_update_s": t3 - t2, "params_sha256": digest,
                   "cache_dir": tr.cache_dir, "phases": phases,
                   "exported": ex and {"loaded": ex.loaded, "exported": ex.exported, "fallbacks": ex.fallbacks}}))
 """
@@ -100,17 +105,17 @@ def main(argv=None) -> None:
             ratios = [s / f for s, f in zip(second, first)]
             # what the cache can remove: the first update less its own run (the phases' sum)
             prep_ratios = [sum(b.values()) / sum(a.values()) for a, b in zip(first_phases, phases)]
-            rows.append({"model": model, "solver": solver, "first_run_s": statistics.median(first),
+            rows.append({"model": model, "solver": solver, "batch": a["batch"], "first_run_s": statistics.median(first),
                          "second_run_s": statistics.median(second), "no_cache_s": statistics.median(off),
                          "second_over_first": statistics.median(ratios), "ratios": ratios,
                          "bit_identical": same, "second_run_loaded_the_export": loaded,
                          "second_run_phases": phases, "first_run_phases": first_phases,
                          "preparation_second_over_first": statistics.median(prep_ratios)})
     end = os.getloadavg()
-    print(format_table(["model", "solver", "first update, first run s", "first update, second run s",
+    print(format_table(["model", "solver", "batch", "first update, first run s", "first update, second run s",
                         "no cache s", "second / first (median)", "preparation second / first",
                         "params bit-identical", "export loaded"],
-                       [[r["model"], r["solver"], r["first_run_s"], r["second_run_s"], r["no_cache_s"],
+                       [[r["model"], r["solver"], r["batch"], r["first_run_s"], r["second_run_s"], r["no_cache_s"],
                          r["second_over_first"], r["preparation_second_over_first"], r["bit_identical"],
                          r["second_run_loaded_the_export"]]
                         for r in rows]))

@@ -1,12 +1,16 @@
 """Convolutions: one projection step against one Adam step, time and memory, per layout and lowering.
 
     .venv/bin/python benchmarks/conv.py [--models cnn2_digits,lenet_digits] [--steps 5] [--batch 256]
-        [--rounds 7] [--configs adam,cp,cp-patches,hybrid-dr,copies-dr] [--json PATH]
+        [--rounds 7] [--configs adam,cp,cp-anderson,cp-patches,hybrid-dr,copies-dr] [--json PATH]
 
 Configs (each a ``projc.compile`` of the bundled model, digits-shaped random inputs):
 
 - ``adam``: one optax Adam step on the compiled forward (the gradient baseline);
-- ``cp``: consensus CP, the ``conv`` family (lax convolutions and their transposes);
+- ``cp``: consensus CP, the ``conv`` family (lax convolutions and their transposes), plain steps
+  (``anderson=0``: before 2026-12-08 this config took the recipe's options, which give cnn2_digits
+  Anderson acceleration);
+- ``cp-anderson``: the same with Anderson acceleration of memory 1, as the ``conv-pairs`` recipe
+  rules run it;
 - ``cp-patches``: consensus CP on the earlier lowering (``lower{conv=patches}``: im2col ``patches``
   move + ``dot`` family), the same parameters;
 - ``hybrid-dr``: Douglas-Rachford in the hybrid layout (conv families as consensus edge means,
@@ -42,8 +46,9 @@ from common import format_table, write_json  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = {  # name -> compile options
     "adam": {"solver": "adam"},
-    "cp": {"solver": "cp", "layout": "consensus"},
-    "cp-patches": {"solver": "cp", "layout": "consensus"},
+    "cp": {"solver": "cp", "layout": "consensus", "anderson": 0},
+    "cp-anderson": {"solver": "cp", "layout": "consensus", "anderson": 1},
+    "cp-patches": {"solver": "cp", "layout": "consensus", "anderson": 0},
     "hybrid-dr": {"solver": "dr", "layout": "hybrid"},
     "copies-dr": {"solver": "dr", "layout": "copies"},
 }
@@ -137,7 +142,7 @@ def bench_model(model: str, configs: list[str], steps: int, batch: int, rounds: 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="cnn2_digits,lenet_digits")
-    ap.add_argument("--configs", default="adam,cp,cp-patches,hybrid-dr")
+    ap.add_argument("--configs", default="adam,cp,cp-anderson,cp-patches,hybrid-dr")
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--rounds", type=int, default=7)

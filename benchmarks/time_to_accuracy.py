@@ -5,16 +5,18 @@
 
 A config is ``layout-solver:batch:steps_per_update[:option=value...]`` (options are passed to
 ``projc.compile``, e.g. ``anderson=3``, ``inertia=0.5``, ``update_scale=1.5``, ``tol=1e-6`` or
-``lam=10``), or ``adam:batch[:lr=0.001]`` for the gradient baseline on the same compiled forward.
-Each run starts from the file's initial parameters, draws shuffled minibatches (seed 0, reshuffled
+``lam=10``; ``init=he``), ``adam:batch[:lr=0.001]`` for the gradient baseline on the same compiled
+forward, or ``recipe``: what ``projc train MODEL`` runs (the recipe's solver, batch, steps and
+options; docs/recipes.md). Each run starts from the trainer's initial parameters (the file's, or
+the init the config or the recipe names), draws shuffled minibatches (seed 0, reshuffled
 every epoch), and evaluates test accuracy every
 ``--eval-every`` updates. Reported time is training wall time excluding the evaluations, with the
 first update's jit compile both included (``train s``) and excluded (``s after compile``); a run stops
 at the target or after ``--cap`` seconds of training after the compile (then it did not reach the
 target; the cap leaves out the compile because on a loaded machine it varies from 3 to 20 s).
 ``steps run`` counts the projection steps of all updates (fewer than updates × steps with ``tol``).
-The ratio printed last is the fastest projection configuration's time to the target over Adam's, both from this
-run. ``--png`` draws test accuracy against training seconds for every configuration.
+The ratio printed last is the fastest projection configuration's time to the target over the
+fastest Adam configuration's, both from this run. ``--png`` draws test accuracy against training seconds for every configuration.
 """
 from __future__ import annotations
 
@@ -40,22 +42,38 @@ DEFAULT_CONFIGS = ("adam:256,consensus-cp:128:50,consensus-cp:128:50:inertia=0.5
 INT_OPTIONS = ("anderson",)
 
 
+def _number_or_word(v: str):
+    try:
+        return float(v)
+    except ValueError:
+        return v   # init=he, layout names
+
+
 def parse_config(config: str) -> tuple[str, int, int, dict]:
     """(solver, batch, steps, compile options) from ``layout-solver:batch:steps[:k=v...]``."""
     head, *rest = config.split(":")
     options = dict(kv.split("=", 1) for kv in rest if "=" in kv)
     numbers = [int(r) for r in rest if "=" not in r]
-    options = {k: int(v) if k in INT_OPTIONS else float(v) for k, v in options.items()}
+    options = {k: int(v) if k in INT_OPTIONS else _number_or_word(v) for k, v in options.items()}
     if head == "adam":
         return "adam", numbers[0], 1, options
     layout, solver = head.split("-")
     return solver, numbers[0], numbers[1], {"layout": layout, **options}
 
 
-def run(model: str, config: str, target: float, cap: float, eval_every: int) -> dict:
+def compile_config(model: str, config: str):
+    """(trainer, solver, batch, steps, options); ``recipe``: the options ``projc train`` picks."""
+    path = os.path.join(ROOT, "models", f"{model}.onnx")
+    if config == "recipe":
+        tr = projc.compile(path)
+        m = tr.config.method
+        return tr, m.solver, tr.config.dataset.batch, m.steps_per_update, dict(tr.recipe.applied)
     solver, batch, steps, options = parse_config(config)
-    tr = projc.compile(os.path.join(ROOT, "models", f"{model}.onnx"), solver=solver,
-                       steps_per_update=steps, **options)
+    return projc.compile(path, solver=solver, steps_per_update=steps, **options), solver, batch, steps, options
+
+
+def run(model: str, config: str, target: float, cap: float, eval_every: int) -> dict:
+    tr, solver, batch, steps, options = compile_config(model, config)
     data = load_data(DATA.get(model, "digits"), seed=0, input_shape=tr.input_shape)
     p = tr.init_params()
     train_t, compile_t = 0.0, 0.0
@@ -92,7 +110,7 @@ def run(model: str, config: str, target: float, cap: float, eval_every: int) -> 
 def ratio_to_adam(rows: list[dict], key: str) -> float | None:
     adam = [r[key] for r in rows if r["solver"] == "adam" and r["reached"]]
     proj = [r[key] for r in rows if r["solver"] != "adam" and r["reached"]]
-    return min(proj) / adam[0] if adam and proj else None
+    return min(proj) / min(adam) if adam and proj else None
 
 
 def plot(rows: list[dict], path: str, target: float, model: str) -> None:

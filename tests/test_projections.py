@@ -582,3 +582,21 @@ def test_broadcasting():
     assert a.shape == b.shape == (2, 3, 4) and y.shape == (2, 3)
     a, y = P.max(jnp.ones((2, 7, 3)), jnp.zeros((2, 3)), axis=1)
     assert a.shape == (2, 7, 3) and y.shape == (2, 3)
+
+
+@pytest.mark.parametrize("fname", sorted(FNS))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sum_pwl_without_point_pieces_skips_the_snap_bit_for_bit(fname, dtype):
+    """A table with no one-point piece leaves the exact-sum snap out: the same bits as running it."""
+    tab = P.pwl.resolve(FNS[fname])
+    rng = np.random.default_rng(3)
+    with x64():
+        args = [jnp.asarray(rng.normal(size=300) * 10.0 ** rng.uniform(-3, 3, 300), dtype) for _ in range(3)]
+        for n in (1, 2):
+            ops, y0 = args[:n], args[2]
+            skipped = P.sum_pwl(*ops, y0, fn=FNS[fname])
+            snapped = P.sum_pwl(*ops, y0, fn=FNS[fname], points=True)
+            for a, b in zip(skipped, snapped):
+                np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert P.has_point_piece(tab) == bool(np.any(tab.lo == tab.hi))
+    assert P.has_point_piece(P.Pieces(*(jnp.asarray(f) for f in tab)))   # traced tables: assume one

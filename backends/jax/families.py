@@ -210,12 +210,13 @@ def _project_sum_pwl(fam: Family, full: dict, y0, opts: ProjOptions):
     if P.activation_handles(fam.kind, fam.op.params):
         return _project_activation(fam, full, y0, opts)
     table = pwl_preset(fam.op.params)
+    points = P.has_point_piece(table)  # of the preset: a shift by a constant keeps lo == hi pieces
     if fam.fixed_idx:  # y = φ(c + Σ free): shift the piece table by the constant c, per element
         c = cast(jax.Array, sum((full[i] for i in fam.fixed_idx), 0.0))  # fixed_idx not empty: an array
         ce = c[..., None]
         lo, hi, sl, ic = (jnp.asarray(f, c.dtype) for f in table)
         table = P.Pieces(lo - ce, hi - ce, jnp.broadcast_to(sl, ce.shape[:-1] + sl.shape), ic + sl * ce)
-    res = P.REGISTRY["sum_pwl"](*[full[i] for i in fam.free_idx], y0, fn=table)
+    res = P.REGISTRY["sum_pwl"](*[full[i] for i in fam.free_idx], y0, fn=table, points=points)
     return tuple(res[:-1]), res[-1]
 
 

@@ -372,11 +372,22 @@ def _onto_point(new, point, where):
     return [jnp.where(where, x, y) for x, y in zip(snapped + [point - rest], new)]
 
 
-def sum_pwl(*args, fn: Any = "relu"):
+def has_point_piece(table: Pieces) -> bool:
+    """Whether a piece is a single point (lo == hi, e.g. sign's 0); True when the table is traced."""
+    lo, hi = table.lo, table.hi
+    if isinstance(lo, np.ndarray) and isinstance(hi, np.ndarray):
+        return bool(np.any(lo == hi))
+    return True
+
+
+def sum_pwl(*args, fn: Any = "relu", points: bool | None = None):
     """Project onto {(a_1..a_n, y): y = φ(Σ a_i)}: only the sum S moves, spread evenly.
 
     Per piece: S* = clip((S0 + n s (y0 - c))/(1 + n s²), lo, hi) minimizes (S-S0)²/n + (sS+c-y0)²;
     the piece of least cost wins.  Returns (a_1', ..., a_n', y') with y' = s S* + c of that piece.
+    ``points``: whether the table has a one-point piece (None: read it off a concrete table). Without
+    one the exact-sum snapping (``_onto_point``) selects nothing and is left out: the same values,
+    without its log2, exp2 and rounding on every element (a tenth of a cnn2_digits CP step).
     """
     if len(args) < 2:
         raise TypeError("sum_pwl(*operands, target, fn=...) needs at least one operand and a target")
@@ -413,7 +424,8 @@ def sum_pwl(*args, fn: Any = "relu"):
                                 ((lk, lo_k), (hk, hi_k), (sk, s_k), (ck, c_k)))
     shift = (S - S0) / n
     new = [x + shift for x in ops]
-    new = _onto_point(new, lo_k, lo_k == hi_k)
+    if has_point_piece(table) if points is None else points:
+        new = _onto_point(new, lo_k, lo_k == hi_k)
     Snew = new[0]
     for x in new[1:]:
         Snew = Snew + x

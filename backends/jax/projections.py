@@ -37,6 +37,7 @@ from .proj_pwl import (  # noqa: A004 - presets
     clip,
     fake_quant,
     hardsigmoid,
+    has_point_piece,
     leaky_relu,
     pieces,
     pwl_eval,
@@ -57,7 +58,7 @@ from .proj_smooth import handles as activation_handles
 __all__ = [
     "identity", "sum", "sum_reduce", "segment_sum", "mean", "mean_square", "embed", "sum_pwl", "linear",
     "bilinear", "bilinear_root", "bilinear_root_ab", "max", "cross_entropy_prox", "margin", "squared_error",
-    "binary_cross_entropy_prox", "huber_prox", "l1_prox", "Pieces", "pieces",
+    "binary_cross_entropy_prox", "huber_prox", "l1_prox", "Pieces", "pieces", "has_point_piece",
     "pwl_eval", "PRESETS", "relu", "leaky_relu", "clip", "abs", "sign", "step", "quantize",
     "identity_fn", "pwl", "REGISTRY", "sum_smooth", "smooth_eval", "SMOOTH_FNS", "sum_activation",
     "activation_handles", "Staircase", "staircase", "sum_staircase", "stair_eval", "fake_quant",
