@@ -7,7 +7,7 @@ Configs (each a ``projc.compile`` of the bundled model, digits-shaped random inp
 
 - ``adam``: one optax Adam step on the compiled forward (the gradient baseline);
 - ``cp``: consensus CP, the ``conv`` family (lax convolutions and their transposes), plain steps
-  (``anderson=0``: before 2026-12-08 this config took the recipe's options, which give cnn2_digits
+  (``anderson=0``: until 2026-12-07 this config took the recipe's options, which give cnn2_digits
   Anderson acceleration);
 - ``cp-anderson``: the same with Anderson acceleration of memory 1, as the ``conv-pairs`` recipe
   rules run it;

@@ -69,6 +69,15 @@ def test_each_bundled_structure_gets_its_rule(name, rule):
     assert rule_for(Structure.of(_graph(name))).name == rule
 
 
+def test_a_decoder_on_next_token_targets_gets_the_gentle_prox():
+    """gpt_text's structure alone is attention; per-step targets (a sequence task) pick next-token."""
+    from projc.train.recipe import Structure, rule_for
+    r = rule_for(Structure.of(_graph("gpt_text"), "sequence"))
+    assert r.name == "next-token" and r.values["lam"] == 0.5
+    assert rule_for(Structure.of(_graph("tfm_digits"), "classification")).name == "attention"
+    assert rule_for(Structure.of(_graph("vit_digits"), "sequence")).name == "conv-attention"
+
+
 def test_a_regression_gets_its_rule_from_the_task_and_a_classifier_keeps_its_own():
     """The task comes from the output and the targets: float targets on a dense model pick
     alternating projections with weight decay; the same file on class ids would not."""

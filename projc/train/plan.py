@@ -55,7 +55,7 @@ def anderson_states(memory: int) -> float:
     plus the mixing's temporaries. Fitted 2026-12-07 to XLA on gap_digits, mlp_digits and
     cnn2_digits, CP and DR, memory 1-3 (XLA / estimate 0.97-1.01): 6 per (memory + 1), less one.
     Memory 1 has its own path (``solvers.anderson1``: T(x) and the residual, no ring buffers): 3.5,
-    fitted 2026-12-08 on mlp_digits (XLA adds 3.0 states under CP, 3.9 under DR)."""
+    fitted 2026-12-07 on mlp_digits (XLA adds 3.0 states under CP, 3.9 under DR)."""
     if memory == 1:
         return 3.5
     return 6.0 * (memory + 1) - 1.0 if memory else 0.0

@@ -183,6 +183,15 @@ RULES: tuple[Rule, ...] = (
          "one Conv of the data: a pooled loss corrects few of a filter's copies (one output position of "
          "many), so each filter moves by the sum of its copies' corrections per sample, not their mean",
          BENCH + "cnn_digits"),
+    # per-step targets are noisy (one context, many next characters): a per-sample prox at lam 5
+    # makes confident logits whose cross-entropy rises while the accuracy does (docs/transformers.md)
+    Rule("next-token", "per-step logits (a sequence task) through softmax attention, no Conv",
+         lambda s: s.task == "sequence" and s.attention > 0 and s.count("Conv") == 0,
+         {"solver": "dr", "batch": 16, "steps_per_update": 100, "schedule": "cosine", "init": "file",
+          "update_scale": 1.0, "lam": 0.5},
+         "a decoder's next-token targets: the attention options, with a gentle loss prox, since one "
+         "context has many next tokens and a strong pull toward each sample's makes overconfident logits",
+         BENCH + "gpt_text"),
     # no Conv: vit_digits (a Conv of the data, then attention) trained worse under this rule than
     # under conv-data (docs/transformers.md)
     Rule("attention", "softmax attention (an Attention, or a Softmax read by a MatMul), no Conv",
