@@ -35,8 +35,8 @@ from projc.train.data import load_data, minibatches  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = {"mlp_mnist": "mnist5k"}  # every other bundled model trains on digits
 # the plain baseline, then the accelerations that won (docs/benchmarks.md "Time to accuracy")
-DEFAULT_CONFIGS = ("adam:256,consensus-cp:128:50,consensus-cp:128:50:inertia=0.5,"
-                   "consensus-cp:128:20:anderson=3,consensus-cp:128:20:anderson=1:update_scale=1.5")
+DEFAULT_CONFIGS = ("adam:256,adam:256:lr=0.01,consensus-cp:128:50:inertia=0.5,"
+                   "consensus-cp:128:20:anderson=1:update_scale=1.5,consensus-cp:64:20:anderson=1:update_scale=2")
 
 
 INT_OPTIONS = ("anderson",)
