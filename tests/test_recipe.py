@@ -73,7 +73,7 @@ def test_a_decoder_on_next_token_targets_gets_the_gentle_prox():
     """gpt_text's structure alone is attention; per-step targets (a sequence task) pick next-token."""
     from projc.train.recipe import Structure, rule_for
     r = rule_for(Structure.of(_graph("gpt_text"), "sequence"))
-    assert r.name == "next-token" and r.values["lam"] == 0.5
+    assert r.name == "next-token" and r.values["lam"] == 0.1
     assert rule_for(Structure.of(_graph("tfm_digits"), "classification")).name == "attention"
     assert rule_for(Structure.of(_graph("vit_digits"), "sequence")).name == "conv-attention"
 

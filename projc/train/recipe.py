@@ -188,7 +188,7 @@ RULES: tuple[Rule, ...] = (
     Rule("next-token", "per-step logits (a sequence task) through softmax attention, no Conv",
          lambda s: s.task == "sequence" and s.attention > 0 and s.count("Conv") == 0,
          {"solver": "dr", "batch": 16, "steps_per_update": 100, "schedule": "cosine", "init": "file",
-          "update_scale": 1.0, "lam": 0.5},
+          "update_scale": 1.0, "lam": 0.1},
          "a decoder's next-token targets: the attention options, with a gentle loss prox, since one "
          "context has many next tokens and a strong pull toward each sample's makes overconfident logits",
          BENCH + "gpt_text"),
