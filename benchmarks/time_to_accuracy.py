@@ -16,7 +16,8 @@ at the target or after ``--cap`` seconds of training after the compile (then it 
 target; the cap leaves out the compile because on a loaded machine it varies from 3 to 20 s).
 ``steps run`` counts the projection steps of all updates (fewer than updates × steps with ``tol``).
 The ratio printed last is the fastest projection configuration's time to the target over the
-fastest Adam configuration's, both from this run. ``--png`` draws test accuracy against training seconds for every configuration.
+fastest Adam configuration's, both from this run. ``--png`` draws test accuracy against training
+seconds for every configuration.
 """
 from __future__ import annotations
 
