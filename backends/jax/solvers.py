@@ -250,10 +250,7 @@ def anderson(step: Step, memory: int, reg: float = 1e-6) -> Iteration:
                   for h, a in zip(tree.tree_leaves(F), tree.tree_leaves(f)))
         gram = carry["gram"].at[i, :].set(row).at[:, i].set(row)
         alpha = anderson_weights(gram, valid, reg)
-        # plain step when the residual grew, or at a fixed point / singular system (r = 0, NaN weights)
-        use_plain = grew | (r <= 0) | ~jnp.all(jnp.isfinite(alpha))
-        if last is not None:
-            use_plain = use_plain | last
+        use_plain = _take_plain(grew, r, alpha, last)
         nxt = tree.tree_map(lambda h, a: jnp.where(use_plain, a, jnp.tensordot(alpha.astype(h.dtype), h, 1)),
                             G, tx)
         new = {"x": nxt, "G": G, "F": F, "gram": gram, "valid": valid, "i": (i + 1) % m1, "r": r}
@@ -267,9 +264,11 @@ def anderson1(step: Step, reg: float = 1e-6) -> Iteration:
     two dot products and one combination, where the ring buffers cost two writes and two reads of
     the stacked histories (2x a plain CP step on mlp_mnist). Same weights, same safeguard."""
     def init(x):
+        import jax
         import jax.numpy as jnp
         dtype = _leaves(x)[0].dtype
-        return {"x": x, "g": x, "f": combine((0.0, x)), "valid": jnp.asarray(False),
+        zeros = jax.tree_util.tree_map(jnp.zeros_like, x)
+        return {"x": x, "g": x, "f": zeros, "valid": jnp.asarray(False),
                 "r": jnp.asarray(jnp.inf, dtype)}
 
     def advance(carry, ctx, last=None):
@@ -284,13 +283,19 @@ def anderson1(step: Step, reg: float = 1e-6) -> Iteration:
         valid = jnp.stack([jnp.asarray(True), carry["valid"] & ~grew])
         gram = jnp.stack([jnp.stack([r, c]), jnp.stack([c, carry["r"]])])
         alpha = anderson_weights(gram, valid, reg)
-        use_plain = grew | (r <= 0) | ~jnp.all(jnp.isfinite(alpha))
-        if last is not None:
-            use_plain = use_plain | last
+        use_plain = _take_plain(grew, r, alpha, last)
         nxt = jax.tree_util.tree_map(lambda a, g: jnp.where(use_plain, a, alpha[0] * a + alpha[1] * g),
                                      tx, carry["g"])
         return {"x": nxt, "g": tx, "f": f, "valid": jnp.asarray(True), "r": r}, (x, tx)
     return Iteration(init, advance, _current)
+
+
+def _take_plain(grew, r, alpha, last):
+    """Anderson's fallback to the plain step: the residual grew (the safeguard), a fixed point or a
+    singular system (r = 0, non-finite weights), or the update's last step."""
+    import jax.numpy as jnp
+    use_plain = grew | (r <= 0) | ~jnp.all(jnp.isfinite(alpha))
+    return use_plain if last is None else use_plain | last
 
 
 def _leaves(tree):
