@@ -15,6 +15,10 @@ until it cancels with the next convolution's inverse transpose or stops at an op
                                           axes stay in order)
     patches(transpose(a, NHWC->NCHW))  -> patches[channels_last=1](a)   (the same [N, *O, C*K])
     reshape(reshape(a))                -> reshape(a)
+    max/mean[K](reshape(patches(a), [N,*O,C,K]))
+                                       -> max/mean[k axes](reshape(a, [N,O1,k1,..,C]))  windows that
+                                          tile a (strides = kernel, no pad or dilation): no patches
+                                          (channels-first a: [N,C,O1,k1,..], then a transpose)
 
 Every rewrite is exact (a relabelling of the same numbers), so the forward is unchanged; what it
 buys is speed: XLA's CPU backend fuses a transpose into the elementwise work around it, which then
@@ -151,6 +155,39 @@ class _Sinker:
                 self.emit("transpose", [inner], {"perm": q}, out,
                           {k: v for k, v in op.annots.items() if k == "src"})]
 
+    def tiles(self, op: Op):
+        """A pooling whose windows tile its input reduces over split axes of a reshape of it: the
+        same numbers without the patch tensor, whose gather and scatter cost a transpose each way."""
+        split_op = self.producer.get(op.operand(0))
+        pat = self.producer.get(split_op.operand(0)) if split_op is not None and split_op.kind == "reshape" else None
+        if pat is None or pat.kind != "patches":
+            return None
+        a, out, last = pat.operand(0), op.outputs[0], bool(pat.params.get("channels_last"))
+        kernel = [int(k) for k in pat.params["kernel"]]
+        n = len(kernel)
+        spatial = a.shape[1:n + 1] if last else a.shape[2:]
+        axes = [int(x) % op.operand(0).rank for x in (op.params.get("axes") or [])]
+        if (axes != [n + 2] or op.params.get("keepdims", 1) or list(pat.params.get("strides") or []) != kernel
+                or any(pat.params.get("pads") or []) or any(d != 1 for d in pat.params.get("dilations") or [])
+                or not all(isinstance(s, int) and s % k == 0 for s, k in zip(spatial, kernel))):
+            return None
+        tiles = tuple(d for s, k in zip(spatial, kernel) for d in (s // k, k))
+        c = a.shape[-1] if last else a.shape[1]
+        split = (a.shape[0],) + ((*tiles, c) if last else (c, *tiles))
+        first = 2 if last else 3                     # the first kernel axis of the split
+        tiled = self.new_value(a, split)
+        ops = [self.emit("reshape", [a], {"shape": reshape_param(split)}, tiled, op.annots)]
+        params = dict(op.params, axes=[first + 2 * i for i in range(n)])
+        if last:
+            return ops + [self.emit(op.kind, [tiled], params, out, op.annots)]
+        pooled = self.new_value(out, (a.shape[0], c) + tuple(out.shape[1:n + 1]))   # [N, C, *O]
+        return ops + [self.emit(op.kind, [tiled], params, pooled, op.annots),
+                      self.emit("transpose", [pooled], {"perm": [0, *range(2, n + 2), 1]}, out,
+                                {k: v for k, v in op.annots.items() if k == "src"})]
+
+    def pooling(self, op: Op):
+        return self.tiles(op) or self.reduction(op)
+
     def reshapes(self, op: Op):
         inner = self.producer.get(op.operand(0))
         if inner is None or inner.kind != "reshape":
@@ -170,7 +207,7 @@ class _Sinker:
     def sweep(self) -> bool:
         changed = False
         rules = {"transpose": self.fold_transposes, "patches": self.patches, "reshape": self.reshapes,
-                 **{k: self.elementwise for k in ELEMENTWISE}, **{k: self.reduction for k in REDUCTIONS}}
+                 **{k: self.elementwise for k in ELEMENTWISE}, **{k: self.pooling for k in REDUCTIONS}}
         new_ops: list[Op] = []
         for op in self.graph.ops:
             rule = rules.get(op.kind)

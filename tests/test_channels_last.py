@@ -46,7 +46,9 @@ def test_channels_last_cancels_the_transposes_between_convs():
 # CHECK-NOT: transpose
 # CHECK: = max[axes=[2], keepdims=0]
 # CHECK: = transpose[perm=[0, 2, 1]]
-# CHECK: patches[channels_last=1
+# CHECK: = reshape[shape=[-1, 2, 3, 2, 3, 4]]
+# CHECK-NOT: patches
+# CHECK: = mean[axes=[2, 4], keepdims=0, metric="sum"]
 # CHECK: = mean[axes=[1, 2], keepdims=1, metric="sum"]
 # CHECK: %g: f32[B,4,1,1] = transpose[perm=[0, 3, 1, 2]]
 """, "canonicalize,lower,channels-last,fold-constants,dce")
@@ -66,6 +68,39 @@ def test_channels_last_keeps_the_forward(pipeline):
     x = np.random.default_rng(4).standard_normal((3, 2, 6, 6)).astype(np.float32)
     for got, want in zip(evaluate(g, {"x": x}), evaluate(ref, {"x": x})):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+POOLS = """graph @pools {
+  input %x: f32[B,3,6,7]
+  %a: f32[B,3,3,3] = AveragePool[kernel_shape=[2, 2], strides=[2, 2]] %x
+  %m: f32[B,3,3,3] = MaxPool[kernel_shape=[2, 2], strides=[2, 2]] %x
+  %s: f32[B,3,5,6] = AveragePool[kernel_shape=[2, 2], strides=[1, 1]] %x
+  return %a, %m, %s
+}
+"""
+
+
+def test_tiling_pools_reduce_a_reshape_and_others_keep_their_patches():
+    """Windows that tile the input (stride = kernel) become a reduction over split axes of a
+    reshape (of a channels-first input here: no transpose left); a ragged edge (width 7 by 2) or
+    overlapping windows keep the patches move; the forward is unchanged."""
+    even = POOLS.replace("f32[B,3,6,7]", "f32[B,3,6,8]").replace("3,3,3]", "3,3,4]").replace("3,5,6]", "3,5,7]")
+    g, _ = run_ir(even + """
+# CHECK: = reshape[shape=[-1, 3, 3, 2, 4, 2]] %x
+# CHECK-NOT: transpose
+# CHECK: %a: f32[B,3,3,4] = mean[axes=[3, 5], keepdims=0, metric="sum"]
+# CHECK: %m: f32[B,3,3,4] = max[axes=[3, 5], keepdims=0]
+# CHECK: = patches[dilations=[1, 1], kernel=[2, 2], pads=[0, 0, 0, 0], strides=[1, 1]] %x
+""", "canonicalize,lower,channels-last,fold-constants,dce")
+    assert op_counts(g)["patches"] == 1
+    for text, patches in ((POOLS, 3), (even, 1)):   # the ragged width keeps every window's patches
+        ref = parse_graph(text)
+        g = ref.clone()
+        PassManager("canonicalize,lower,channels-last,fold-constants,dce").run(g)
+        assert op_counts(g)["patches"] == patches
+        x = np.random.default_rng(5).standard_normal((2,) + tuple(ref.inputs[0].shape[1:])).astype(np.float32)
+        for got, want in zip(evaluate(g, {"x": x}), evaluate(ref, {"x": x})):
+            np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
 
 
 def test_a_full_shaped_operand_in_the_graph_layout_stops_the_sink():

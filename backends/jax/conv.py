@@ -55,8 +55,7 @@ from projc.ops.convolution import (
     shifted,
 )
 
-from .proj_dot_means import _coeffs_all, _coeffs_nonfloor
-from .proj_root_near import root_parts_near
+from .proj_dot_means import _coeff_parts, _coeffs_all, _coeffs_nonfloor
 from .slot_storage import EdgeMeans, static_eval
 
 if TYPE_CHECKING:
@@ -171,16 +170,16 @@ class ConvOps:
             return jax.linear_transpose(lambda v: depthwise_conv(v, wc, self.geo), xs)(g)[0]
         return self._xgrad_dense(g, block_diagonal(wc, self.g), self.xh_shape[1:-1])
 
-    def wgrad(self, xh, g, w):
-        """Σ_r g[r, m] · (the patch of r), laid out like w."""
+    def wgrad(self, xh, g, w, moving: bool = False):
+        """Σ_r g[r, m] · (the patch of r), laid out like w. ``moving``: xh changes every step."""
         geo = self.geo
         if self.depthwise:
             wcs = jax.ShapeDtypeStruct((self.oc, 1) + geo.kernel, g.dtype)
             wc = jax.linear_transpose(lambda v: depthwise_conv(xh, v, geo), wcs)(g)[0]
-        elif self.g == 1:
-            # Σ_r g[r, m] a_r as one GEMM on the patch view: no transposes of xh or g (XLA fuses a
-            # transpose into the large fusions that produce them, which then run several times
-            # slower on the CPU), and for a data input the patches are loop-invariant
+        elif self.g == 1 and not moving:
+            # Σ_r g[r, m] a_r as one GEMM on the patch view: for a data input the patches are
+            # loop-invariant. A moving input takes the convolution below: forming its K-fold patch
+            # view every step cost twice the convolution (cnn2_digits' second conv, in a scan)
             col = jnp.reshape(patch_view(xh, geo), (self.rows, self.k))
             wc = jnp.reshape(jnp.reshape(g, (self.rows, self.oc)).T @ col, (self.oc, self.cg) + geo.kernel)
         else:
@@ -234,17 +233,6 @@ class ConvOps:
         return jnp.sum(jnp.reshape(wc * wc, (self.oc, -1)), -1)   # [OC]
 
 
-def _coeff_parts(nx, nw, p, y0, iters):
-    """``proj_dot_means._coeff_parts`` with the root by ``root_parts_near`` (the same numbers)."""
-    nx, nw, p, y0 = jnp.broadcast_arrays(nx, nw, p, y0)
-    half = 0.5 * (nx + nw)
-    U = jnp.maximum(half + p, 0)  # = ½|a0 + b0|²
-    V = jnp.maximum(half - p, 0)  # = ½|a0 - b0|²
-    mirrored, ts, al, amin, Us, Vs, ys = root_parts_near(U, V, y0, iters)
-    sg = jnp.where(mirrored, -1.0, 1.0).astype(nx.dtype)
-    return sg, ts, al, amin, Us, Vs, ys
-
-
 def _ops(fam: Family, ctx) -> ConvOps:
     x_shape, dtype = ctx.shapes[fam.op.inputs[0]]
     w_shape, _ = ctx.shapes[fam.op.inputs[1]]
@@ -285,7 +273,7 @@ def conv_project_means(ops: ConvOps, x, w, y0, free: tuple[bool, bool], mode: st
                 mx = mx + ops.spread(ops.per_group(cea))
             mx = mx / count
         if free[1]:
-            mw = w * ops.per_channel_w(jnp.mean(ca, rows), w) + ops.wgrad(xh, cb, w) / R
+            mw = w * ops.per_channel_w(jnp.mean(ca, rows), w) + ops.wgrad(xh, cb, w, moving=free[0]) / R
             if ceb is not None:
                 mw = mw + ops.per_channel_w(jnp.mean(ceb, rows), w)
         return mx, mw

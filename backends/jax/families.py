@@ -31,6 +31,7 @@ from . import conv as conv_family
 from . import projections as P
 from .forward import op_forward
 from .proj_batched_dot import BATCHED_EDGE_MEANS
+from .proj_common import as_floats
 from .proj_pool import max_over_axes
 from .proj_smooth_fast import FAST_FNS
 from .proj_smooth_fast import sum_smooth as sum_smooth_fast
@@ -244,11 +245,24 @@ def _project_max(fam: Family, full: dict, y0, opts: ProjOptions):
     return (a2,), y.reshape(y0.shape)
 
 
+def _shift_over_axes(fam: Family, a, y0, reduce, share):
+    """A sum or mean over the op's ``axes`` projected in place: every entry of a group moves by the
+    same ``-share(n)·(reduce(a) - y0)`` (projections.sum_reduce / mean on the flattened group), with
+    keepdims reductions instead of moving the axes last, which costs two transposes a step."""
+    axes = fam.op.params.get("axes")
+    axes = tuple(range(a.ndim)) if axes is None else tuple(sorted(ax % a.ndim for ax in axes))
+    n = math.prod(a.shape[ax] for ax in axes)
+    kshape = tuple(1 if i in axes else d for i, d in enumerate(a.shape))
+    a = a - share(n) * (reduce(a, axes, keepdims=True) - jnp.reshape(y0, kshape))
+    return (a,), jnp.reshape(reduce(a, axes), y0.shape)
+
+
 def _project_mean(fam: Family, full: dict, y0, opts: ProjOptions):
-    """mean over ``axes``, in the metric chosen by the op's ``metric`` (projections.mean)."""
-    weight = 1.0 if fam.op.params.get("metric", "sum") == "euclidean" else None
-    return _project_over_axes(fam, full[0], y0,
-                              lambda a, t: P.REGISTRY["mean"](a, t, axis=-1, weight=weight))
+    """mean over ``axes``, in the metric chosen by the op's ``metric`` (projections.mean): weight w
+    moves every entry by (q/(1+q))·(mean - y0), q = w/n (w = n² by default)."""
+    euclidean = fam.op.params.get("metric", "sum") == "euclidean"
+    return _shift_over_axes(fam, *as_floats(full[0], y0), jnp.mean,
+                            lambda n: 1.0 / (1.0 + n) if euclidean else n / (1.0 + n))
 
 
 def _project_mean_square(fam: Family, full: dict, y0, opts: ProjOptions):
@@ -260,7 +274,7 @@ def _project_mean_square(fam: Family, full: dict, y0, opts: ProjOptions):
 
 def _project_reduce_sum(fam: Family, full: dict, y0, opts: ProjOptions):
     """sum over ``axes``: every entry moves by the same share of the residual (projections.sum_reduce)."""
-    return _project_over_axes(fam, full[0], y0, lambda a, t: P.REGISTRY["sum_reduce"](a, t, axis=-1))
+    return _shift_over_axes(fam, *as_floats(full[0], y0), jnp.sum, lambda n: 1.0 / (n + 1))
 
 
 def _project_segment_sum(fam: Family, full: dict, y0, opts: ProjOptions):

@@ -20,7 +20,8 @@ import jax.numpy as jnp
 
 from projc.errors import ProjcError
 
-from .proj_bilinear import default_iters, root_parts
+from .proj_bilinear import default_iters
+from .proj_root_near import root_parts_near
 
 # (sg, ts, al, amin, Us, Vs, ys): the root's parts per output element, as _coeffs_all takes them
 CoeffParts = tuple[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array, jax.Array, jax.Array]
@@ -33,7 +34,7 @@ def _coeff_parts(nx, nw, p, y0, iters) -> CoeffParts:
     half = 0.5 * (nx + nw)
     U = jnp.maximum(half + p, 0)  # = ½|a0 + b0|²
     V = jnp.maximum(half - p, 0)  # = ½|a0 - b0|²
-    mirrored, ts, al, amin, Us, Vs, ys = root_parts(U, V, y0, iters, p=p)
+    mirrored, ts, al, amin, Us, Vs, ys = root_parts_near(U, V, y0, iters, p=p)
     sg = jnp.where(mirrored, -1.0, 1.0).astype(dt)
     return sg, ts, al, amin, Us, Vs, ys
 

@@ -32,9 +32,10 @@ def _newton_t(Us, Vs, ys, cap: int):
         return t + 0.5 * (a - b) - ys, 1 + a * iom + b * iop, t + 0.5 * (a + b) + jnp.abs(ys)
 
     def body(st):
-        # t, lo, hi travel stacked in one [3, ...] array: XLA then emits the iteration as one fused
-        # pass instead of one kernel per output (as proj_bilinear's solve does)
-        S, _, it = st
+        # t, lo, hi and "not done" travel stacked in one [4, ...] array: XLA then emits the
+        # iteration as one fused pass instead of one kernel per output (as proj_bilinear's solve
+        # does); the loop's test reduces the stored flag row, so no fusion recomputes g to decide
+        S, it = st
         t, lo, hi = S[0], S[1], S[2]
         g, gp, scale = parts(t)
         lo = jnp.where(g <= 0, t, lo)
@@ -45,24 +46,25 @@ def _newton_t(Us, Vs, ys, cap: int):
         # below rounding, or the bracket collapsed; a converged element keeps its t
         done = ((jnp.abs(g) <= 8 * eps * scale) | (jnp.abs(tn - t) <= 4 * eps * jnp.maximum(t, tiny))
                 | (hi - lo <= 4 * eps * jnp.maximum(hi, tiny)))
-        S = jnp.stack([jnp.where(done, t, tn), lo, hi])
-        return S, jnp.any(~done), it + 1
+        S = jnp.stack([jnp.where(done, t, tn), lo, hi, jnp.where(done, 0.0, 1.0).astype(dt)])
+        return S, it + 1
 
     def cond(st):
-        return st[1] & (st[2] < cap)
+        return jnp.any(st[0][3] != 0) & (st[1] < cap)
 
     zero = jnp.zeros_like(Us)
     g0, gp0, _ = parts(zero)
     t0 = jnp.clip(-g0 / gp0, 0.0, 0.5)  # the first Newton step from 0 (g(0) ≤ 0)
-    st = (jnp.stack([t0, zero, jnp.full_like(Us, 0.5)]), jnp.asarray(True), jnp.asarray(0))
-    S, _, _ = jax.lax.while_loop(cond, body, st)
+    st = (jnp.stack([t0, zero, jnp.full_like(Us, 0.5), jnp.ones_like(Us)]), jnp.asarray(0))
+    S, _ = jax.lax.while_loop(cond, body, st)
     return S[0]
 
 
-def root_parts_near(U, V, y0, iters: int | None = None, early: bool = True):
-    """``proj_bilinear.root_parts`` (same outputs), by Newton in t when every root is within ½."""
+def root_parts_near(U, V, y0, iters: int | None = None, early: bool = True, p=None):
+    """``proj_bilinear.root_parts`` (same outputs), by Newton in t when every root is within ½.
+    ``p``: a0·b0, which orients the root by a comparison, as in root_parts."""
     iters = default_iters(U.dtype) if iters is None else int(iters)
-    mirrored = 0.5 * (U - V) - y0 > 0
+    mirrored = (0.5 * (U - V) - y0 > 0) if p is None else (p > y0)
     Us = jnp.where(mirrored, V, U)
     Vs = jnp.where(mirrored, U, V)
     ys = jnp.where(mirrored, -y0, y0)
@@ -74,7 +76,7 @@ def root_parts_near(U, V, y0, iters: int | None = None, early: bool = True):
         return mirrored, ts, 1 - ts, amin, Us, Vs, ys
 
     def full():
-        return root_parts(U, V, y0, iters, early)
+        return root_parts(U, V, y0, iters, early, p=p)
     return jax.lax.cond(near, small, full)
 
 

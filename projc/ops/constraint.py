@@ -27,7 +27,7 @@ from projc.ir.constraints import (  # noqa: F401
     patches_out_spatial,
 )
 
-from .convolution import canonical_kernel, conv_last, shifted
+from .convolution import canonical_kernel, conv_last, patch_stack
 from .convolution import geometry as conv_geometry
 from .nn import PRECISION
 from .registry import register
@@ -299,7 +299,7 @@ def patches(x, kernel=None, strides=None, pads=None, dilations=None, channels_la
     within a patch."""
     geo = conv_geometry({"strides": strides, "pads": pads, "dilations": dilations}, kernel)
     xh = x if channels_last else jnp.moveaxis(x, 1, -1)
-    col = jnp.stack(shifted(xh, geo), axis=-1)  # [N, *O, C, K]
+    col = patch_stack(xh, geo)  # [N, *O, C, K]
     return jnp.reshape(col, col.shape[:-2] + (col.shape[-2] * col.shape[-1],))
 
 

@@ -137,15 +137,38 @@ def conv(xh, w, geo: ConvGeometry, precision=None):
     return conv_last(xh, canonical_kernel(w, geo), geo, precision)
 
 
+def is_tiling(geo: ConvGeometry) -> bool:
+    """Windows that tile the input: strides equal to the kernel, no padding or dilation (a 2x2
+    pooling of stride 2, a ViT's patch convolution). Each pixel then lies in at most one patch."""
+    return (tuple(geo.window_strides) == tuple(geo.kernel) and set(geo.rhs_dilation) <= {1}
+            and set(geo.lhs_dilation) <= {1} and all(p == (0, 0) for p in geo.padding))
+
+
+def patch_stack(xh, geo: ConvGeometry):
+    """The patch view ``[N, *O, C, K]`` (kernel offsets row-major, last). Tiling windows take a
+    reshape and one transpose: the stack of K strided slices costs K gathers forward and K padded
+    scatters in its transpose, which a consensus layout runs every step."""
+    xh = jnp.asarray(xh)
+    if not is_tiling(geo):
+        return jnp.stack(shifted(xh, geo), axis=-1)
+    n, k = geo.n, geo.kernel
+    out = geo.out_spatial(xh.shape[1:n + 1])
+    xh = xh[(slice(None),) + tuple(slice(0, o * ki) for o, ki in zip(out, k))]  # drop a ragged edge
+    split = [xh.shape[0]] + [d for o, ki in zip(out, k) for d in (o, ki)] + [xh.shape[-1]]
+    tiles = jnp.reshape(xh, split)                                     # [N, O1, k1, O2, k2, ..., C]
+    perm = [0] + [1 + 2 * i for i in range(n)] + [2 * n + 1] + [2 + 2 * i for i in range(n)]
+    t = jnp.transpose(tiles, perm)                                     # [N, *O, C, *k]
+    return jnp.reshape(t, t.shape[:n + 2] + (-1,))
+
+
 def patch_view(xh, geo: ConvGeometry):
     """im2col of the lhs-dilated, padded channels-last input ``[N, *S, C]``: ``[N, *O, group,
     C/group · prod(k)]``, channel-major within a patch (the order of ``canonical_kernel(w)[m].ravel()``)."""
-    views = shifted(jnp.asarray(xh), geo)                              # K x [N, *O, C]
-    col = jnp.stack(views, axis=-1)                                    # [N, *O, C, K]
+    col = patch_stack(xh, geo)                                         # [N, *O, C, K]
     c, kk = col.shape[-2], col.shape[-1]
     return jnp.reshape(col, col.shape[:-2] + (geo.group, c // geo.group * kk))
 
 
 __all__ = ["ConvGeometry", "block_diagonal", "canonical_kernel", "channels_first", "channels_last", "conv",
-           "conv_last", "dense_conv", "depthwise_conv", "geometry", "hwio", "is_depthwise", "nhwc_numbers",
-           "out_shape", "patch_length", "patch_view", "shifted"]
+           "conv_last", "dense_conv", "depthwise_conv", "geometry", "hwio", "is_depthwise", "is_tiling", "nhwc_numbers",
+           "out_shape", "patch_length", "patch_stack", "patch_view", "shifted"]
