@@ -81,3 +81,22 @@ def test_in_place_reductions_equal_the_flattened_projection(x64, axes, kind):
     want = np.transpose(np.reshape(want, tuple(a.shape[i] for i in keep + list(red))), np.argsort(keep + list(red)))
     np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-13)
     np.testing.assert_allclose(y, want_y, rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.parametrize("axes", [(1, 2), (0, 3), (2,)])
+def test_max_over_axes_equals_the_last_axis_projection(x64, axes):
+    """The global-max projection in place (its count and sum in one variadic reduction) against
+    projections.max on the reduced axes moved last; ties: only the first argmax rises."""
+    from projc.backends.jax.proj_pool import max_over_axes
+    rng = np.random.default_rng(2)
+    a = np.round(rng.normal(size=(3, 4, 5, 6)) * 2) / 2        # many ties at the max
+    keep = [i for i in range(4) if i not in axes]
+    y0 = rng.normal(size=tuple(a.shape[i] for i in keep)) * 3 + 1
+    got, y = max_over_axes(jnp.asarray(a), jnp.asarray(y0), axes)
+    perm = keep + list(axes)
+    flat = np.transpose(a, perm).reshape(y0.shape + (-1,))
+    want, want_y = P.max(flat, y0)
+    want = np.transpose(np.reshape(want, tuple(a.shape[i] for i in perm)), np.argsort(perm))
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(y, want_y, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(np.max(got, axis=axes), y, rtol=1e-12, atol=1e-12)   # on the graph

@@ -19,6 +19,10 @@ import numpy as np
 from . import projections as P
 
 
+def _add_pairs(x, y):
+    return x[0] + y[0], x[1] + y[1]
+
+
 def max_over_axes(a, y0, axes: tuple[int, ...]):
     """Project (a, y0) onto {y = max over ``axes`` of a}; y0 has a's shape without ``axes``.
     Returns (a', y) as ``projections.max`` does (see there for the algorithm)."""
@@ -45,11 +49,15 @@ def max_over_axes(a, y0, axes: tuple[int, ...]):
     def body(st):
         m, cnt, _, it = st
         K = top | (a > m)
-        k = jnp.sum(K, axes, keepdims=True, dtype=jnp.int32)
-        mn = (jnp.sum(jnp.where(K, a, 0), axes, keepdims=True) + yk) / (k + 1).astype(a.dtype)
+        # the count and the sum of the entries above m in one pass over a (a variadic reduction;
+        # the count is a float, exact below 2^24 entries)
+        k, total = jax.lax.reduce((K.astype(a.dtype), jnp.where(K, a, 0)), (zero, zero), _add_pairs, axes)
+        k, total = jnp.expand_dims(k, axes), jnp.expand_dims(total, axes)
+        mn = (total + yk) / (k + 1)
         return jnp.maximum(m, mn), k, jnp.any(k != cnt), it + 1
 
-    cnt = jnp.full(m.shape, n + 1, jnp.int32)
+    zero = jnp.zeros((), a.dtype)
+    cnt = jnp.full(m.shape, n + 1, a.dtype)
     m, _, unconverged, _ = jax.lax.while_loop(cond, body, (m, cnt, jnp.asarray(True), 0))
 
     def by_sort():

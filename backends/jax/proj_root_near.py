@@ -56,7 +56,9 @@ def _newton_t(Us, Vs, ys, cap: int):
     g0, gp0, _ = parts(zero)
     t0 = jnp.clip(-g0 / gp0, 0.0, 0.5)  # the first Newton step from 0 (g(0) ≤ 0)
     st = (jnp.stack([t0, zero, jnp.full_like(Us, 0.5), jnp.ones_like(Us)]), jnp.asarray(0))
-    S, _ = jax.lax.while_loop(cond, body, st)
+    # the first pass runs outside the loop, fused with the start: most elements converge in it,
+    # and the loop's first pass (often its only one) then just confirms them; the same iterates
+    S, _ = jax.lax.while_loop(cond, body, body(st))
     return S[0]
 
 
