@@ -171,7 +171,7 @@ class _Sinker:
                 or any(pat.params.get("pads") or []) or any(d != 1 for d in pat.params.get("dilations") or [])
                 or not all(isinstance(s, int) and s % k == 0 for s, k in zip(spatial, kernel))):
             return None
-        tiles = tuple(d for s, k in zip(spatial, kernel) for d in (s // k, k))
+        tiles = tuple(d for s, k in zip(spatial, kernel) for d in (int(s) // k, k))
         c = a.shape[-1] if last else a.shape[1]
         split = (a.shape[0],) + ((*tiles, c) if last else (c, *tiles))
         first = 2 if last else 3                     # the first kernel axis of the split

@@ -261,8 +261,8 @@ def _project_mean(fam: Family, full: dict, y0, opts: ProjOptions):
     """mean over ``axes``, in the metric chosen by the op's ``metric`` (projections.mean): weight w
     moves every entry by (q/(1+q))·(mean - y0), q = w/n (w = n² by default)."""
     euclidean = fam.op.params.get("metric", "sum") == "euclidean"
-    return _shift_over_axes(fam, *as_floats(full[0], y0), jnp.mean,
-                            lambda n: 1.0 / (1.0 + n) if euclidean else n / (1.0 + n))
+    a, y0 = as_floats(full[0], y0)
+    return _shift_over_axes(fam, a, y0, jnp.mean, lambda n: 1.0 / (1.0 + n) if euclidean else n / (1.0 + n))
 
 
 def _project_mean_square(fam: Family, full: dict, y0, opts: ProjOptions):
@@ -274,7 +274,8 @@ def _project_mean_square(fam: Family, full: dict, y0, opts: ProjOptions):
 
 def _project_reduce_sum(fam: Family, full: dict, y0, opts: ProjOptions):
     """sum over ``axes``: every entry moves by the same share of the residual (projections.sum_reduce)."""
-    return _shift_over_axes(fam, *as_floats(full[0], y0), jnp.sum, lambda n: 1.0 / (n + 1))
+    a, y0 = as_floats(full[0], y0)
+    return _shift_over_axes(fam, a, y0, jnp.sum, lambda n: 1.0 / (n + 1))
 
 
 def _project_segment_sum(fam: Family, full: dict, y0, opts: ProjOptions):
