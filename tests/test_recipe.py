@@ -74,7 +74,8 @@ def test_a_decoder_on_next_token_targets_gets_the_gentle_prox():
     from projc.train.recipe import Structure, rule_for
     r = rule_for(Structure.of(_graph("gpt_text"), "sequence"))
     assert r.name == "next-token" and r.values["lam"] == 0.1
-    assert rule_for(Structure.of(_graph("tfm_digits"), "classification")).name == "attention"
+    r = rule_for(Structure.of(_graph("tfm_digits"), "classification"))
+    assert r.name == "attention" and r.values["lam"] == 1.0
     assert rule_for(Structure.of(_graph("vit_digits"), "sequence")).name == "conv-attention"
 
 
