@@ -31,6 +31,7 @@ from __future__ import annotations
 import numpy as np
 
 from projc.ir import Graph, Op, Value
+from projc.ops.convolution import geometry, is_tiling
 
 from . import Pass, register_pass
 from ._common import reshape_param
@@ -167,8 +168,7 @@ class _Sinker:
         n = len(kernel)
         spatial = a.shape[1:n + 1] if last else a.shape[2:]
         axes = [int(x) % op.operand(0).rank for x in (op.params.get("axes") or [])]
-        if (axes != [n + 2] or op.params.get("keepdims", 1) or list(pat.params.get("strides") or []) != kernel
-                or any(pat.params.get("pads") or []) or any(d != 1 for d in pat.params.get("dilations") or [])
+        if (axes != [n + 2] or op.params.get("keepdims", 1) or not is_tiling(geometry(pat.params, kernel))
                 or not all(isinstance(s, int) and s % k == 0 for s, k in zip(spatial, kernel))):
             return None
         tiles = tuple(d for s, k in zip(spatial, kernel) for d in (int(s) // k, k))
